@@ -1,0 +1,95 @@
+"""Transformer-tiny on Multi30k En->De, the project's default experiment.
+
+Command (a fresh clone, this repo's root):
+  make train          # == .venv/bin/python train.py --config=configs/default.py --workdir=runs/default
+
+Variants are arguments of this one config: `--config=configs/default.py:base` (the paper's base
+shape, 6+6 layers, 512 wide, 8 heads, MLP 2048) or `:big` (6+6, 1024, 16 heads, 4096); every field
+below can be overridden, e.g. `--config.num_heads=8 --config.num_train_steps=2000`.
+
+Expected time and result on a 2-core x86 CPU (AVX-512): see README.md "Results".
+"""
+
+import ml_collections
+
+# name: (emb_dim, num_heads, encoder layers, decoder layers, mlp_dim)
+MODEL_SIZES = {
+    'tiny': (128, 4, 4, 4, 256),    # Wu et al. 2021's Transformer-tiny for Multi30k
+    'small': (256, 4, 6, 6, 1024),
+    'base': (512, 8, 6, 6, 2048),   # Vaswani et al. 2017, Table 3 "base" (~65M params)
+    'big': (1024, 16, 6, 6, 4096),  # Vaswani et al. 2017, Table 3 "big"
+}
+
+
+def get_config(size: str = 'tiny'):
+  """Returns the config; `size` picks one of MODEL_SIZES."""
+  if size not in MODEL_SIZES:
+    raise ValueError(f'unknown model size {size!r}; use one of {sorted(MODEL_SIZES)}.')
+  config = ml_collections.ConfigDict()
+
+  # ---- data
+  config.dataset = 'multi30k'          # shipped: multi30k, aeslc; tfds catalog names; or 'files'
+  config.source_lang = 'en'            # multi30k direction (any of en, de, fr)
+  config.target_lang = 'de'
+  config.source_key = ''               # tfds catalog / jsonl field names ('' = dataset default)
+  config.target_key = ''
+  config.train_files = ''              # 'files' dataset: see data/README.md for the formats
+  config.eval_files = ''
+  config.file_format = 'parallel'      # parallel (one file per language) | tsv | jsonl
+  config.train_split = 'train'
+  config.eval_split = 'val'
+  config.data_dir = ''                 # tfds data dir; '' = <repo>/data/tfds
+  config.vocab_size = 10000            # SentencePiece vocabulary (joint source+target)
+  config.vocab_model_type = 'unigram'  # unigram | bpe
+  config.vocab_max_chars = 10_000_000  # characters of training text used to fit the vocabulary
+  config.max_len = 128                 # positions the model supports (source and target)
+  config.max_train_len = 64            # longer training pairs are dropped (and counted)
+  config.max_eval_len = 128            # eval sources are truncated to this (with a warning)
+  config.batching = 'packed'           # packed (rows of several examples) | bucketed (token budget)
+  config.batch_size = 128              # rows per global batch (packed) / eval batch size
+  config.max_tokens = 4096             # bucketed: target tokens per global batch
+
+  # ---- model
+  emb_dim, num_heads, enc_layers, dec_layers, mlp_dim = MODEL_SIZES[size]
+  config.emb_dim = emb_dim             # model width d_model
+  config.num_heads = num_heads         # attention heads; must divide emb_dim
+  config.num_encoder_layers = enc_layers
+  config.num_decoder_layers = dec_layers
+  config.mlp_dim = mlp_dim             # inner width of the position-wise MLP
+  config.dropout_rate = 0.1            # residual, embedding and MLP dropout
+  config.attention_dropout_rate = 0.0  # dropout on attention weights
+  config.layer_norm = 'pre'            # pre (stable default) | post (the paper)
+  config.position_embedding = 'sinusoidal'  # sinusoidal | learned
+  config.share_embeddings = True       # one embedding table for source and target
+  config.tie_output_embedding = True   # target embedding doubles as the output projection
+  config.attention_kernel = 'einsum'   # einsum (own path) | jax (jax.nn.dot_product_attention)
+  config.dtype = 'float32'             # activations: float32 | bfloat16
+  config.param_dtype = 'float32'
+
+  # ---- training
+  config.seed = 0
+  config.num_train_steps = 6000
+  config.optimizer = 'adam'            # adam | adamw
+  config.learning_rate = 2e-3          # peak learning rate
+  config.schedule = 'rsqrt'            # rsqrt (paper: warmup then 1/sqrt(step)) | cosine | constant
+  config.warmup_steps = 1000
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.98
+  config.adam_eps = 1e-9
+  config.weight_decay = 0.0            # adamw only
+  config.grad_clip_norm = 1.0          # 0 disables
+  config.label_smoothing = 0.1
+
+  # ---- checkpoints, logging, evaluation during training
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 10         # eval.py --average_last=K averages the last K
+  config.log_every_steps = 50
+  config.eval_every_steps = 500
+  config.num_eval_bleu_batches = 4     # greedy-decoded validation batches for the BLEU in logs
+
+  # ---- decoding (eval.py flags override)
+  config.beam_size = 4
+  config.length_penalty = 0.6          # GNMT alpha
+  config.max_decode_len_a = 1.2        # max output length = a * source length + b
+  config.max_decode_len_b = 10
+  return config

@@ -1,0 +1,248 @@
+"""Scaled dot-product attention and multi-head attention, as the textbook defines them.
+
+    Attention(Q, K, V) = softmax(Q Kᵀ / sqrt(d_k) + mask) V
+
+Layout throughout: [batch, length, heads, head_dim] for Q, K, V ("BTNH", the layout of
+`jax.nn.dot_product_attention`); masks are boolean [batch, heads|1, q_len, kv_len], True where a
+query may attend to a key.
+"""
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+KERNELS = ('einsum', 'jax')
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def make_attention_mask(query_valid, key_valid):
+  """[batch, q_len] x [batch, kv_len] booleans -> [batch, 1, q_len, kv_len] mask (both valid)."""
+  return query_valid[:, None, :, None] & key_valid[:, None, None, :]
+
+
+def make_padding_mask(query_tokens, key_tokens, pad_id: int = 0):
+  """Mask that lets real (non-pad) queries attend to real keys: [batch, 1, q_len, kv_len]."""
+  return make_attention_mask(query_tokens != pad_id, key_tokens != pad_id)
+
+
+def make_causal_mask(length: int):
+  """Lower-triangular mask, position i attends to positions <= i: [1, 1, length, length]."""
+  positions = jnp.arange(length)
+  return (positions[:, None] >= positions[None, :])[None, None]
+
+
+def make_segment_mask(query_segments, key_segments):
+  """Packed sequences: a token attends only within its own example (same segment id).
+
+  Segment ids are [batch, len] ints, 0 for padding; returns [batch, 1, q_len, kv_len].
+  """
+  same = query_segments[:, None, :, None] == key_segments[:, None, None, :]
+  return same & (query_segments != 0)[:, None, :, None]
+
+
+def combine_masks(*masks):
+  """Logical AND of the masks that are not None (broadcasting); None if all are None."""
+  masks = [m for m in masks if m is not None]
+  if not masks:
+    return None
+  out = masks[0]
+  for m in masks[1:]:
+    out = jnp.logical_and(out, m)
+  return out
+
+
+# ----------------------------------------------------------------------------- core kernel
+
+
+def dot_product_attention(query, key, value, mask=None, *, kernel: str = 'einsum',
+                          dropout_rate: float = 0.0, dropout_rng=None,
+                          return_weights: bool = False):
+  """softmax(Q Kᵀ / sqrt(d_k)) V over the keys, with masked keys getting exactly zero weight.
+
+  Args:
+    query: [batch, q_len, heads, d_k]; key: [batch, kv_len, heads, d_k];
+    value: [batch, kv_len, heads, d_v].
+    mask: boolean, broadcastable to [batch, heads, q_len, kv_len]; True = may attend.
+    kernel: 'einsum' (this module's own path, the only one that can return weights or apply
+      attention dropout) or 'jax' (`jax.nn.dot_product_attention`, cuDNN flash attention on GPU).
+    dropout_rate, dropout_rng: dropout on the attention weights (training only).
+    return_weights: also return the weights [batch, heads, q_len, kv_len] (float32).
+
+  The softmax runs in float32 whatever the input dtype. A query whose keys are all masked
+  gets all-zero weights and a zero output, never NaN.
+  """
+  _check_qkv(query, key, value)
+  if kernel not in KERNELS:
+    raise ValueError(f'attention kernel={kernel!r} is unknown; use one of {KERNELS}.')
+  # A query row with no key to attend to: its output is defined as zero.
+  row_has_key = None if mask is None else jnp.any(mask, axis=-1)  # [b, h|1, q]
+  use_einsum = kernel == 'einsum' or return_weights or (dropout_rate > 0 and dropout_rng is not None)
+  if not use_einsum:
+    out = jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=None)
+    if row_has_key is not None:
+      out = out * jnp.swapaxes(row_has_key, 1, 2)[..., None].astype(out.dtype)
+    return out
+
+  depth = query.shape[-1]
+  # [batch, heads, q_len, kv_len]
+  scores = jnp.einsum('bqhd,bkhd->bhqk', query, key,
+                      preferred_element_type=jnp.float32) / math.sqrt(depth)
+  if mask is not None:
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(scores, axis=-1)
+  if mask is not None:
+    # exp(min - max) underflows to 0 for masked keys; fully masked rows would be uniform.
+    weights = jnp.where(mask, weights, 0.0)
+  if dropout_rate > 0 and dropout_rng is not None:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+  out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(value.dtype), value)
+  return (out, weights) if return_weights else out
+
+
+def _check_qkv(query, key, value):
+  for name, x in (('query', query), ('key', key), ('value', value)):
+    if x.ndim != 4:
+      raise ValueError(f'{name} must have rank 4 [batch, length, heads, head_dim], '
+                       f'got shape {x.shape}.')
+  if not query.shape[0] == key.shape[0] == value.shape[0]:
+    raise ValueError(f'batch sizes differ: query {query.shape}, key {key.shape}, '
+                     f'value {value.shape}.')
+  if key.shape[1] != value.shape[1]:
+    raise ValueError(f'key and value lengths differ: {key.shape} vs {value.shape}.')
+  if query.shape[2:] != key.shape[2:] or query.shape[2] != value.shape[2]:
+    raise ValueError(f'query {query.shape} and key {key.shape} must share heads and head_dim, '
+                     f'value {value.shape} the number of heads.')
+
+
+def dropout(x, rate: float, rng):
+  """Inverted dropout; identity when rng is None (evaluation) or rate is 0."""
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+# ----------------------------------------------------------------------------- module
+
+
+class MultiHeadAttention(nnx.Module):
+  """Multi-head attention: `num_heads` attention heads in parallel, each with its own Q, K, V
+  projections (d_model -> head_dim), their outputs concatenated and projected back to d_model.
+
+  Self-attention (`self_attention=True`) projects Q, K and V from one sequence with one fused
+  kernel [d_model, 3, heads, head_dim]; cross-attention projects Q from the decoder and K, V from
+  the encoder output (fused kernel [d_model, 2, heads, head_dim]). Each head's projection is the
+  slice [:, ..., h, :] of these kernels.
+  """
+
+  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, head_dim: int | None = None,
+               self_attention: bool = True, dropout_rate: float = 0.0, kernel: str = 'einsum',
+               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
+    if num_heads <= 0 or d_model <= 0:
+      raise ValueError(f'num_heads={num_heads} and d_model={d_model} must be positive.')
+    if head_dim is None:
+      if d_model % num_heads:
+        raise ValueError(f'd_model={d_model} is not divisible by num_heads={num_heads}.')
+      head_dim = d_model // num_heads
+    if kernel not in KERNELS:
+      raise ValueError(f'attention kernel={kernel!r} is unknown; use one of {KERNELS}.')
+    self.num_heads, self.head_dim, self.d_model = num_heads, head_dim, d_model
+    self.self_attention, self.dropout_rate, self.kernel = self_attention, dropout_rate, kernel
+    self.dtype = dtype
+    lecun = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3))
+
+    def param(shape, initializer):
+      return nnx.Param(initializer(rngs.params(), shape, param_dtype))
+
+    if self_attention:
+      self.qkv_kernel = param((d_model, 3, num_heads, head_dim), lecun)
+      self.qkv_bias = param((3, num_heads, head_dim), nnx.initializers.zeros)
+    else:
+      self.q_kernel = param((d_model, num_heads, head_dim),
+                            nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)))
+      self.q_bias = param((num_heads, head_dim), nnx.initializers.zeros)
+      self.kv_kernel = param((d_model, 2, num_heads, head_dim), lecun)
+      self.kv_bias = param((2, num_heads, head_dim), nnx.initializers.zeros)
+    self.out_kernel = param((num_heads, head_dim, d_model),
+                            nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2))
+    self.out_bias = param((d_model,), nnx.initializers.zeros)
+
+  def _project(self, x, kernel, bias, spec):
+    x = x.astype(self.dtype)
+    return jnp.einsum(spec, x, kernel[...].astype(self.dtype)) + bias[...].astype(self.dtype)
+
+  def project_qkv(self, x):
+    """Self-attention Q, K, V, each [batch, len, heads, head_dim]."""
+    qkv = self._project(x, self.qkv_kernel, self.qkv_bias, 'btd,dinh->btinh')
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+  def project_q(self, x):
+    return self._project(x, self.q_kernel, self.q_bias, 'btd,dnh->btnh')
+
+  def project_kv(self, x):
+    """Cross-attention K, V from the encoder output; computed once per source when decoding."""
+    kv = self._project(x, self.kv_kernel, self.kv_bias, 'btd,dinh->btinh')
+    return kv[:, :, 0], kv[:, :, 1]
+
+  def attend(self, q, k, v, mask, dropout_rng=None, return_weights=False):
+    """Attention over given projected Q, K, V, then the output projection to d_model."""
+    result = dot_product_attention(q, k, v, mask, kernel=self.kernel,
+                                   dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
+                                   return_weights=return_weights)
+    out, weights = result if return_weights else (result, None)
+    out = jnp.einsum('btnh,nhd->btd', out, self.out_kernel[...].astype(self.dtype))
+    out = out + self.out_bias[...].astype(self.dtype)
+    return (out, weights) if return_weights else out
+
+  def __call__(self, inputs_q, inputs_kv=None, mask=None, *, dropout_rng=None,
+               return_weights=False):
+    """inputs_q: [batch, q_len, d_model]; inputs_kv: [batch, kv_len, d_model] for cross-attention
+    (None for self-attention); mask broadcastable to [batch, heads, q_len, kv_len]."""
+    if inputs_q.ndim != 3 or inputs_q.shape[-1] != self.d_model:
+      raise ValueError(f'inputs_q must be [batch, length, {self.d_model}], got {inputs_q.shape}.')
+    if self.self_attention:
+      if inputs_kv is not None:
+        raise ValueError('this MultiHeadAttention is self-attention; do not pass inputs_kv.')
+      q, k, v = self.project_qkv(inputs_q)
+    else:
+      if inputs_kv is None:
+        raise ValueError('cross-attention needs inputs_kv (the encoder output).')
+      if inputs_kv.ndim != 3 or inputs_kv.shape[0] != inputs_q.shape[0]:
+        raise ValueError(f'inputs_kv must be [batch={inputs_q.shape[0]}, length, d_model], '
+                         f'got {inputs_kv.shape}.')
+      q = self.project_q(inputs_q)
+      k, v = self.project_kv(inputs_kv)
+    return self.attend(q, k, v, mask, dropout_rng, return_weights)
+
+  def decode_step(self, x, cache, *, dropout_rng=None, return_weights=False):
+    """One incremental self-attention step with a key/value cache.
+
+    x: [batch, 1, d_model], the new position's input. cache: dict with 'key' and 'value'
+    [batch, max_len, heads, head_dim] and 'index' (scalar int, the position being written).
+    Returns (output [batch, 1, d_model], new cache[, weights]); the new position attends to
+    cache positions 0..index.
+    """
+    q, k, v = self.project_qkv(x)
+    index = cache['index']
+    key = jax.lax.dynamic_update_slice_in_dim(cache['key'], k.astype(cache['key'].dtype), index, 1)
+    value = jax.lax.dynamic_update_slice_in_dim(cache['value'], v.astype(cache['value'].dtype),
+                                                index, 1)
+    max_len = key.shape[1]
+    mask = (jnp.arange(max_len) <= index)[None, None, None, :]  # [1, 1, 1, max_len]
+    new_cache = {'key': key, 'value': value, 'index': index + 1}
+    if return_weights:
+      out, weights = self.attend(q, key, value, mask, dropout_rng, return_weights=True)
+      return out, new_cache, weights
+    return self.attend(q, key, value, mask, dropout_rng), new_cache
+
+  def init_cache(self, batch_size: int, max_len: int, dtype=None):
+    shape = (batch_size, max_len, self.num_heads, self.head_dim)
+    dtype = dtype or self.dtype
+    return {'key': jnp.zeros(shape, dtype), 'value': jnp.zeros(shape, dtype),
+            'index': jnp.array(0, jnp.int32)}

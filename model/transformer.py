@@ -1,0 +1,338 @@
+"""The encoder-decoder Transformer of Vaswani et al. (2017) on top of `model.attention`.
+
+Pre-LN by default (more stable for small data and short schedules), post-LN as in the paper via
+`config.layer_norm='post'`. Token ids: 0 is padding. Sequences may be packed: several examples
+per row, told apart by segment ids (0 = padding) with positions restarting at 0 per example.
+"""
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from model.attention import (KERNELS, MultiHeadAttention, combine_masks, dropout,
+                             make_attention_mask, make_causal_mask, make_segment_mask)
+
+POSITION_TYPES = ('sinusoidal', 'learned')
+LAYER_NORM_TYPES = ('pre', 'post')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def sinusoidal_positions(max_len: int, dim: int):
+  """The paper's encoding: PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...)."""
+  positions = np.arange(max_len)[:, None]
+  div = np.exp(np.arange(0, dim, 2) * -(math.log(10000.0) / dim))
+  table = np.zeros((max_len, dim), np.float32)
+  table[:, 0::2] = np.sin(positions * div)
+  table[:, 1::2] = np.cos(positions * div[: dim // 2])
+  return jnp.asarray(table)
+
+
+def shift_right(targets, positions=None, bos_id: int = 2):
+  """Decoder inputs for teacher forcing: BOS, then the targets shifted one step right.
+
+  With packed rows (positions given) every example starts with BOS at its position 0.
+  """
+  shifted = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+  starts = (jnp.arange(targets.shape[1]) == 0)[None, :] if positions is None else positions == 0
+  return jnp.where(starts, bos_id, shifted)
+
+
+def _fold(rng, *data):
+  """Derive an independent key per layer/sublayer; None stays None (no dropout)."""
+  if rng is None:
+    return None
+  for d in data:
+    rng = jax.random.fold_in(rng, d)
+  return rng
+
+
+def validate_config(config):
+  """Raise ValueError naming the field for a model config that cannot build a model."""
+  def fail(field, why):
+    raise ValueError(f'config.{field}={config.get(field)!r} {why}')
+
+  for field in ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers',
+                'num_decoder_layers', 'mlp_dim', 'max_len'):
+    value = config.get(field)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      fail(field, 'must be a positive integer.')
+  if config.emb_dim % config.num_heads:
+    fail('num_heads', f'must divide config.emb_dim={config.emb_dim}.')
+  for field in ('dropout_rate', 'attention_dropout_rate'):
+    if not 0.0 <= config.get(field) < 1.0:
+      fail(field, 'must be in [0, 1).')
+  for field, allowed in (('attention_kernel', KERNELS), ('position_embedding', POSITION_TYPES),
+                         ('layer_norm', LAYER_NORM_TYPES), ('dtype', tuple(DTYPES)),
+                         ('param_dtype', tuple(DTYPES))):
+    if config.get(field) not in allowed:
+      fail(field, f'is unknown; use one of {allowed}.')
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+class MlpBlock(nnx.Module):
+  """Position-wise feed-forward network: Linear(d -> mlp_dim), ReLU, dropout, Linear(-> d)."""
+
+  def __init__(self, dim: int, mlp_dim: int, dropout_rate: float, *, rngs: nnx.Rngs,
+               dtype: Any, param_dtype: Any):
+    self.dropout_rate = dropout_rate
+    self.wi = nnx.Linear(dim, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.wo = nnx.Linear(mlp_dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x, dropout_rng=None):
+    return self.wo(dropout(jax.nn.relu(self.wi(x)), self.dropout_rate, dropout_rng))
+
+
+class _Sublayers(nnx.Module):
+  """Shared residual wiring: pre-LN  x + drop(f(LN(x)))  or post-LN  LN(x + drop(f(x)))."""
+
+  pre_ln: bool
+  dropout_rate: float
+
+  def residual(self, x, norm, fn, rng):
+    if self.pre_ln:
+      return x + dropout(fn(norm(x)), self.dropout_rate, rng)
+    return norm(x + dropout(fn(x), self.dropout_rate, rng))
+
+
+def _norm(dim, config, rngs):
+  return nnx.LayerNorm(dim, epsilon=1e-6, dtype=DTYPES[config.dtype],
+                       param_dtype=DTYPES[config.param_dtype], rngs=rngs)
+
+
+def _attention(config, rngs, self_attention):
+  return MultiHeadAttention(config.emb_dim, config.num_heads, rngs=rngs,
+                            self_attention=self_attention,
+                            dropout_rate=config.attention_dropout_rate,
+                            kernel=config.attention_kernel, dtype=DTYPES[config.dtype],
+                            param_dtype=DTYPES[config.param_dtype])
+
+
+def _mlp(config, rngs):
+  return MlpBlock(config.emb_dim, config.mlp_dim, config.dropout_rate, rngs=rngs,
+                  dtype=DTYPES[config.dtype], param_dtype=DTYPES[config.param_dtype])
+
+
+class EncoderLayer(_Sublayers):
+  """Self-attention over the source, then the MLP; each a residual sublayer."""
+
+  def __init__(self, config, *, rngs: nnx.Rngs):
+    self.pre_ln, self.dropout_rate = config.layer_norm == 'pre', config.dropout_rate
+    self.self_attention = _attention(config, rngs, self_attention=True)
+    self.mlp = _mlp(config, rngs)
+    self.norm1, self.norm2 = _norm(config.emb_dim, config, rngs), _norm(config.emb_dim, config, rngs)
+
+  def __call__(self, x, mask, rng=None, weights=None):
+    def attend(h):
+      if weights is None:
+        return self.self_attention(h, mask=mask, dropout_rng=_fold(rng, 0))
+      out, w = self.self_attention(h, mask=mask, return_weights=True)
+      weights.append(w)
+      return out
+    x = self.residual(x, self.norm1, attend, _fold(rng, 1))
+    return self.residual(x, self.norm2, lambda h: self.mlp(h, _fold(rng, 2)), _fold(rng, 3))
+
+
+class DecoderLayer(_Sublayers):
+  """Causal self-attention, cross-attention to the encoder output, then the MLP."""
+
+  def __init__(self, config, *, rngs: nnx.Rngs):
+    self.pre_ln, self.dropout_rate = config.layer_norm == 'pre', config.dropout_rate
+    self.self_attention = _attention(config, rngs, self_attention=True)
+    self.cross_attention = _attention(config, rngs, self_attention=False)
+    self.mlp = _mlp(config, rngs)
+    self.norm1, self.norm2, self.norm3 = (_norm(config.emb_dim, config, rngs) for _ in range(3))
+
+  def __call__(self, x, cross_kv, self_mask, cross_mask, rng=None, cache=None, weights=None):
+    """x: [batch, tgt_len, d]; cross_kv: (K, V) projected from the encoder output.
+
+    With `cache` (incremental decoding, tgt_len 1) self-attention reads and extends the cache;
+    returns (x, new_cache).
+    """
+    new_cache = None
+
+    def self_attend(h):
+      nonlocal new_cache
+      if cache is None:
+        return self.self_attention(h, mask=self_mask, dropout_rng=_fold(rng, 0))
+      out, new_cache = self.self_attention.decode_step(h, cache)
+      return out
+
+    def cross_attend(h):
+      q = self.cross_attention.project_q(h)
+      if weights is None:
+        return self.cross_attention.attend(q, *cross_kv, cross_mask, _fold(rng, 2))
+      out, w = self.cross_attention.attend(q, *cross_kv, cross_mask, return_weights=True)
+      weights.append(w)
+      return out
+
+    x = self.residual(x, self.norm1, self_attend, _fold(rng, 1))
+    x = self.residual(x, self.norm2, cross_attend, _fold(rng, 3))
+    x = self.residual(x, self.norm3, lambda h: self.mlp(h, _fold(rng, 4)), _fold(rng, 5))
+    return x, new_cache
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class EncoderDecoder(nnx.Module):
+  """Transformer encoder-decoder. Call as model(inputs, targets) for teacher-forced logits.
+
+  Token embeddings are shared between source and target when `config.share_embeddings`, and the
+  target embedding doubles as the output projection when `config.tie_output_embedding` (the
+  paper's weight tying); embeddings are scaled by sqrt(emb_dim).
+  """
+
+  def __init__(self, config, *, rngs: nnx.Rngs):
+    validate_config(config)
+    self.config = config
+    dim = config.emb_dim
+    param_dtype, self.dtype = DTYPES[config.param_dtype], DTYPES[config.dtype]
+    embed_init = nnx.initializers.normal(stddev=dim ** -0.5)
+
+    def embedding():
+      return nnx.Embed(config.vocab_size, dim, dtype=self.dtype, param_dtype=param_dtype,
+                       embedding_init=embed_init, rngs=rngs)
+    self.target_embed = embedding()
+    self.source_embed = None if config.share_embeddings else embedding()
+    if config.position_embedding == 'learned':
+      self.position_table = nnx.Param(
+          nnx.initializers.normal(0.02)(rngs.params(), (config.max_len, dim), param_dtype))
+    else:
+      self.position_table = nnx.Variable(sinusoidal_positions(config.max_len, dim))
+    self.encoder_layers = nnx.List([EncoderLayer(config, rngs=rngs)
+                                    for _ in range(config.num_encoder_layers)])
+    self.decoder_layers = nnx.List([DecoderLayer(config, rngs=rngs)
+                                    for _ in range(config.num_decoder_layers)])
+    pre_ln = config.layer_norm == 'pre'
+    self.encoder_norm = _norm(dim, config, rngs) if pre_ln else None
+    self.decoder_norm = _norm(dim, config, rngs) if pre_ln else None
+    self.logits_dense = None if config.tie_output_embedding else nnx.Linear(
+        dim, config.vocab_size, dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
+
+  # -- embeddings
+
+  def _embed(self, table, tokens, positions, rng):
+    dim = self.config.emb_dim
+    x = table(tokens) * jnp.asarray(math.sqrt(dim), self.dtype)
+    if positions is None:
+      positions = jnp.arange(tokens.shape[1])[None, :]
+    x = x + jnp.take(self.position_table[...], positions, axis=0).astype(self.dtype)
+    return dropout(x, self.config.dropout_rate, rng)
+
+  def _check_tokens(self, name, tokens):
+    if tokens.ndim != 2:
+      raise ValueError(f'{name} must be int token ids [batch, length], got shape {tokens.shape}.')
+    if tokens.shape[1] > self.config.max_len:
+      raise ValueError(f'{name} length {tokens.shape[1]} exceeds config.max_len='
+                       f'{self.config.max_len}.')
+
+  # -- encoder
+
+  def encode(self, inputs, inputs_positions=None, inputs_segmentation=None, *, dropout_rng=None,
+             return_weights=False):
+    """inputs: [batch, src_len] token ids -> [batch, src_len, emb_dim] (and per-layer weights)."""
+    self._check_tokens('inputs', inputs)
+    if inputs_segmentation is None:
+      mask = make_attention_mask(inputs != 0, inputs != 0)
+    else:
+      mask = make_segment_mask(inputs_segmentation, inputs_segmentation)
+    table = self.source_embed or self.target_embed
+    x = self._embed(table, inputs, inputs_positions, _fold(dropout_rng, 0))
+    weights = [] if return_weights else None
+    for i, layer in enumerate(self.encoder_layers):
+      x = layer(x, mask, _fold(dropout_rng, 1, i), weights)
+    if self.encoder_norm is not None:
+      x = self.encoder_norm(x)
+    return (x, weights) if return_weights else x
+
+  # -- decoder
+
+  def cross_kv(self, encoded):
+    """Each decoder layer's cross-attention K, V from the encoder output (once per source)."""
+    return [layer.cross_attention.project_kv(encoded) for layer in self.decoder_layers]
+
+  def _logits(self, x):
+    if self.decoder_norm is not None:
+      x = self.decoder_norm(x)
+    if self.logits_dense is not None:
+      return self.logits_dense(x).astype(jnp.float32)
+    # Tied output projection: logits = x Eᵀ, accumulated in float32.
+    return jnp.einsum('btd,vd->btv', x, self.target_embed.embedding[...].astype(x.dtype),
+                      preferred_element_type=jnp.float32)
+
+  def decode(self, encoded, inputs, decoder_inputs, *, targets_positions=None,
+             inputs_segmentation=None, targets_segmentation=None, dropout_rng=None,
+             return_weights=False):
+    """Teacher-forced decoding: logits [batch, tgt_len, vocab] (float32) for decoder_inputs.
+
+    `inputs` (source token ids) supplies the source padding mask for cross-attention.
+    """
+    self._check_tokens('decoder_inputs', decoder_inputs)
+    if encoded.shape[0] != decoder_inputs.shape[0] or encoded.shape[:2] != inputs.shape:
+      raise ValueError(f'batch mismatch: encoded {encoded.shape}, inputs {inputs.shape}, '
+                       f'decoder_inputs {decoder_inputs.shape}.')
+    length = decoder_inputs.shape[1]
+    if targets_segmentation is None:
+      valid = decoder_inputs != 0
+      self_mask = combine_masks(make_attention_mask(valid, valid), make_causal_mask(length))
+      cross_mask = make_attention_mask(valid, inputs != 0)
+    else:
+      self_mask = combine_masks(make_segment_mask(targets_segmentation, targets_segmentation),
+                                make_causal_mask(length))
+      cross_mask = make_segment_mask(targets_segmentation, inputs_segmentation)
+    x = self._embed(self.target_embed, decoder_inputs, targets_positions, _fold(dropout_rng, 0))
+    weights = [] if return_weights else None
+    for i, (layer, kv) in enumerate(zip(self.decoder_layers, self.cross_kv(encoded))):
+      x, _ = layer(x, kv, self_mask, cross_mask, _fold(dropout_rng, 1, i), weights=weights)
+    logits = self._logits(x)
+    return (logits, weights) if return_weights else logits
+
+  def __call__(self, inputs, decoder_inputs, *, inputs_positions=None, targets_positions=None,
+               inputs_segmentation=None, targets_segmentation=None, dropout_rng=None):
+    """Teacher-forced logits [batch, tgt_len, vocab]; dropout only when dropout_rng is given."""
+    if inputs.ndim != 2 or decoder_inputs.ndim != 2 or inputs.shape[0] != decoder_inputs.shape[0]:
+      raise ValueError(f'inputs {inputs.shape} and decoder_inputs {decoder_inputs.shape} must be '
+                       f'[batch, length] with the same batch.')
+    encoded = self.encode(inputs, inputs_positions, inputs_segmentation,
+                          dropout_rng=_fold(dropout_rng, 0))
+    return self.decode(encoded, inputs, decoder_inputs, targets_positions=targets_positions,
+                       inputs_segmentation=inputs_segmentation,
+                       targets_segmentation=targets_segmentation,
+                       dropout_rng=_fold(dropout_rng, 1))
+
+  # -- incremental decoding
+
+  def init_cache(self, batch_size: int, max_len: int):
+    """Empty self-attention key/value caches for `max_len` decoding steps, one per layer."""
+    if max_len > self.config.max_len:
+      raise ValueError(f'decode length {max_len} exceeds config.max_len={self.config.max_len}.')
+    return [layer.self_attention.init_cache(batch_size, max_len) for layer in self.decoder_layers]
+
+  def decode_step(self, tokens, cache, cross_kv, inputs_valid):
+    """One decoding step: tokens [batch] at position cache index -> logits [batch, vocab].
+
+    cross_kv: from `cross_kv(encoded)`; inputs_valid: [batch, src_len] bool (source non-pad).
+    Returns (logits float32, new cache).
+    """
+    index = cache[0]['index']
+    x = self._embed(self.target_embed, tokens[:, None], jnp.reshape(index, (1, 1)), None)
+    cross_mask = inputs_valid[:, None, None, :]
+    new_cache = []
+    for layer, kv, layer_cache in zip(self.decoder_layers, cross_kv, cache):
+      x, c = layer(x, kv, None, cross_mask, cache=layer_cache)
+      new_cache.append(c)
+    return self._logits(x)[:, 0], new_cache
+
+
+def count_params(model) -> int:
+  """Number of trainable parameters."""
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

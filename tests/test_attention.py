@@ -1,0 +1,183 @@
+"""Scaled dot-product and multi-head attention against a NumPy reference."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from model import attention as attn
+
+
+def numpy_attention(q, k, v, mask):
+  """softmax(Q Kᵀ / sqrt(d)) V per head, straight from the definition; masked keys excluded."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  b, lq, h, d = q.shape
+  out = np.zeros((b, lq, h, v.shape[-1]))
+  weights = np.zeros((b, h, lq, k.shape[1]))
+  mask = np.broadcast_to(np.asarray(mask), (b, h, lq, k.shape[1]))
+  for bi in range(b):
+    for hi in range(h):
+      scores = q[bi, :, hi] @ k[bi, :, hi].T / np.sqrt(d)
+      for qi in range(lq):
+        allowed = mask[bi, hi, qi]
+        if not allowed.any():
+          continue
+        s = np.where(allowed, scores[qi], -np.inf)
+        w = np.exp(s - s[allowed].max())
+        w /= w.sum()
+        weights[bi, hi, qi] = w
+        out[bi, qi, hi] = w @ v[bi, :, hi]
+  return out, weights
+
+
+def random_qkv(seed=0, b=2, lq=5, lk=7, h=3, d=4):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(b, lq, h, d)).astype(np.float32),
+          rng.normal(size=(b, lk, h, d)).astype(np.float32),
+          rng.normal(size=(b, lk, h, d)).astype(np.float32))
+
+
+def padded_causal_mask():
+  tokens = jnp.array([[4, 5, 6, 7, 8, 0, 0], [4, 5, 6, 0, 0, 0, 0]])
+  return attn.combine_masks(attn.make_padding_mask(tokens, tokens), attn.make_causal_mask(7))
+
+
+def test_masks_match_hand_computed_values():
+  tokens = jnp.array([[3, 4, 0]])
+  np.testing.assert_array_equal(attn.make_padding_mask(tokens, tokens)[0, 0],
+                                [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+  np.testing.assert_array_equal(attn.make_causal_mask(3)[0, 0], [[1, 0, 0], [1, 1, 0], [1, 1, 1]])
+  segments = jnp.array([[1, 1, 2, 0]])
+  np.testing.assert_array_equal(attn.make_segment_mask(segments, segments)[0, 0],
+                                [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+  assert attn.combine_masks(None, None) is None
+
+
+@pytest.mark.parametrize('mask_kind', ['none', 'padding', 'padding+causal'])
+def test_attention_equals_numpy_definition(mask_kind):
+  q, k, v = random_qkv(lq=7, lk=7)
+  tokens = jnp.array([[4, 5, 6, 7, 8, 0, 0], [4, 5, 6, 0, 0, 0, 0]])
+  mask = {'none': jnp.ones((1, 1, 7, 7), bool),
+          'padding': attn.make_padding_mask(tokens, tokens),
+          'padding+causal': padded_causal_mask()}[mask_kind]
+  out, weights = attn.dot_product_attention(q, k, v, mask, return_weights=True)
+  ref_out, ref_weights = numpy_attention(q, k, v, mask)
+  np.testing.assert_allclose(out, ref_out, atol=1e-5)
+  np.testing.assert_allclose(weights, ref_weights, atol=1e-6)
+
+
+def test_weights_are_a_distribution_with_exact_zeros_on_masked_keys():
+  q, k, v = random_qkv(lq=7, lk=7)
+  mask = padded_causal_mask()
+  _, weights = attn.dot_product_attention(q, k, v, mask, return_weights=True)
+  full = np.broadcast_to(np.asarray(mask), weights.shape)
+  assert (np.asarray(weights) >= 0).all()
+  assert (np.asarray(weights)[~full] == 0.0).all()  # exactly zero, not merely small
+  row_sums = np.asarray(weights).sum(-1)
+  has_key = full.any(-1)
+  np.testing.assert_allclose(row_sums[has_key], 1.0, atol=1e-6)
+
+
+def test_fully_masked_query_gives_zeros_not_nan():
+  q, k, v = random_qkv(lq=3, lk=4)
+  mask = jnp.array([[True, True, False, False], [False] * 4, [True] * 4])[None, None]
+  for kernel in attn.KERNELS:
+    out = attn.dot_product_attention(q, k, v, mask, kernel=kernel)
+    assert np.isfinite(np.asarray(out)).all()
+    np.testing.assert_array_equal(np.asarray(out)[:, 1], 0.0)
+
+
+def test_softmax_is_float32_for_bfloat16_inputs():
+  q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv())
+  out, weights = attn.dot_product_attention(q, k, v, return_weights=True)
+  assert weights.dtype == jnp.float32 and out.dtype == jnp.bfloat16
+  ref_out, _ = numpy_attention(q.astype(jnp.float32), k.astype(jnp.float32),
+                               v.astype(jnp.float32), jnp.ones((1, 1, 5, 7), bool))
+  np.testing.assert_allclose(np.asarray(out, np.float32), ref_out, atol=5e-2)
+
+
+def test_einsum_and_jax_kernels_agree():
+  q, k, v = random_qkv(lq=7, lk=7, h=2, d=8)
+  mask = padded_causal_mask()
+  a = attn.dot_product_attention(q, k, v, mask, kernel='einsum')
+  b = attn.dot_product_attention(q, k, v, mask, kernel='jax')
+  np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_attention_dropout_zeroes_weights_and_rescales():
+  q, k, v = random_qkv()
+  _, w = attn.dot_product_attention(q, k, v, return_weights=True)
+  _, wd = attn.dot_product_attention(q, k, v, dropout_rate=0.5, dropout_rng=jax.random.key(0),
+                                     return_weights=True)
+  kept = np.asarray(wd) != 0
+  assert 0.3 < kept.mean() < 0.7
+  np.testing.assert_allclose(np.asarray(wd)[kept], 2 * np.asarray(w)[kept], rtol=1e-6)
+
+
+def mha_numpy(module, x_q, x_kv, mask):
+  """Multi-head attention from the definition: per-head projections, attention, concat, W_O."""
+  p = lambda v: np.asarray(v[...], np.float64)
+  heads = []
+  for h in range(module.num_heads):
+    if module.self_attention:
+      wq, wk, wv = (p(module.qkv_kernel)[:, i, h] for i in range(3))
+      bq, bk, bv = (p(module.qkv_bias)[i, h] for i in range(3))
+    else:
+      wq, bq = p(module.q_kernel)[:, h], p(module.q_bias)[h]
+      wk, wv = p(module.kv_kernel)[:, 0, h], p(module.kv_kernel)[:, 1, h]
+      bk, bv = p(module.kv_bias)[0, h], p(module.kv_bias)[1, h]
+    q, k, v = x_q @ wq + bq, x_kv @ wk + bk, x_kv @ wv + bv
+    out, _ = numpy_attention(q[:, :, None], k[:, :, None], v[:, :, None], mask)
+    heads.append(out[:, :, 0])
+  concat = np.concatenate(heads, axis=-1)  # [b, q, heads * head_dim]
+  w_o = p(module.out_kernel).reshape(-1, module.d_model)
+  return concat @ w_o + p(module.out_bias)
+
+
+def test_multi_head_self_attention_equals_per_head_definition():
+  mha = attn.MultiHeadAttention(12, 3, rngs=nnx.Rngs(0))
+  x = np.random.default_rng(1).normal(size=(2, 7, 12)).astype(np.float32)
+  mask = padded_causal_mask()
+  np.testing.assert_allclose(mha(x, mask=mask), mha_numpy(mha, x, x, mask), atol=1e-4)
+
+
+def test_multi_head_cross_attention_equals_per_head_definition():
+  mha = attn.MultiHeadAttention(12, 4, rngs=nnx.Rngs(0), self_attention=False)
+  rng = np.random.default_rng(2)
+  x_q = rng.normal(size=(2, 3, 12)).astype(np.float32)
+  x_kv = rng.normal(size=(2, 7, 12)).astype(np.float32)
+  kv_tokens = jnp.array([[1, 1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0, 0]])
+  mask = attn.make_padding_mask(jnp.ones((2, 3), int), kv_tokens)
+  np.testing.assert_allclose(mha(x_q, x_kv, mask=mask), mha_numpy(mha, x_q, x_kv, mask),
+                             atol=1e-4)
+
+
+def test_cached_self_attention_steps_equal_full_causal_attention():
+  mha = attn.MultiHeadAttention(16, 4, rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6, 16)), jnp.float32)
+  full = mha(x, mask=attn.make_causal_mask(6))
+  cache = mha.init_cache(2, 8)
+  steps = []
+  for t in range(6):
+    out, cache = mha.decode_step(x[:, t:t + 1], cache)
+    steps.append(out)
+  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
+  assert int(cache['index']) == 6
+
+
+def test_malformed_inputs_raise_clear_errors():
+  q, k, v = random_qkv()
+  with pytest.raises(ValueError, match='rank 4'):
+    attn.dot_product_attention(q[0], k, v)
+  with pytest.raises(ValueError, match='batch sizes differ'):
+    attn.dot_product_attention(q, k[:1], v[:1])
+  with pytest.raises(ValueError, match='kernel'):
+    attn.dot_product_attention(q, k, v, kernel='flash')
+  with pytest.raises(ValueError, match='not divisible'):
+    attn.MultiHeadAttention(10, 3, rngs=nnx.Rngs(0))
+  mha = attn.MultiHeadAttention(12, 3, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match='inputs_q'):
+    mha(jnp.zeros((2, 5, 8)))
+  cross = attn.MultiHeadAttention(12, 3, rngs=nnx.Rngs(0), self_attention=False)
+  with pytest.raises(ValueError, match='inputs_kv'):
+    cross(jnp.zeros((2, 5, 12)), jnp.zeros((3, 4, 12)))

@@ -1,0 +1,175 @@
+"""Properties of the encoder-decoder that follow from its definition."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import default
+from model import attention as attn
+from model.transformer import (EncoderDecoder, EncoderLayer, count_params, shift_right,
+                               sinusoidal_positions)
+
+
+def tiny_config(**overrides):
+  config = default.get_config()
+  config.update(vocab_size=50, emb_dim=16, num_heads=2, num_encoder_layers=2,
+                num_decoder_layers=2, mlp_dim=32, max_len=24)
+  config.update(overrides)
+  return config
+
+
+def make_model(**overrides):
+  return EncoderDecoder(tiny_config(**overrides), rngs=nnx.Rngs(0))
+
+
+SRC = jnp.array([[5, 6, 7, 8, 1, 0], [9, 10, 1, 0, 0, 0]])
+TGT = jnp.array([[2, 11, 12, 13, 14], [2, 15, 16, 0, 0]])
+
+VARIANTS = [{}, {'layer_norm': 'post'}, {'position_embedding': 'learned'},
+            {'share_embeddings': False, 'tie_output_embedding': False},
+            {'attention_kernel': 'jax'}]
+
+
+def test_sinusoidal_positions_match_formula():
+  table = np.asarray(sinusoidal_positions(10, 8))
+  p, i = 7, 3  # dims 2i and 2i+1
+  angle = p / 10000 ** (2 * i / 8)
+  np.testing.assert_allclose(table[p, 2 * i], np.sin(angle), rtol=1e-5)
+  np.testing.assert_allclose(table[p, 2 * i + 1], np.cos(angle), rtol=1e-5)
+
+
+def test_shift_right_starts_every_packed_example_with_bos():
+  targets = jnp.array([[7, 8, 1, 9, 1, 0]])
+  positions = jnp.array([[0, 1, 2, 0, 1, 0]])
+  np.testing.assert_array_equal(shift_right(targets, positions, bos_id=2), [[2, 7, 8, 2, 9, 2]])
+  np.testing.assert_array_equal(shift_right(targets, bos_id=2), [[2, 7, 8, 1, 9, 1]])
+
+
+@pytest.mark.parametrize('overrides', VARIANTS)
+def test_future_tokens_do_not_change_past_outputs(overrides):
+  model = make_model(**overrides)
+  logits = model(SRC, TGT)
+  changed = TGT.at[:, 3:].set(jnp.array([[40, 41], [42, 43]]))
+  logits_changed = model(SRC, changed)
+  np.testing.assert_allclose(logits[:, :3], logits_changed[:, :3], atol=1e-5)
+  assert not np.allclose(logits[0, 3:], logits_changed[0, 3:])
+
+
+@pytest.mark.parametrize('overrides', VARIANTS)
+def test_source_padding_changes_nothing(overrides):
+  model = make_model(**overrides)
+  padded = jnp.pad(SRC, ((0, 0), (0, 4)))
+  enc, enc_padded = model.encode(SRC), model.encode(padded)
+  real = np.asarray(SRC != 0)
+  np.testing.assert_allclose(np.asarray(enc)[real], np.asarray(enc_padded)[:, :6][real],
+                             atol=1e-5)
+  np.testing.assert_allclose(model(SRC, TGT), model(padded, TGT), atol=1e-5)
+
+
+@pytest.mark.parametrize('overrides', VARIANTS)
+def test_cached_decoding_equals_teacher_forcing(overrides):
+  model = make_model(**overrides)
+  full = model(SRC, TGT)
+  cross_kv = model.cross_kv(model.encode(SRC))
+  cache = model.init_cache(2, TGT.shape[1])
+  for t in range(TGT.shape[1]):
+    step_logits, cache = model.decode_step(TGT[:, t], cache, cross_kv, SRC != 0)
+    real = np.asarray(TGT[:, t] != 0)  # logits at padded target positions are undefined
+    np.testing.assert_allclose(np.asarray(step_logits)[real], np.asarray(full[:, t])[real],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_self_attention_without_positions_is_permutation_equivariant():
+  layer = EncoderLayer(tiny_config(), rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 16)), jnp.float32)
+  perm = np.random.default_rng(1).permutation(6)
+  mask = jnp.ones((2, 1, 6, 6), bool)
+  np.testing.assert_allclose(layer(x, mask)[:, perm], layer(x[:, perm], mask), atol=1e-5)
+
+
+def test_packed_examples_do_not_attend_to_each_other():
+  model = make_model()
+  # Row: example A (src 3 tokens, tgt 3) then example B (src 2, tgt 2), then padding.
+  src_a, tgt_a = jnp.array([[5, 6, 1]]), jnp.array([[2, 11, 12]])
+  src_b, tgt_b = jnp.array([[9, 1]]), jnp.array([[2, 15]])
+  packed_src = jnp.array([[5, 6, 1, 9, 1, 0]])
+  packed_tgt = jnp.array([[2, 11, 12, 2, 15, 0]])
+  logits = model(packed_src, packed_tgt,
+                 inputs_positions=jnp.array([[0, 1, 2, 0, 1, 0]]),
+                 targets_positions=jnp.array([[0, 1, 2, 0, 1, 0]]),
+                 inputs_segmentation=jnp.array([[1, 1, 1, 2, 2, 0]]),
+                 targets_segmentation=jnp.array([[1, 1, 1, 2, 2, 0]]))
+  np.testing.assert_allclose(logits[:, :3], model(src_a, tgt_a), atol=1e-5)
+  np.testing.assert_allclose(logits[:, 3:5], model(src_b, tgt_b), atol=1e-5)
+
+
+def test_bfloat16_activations_keep_float32_params_and_logits():
+  model = make_model(dtype='bfloat16')
+  params = nnx.state(model, nnx.Param)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  logits = model(SRC, TGT)
+  assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
+  np.testing.assert_allclose(logits, make_model()(SRC, TGT), atol=0.15)
+
+
+def test_dropout_is_random_in_training_and_off_in_evaluation():
+  model = make_model(dropout_rate=0.3)
+  a = model(SRC, TGT, dropout_rng=jax.random.key(0))
+  b = model(SRC, TGT, dropout_rng=jax.random.key(1))
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(model(SRC, TGT), model(SRC, TGT))
+
+
+def test_weight_tying_shares_one_table():
+  tied = count_params(make_model())
+  untied = count_params(make_model(share_embeddings=False, tie_output_embedding=False))
+  # Untied adds a source table (V x d) and an output projection (d x V + V).
+  assert untied - tied == 50 * 16 + 16 * 50 + 50
+
+
+def test_base_config_has_the_papers_parameter_count():
+  config = default.get_config('base')
+  config.vocab_size = 37000  # the paper's shared BPE vocabulary
+  model = nnx.eval_shape(lambda: EncoderDecoder(config, rngs=nnx.Rngs(0)))
+  n = count_params(model)
+  print(f'Transformer base, 37000 shared vocab: {n:,} parameters (paper: ~65M)')
+  # Independent count: embeddings + 6 encoder + 6 decoder layers + final norms.
+  d, f, v = 512, 2048, 37000
+  attention = 4 * (d * d + d)
+  mlp = d * f + f + f * d + d
+  norm = 2 * d
+  expected = v * d + 6 * (attention + mlp + 2 * norm) + 6 * (2 * attention + mlp + 3 * norm) \
+      + 2 * norm
+  assert n == expected
+  assert 60e6 < n < 66e6
+
+
+def test_big_config_builds_with_its_shape():
+  config = default.get_config('big')
+  model = nnx.eval_shape(lambda: EncoderDecoder(config, rngs=nnx.Rngs(0)))
+  assert model.encoder_layers[0].self_attention.num_heads == 16
+  assert model.decoder_layers[0].mlp.wi.kernel.shape == (1024, 4096)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('num_heads', 3, r'config.num_heads=3 must divide config.emb_dim=16'),
+    ('emb_dim', 0, r'config.emb_dim=0 must be a positive integer'),
+    ('num_encoder_layers', -1, r'config.num_encoder_layers=-1'),
+    ('attention_kernel', 'flash', r"config.attention_kernel='flash' is unknown"),
+    ('dropout_rate', 1.5, r'config.dropout_rate=1.5 must be in'),
+    ('dtype', 'float8', r"config.dtype='float8' is unknown"),
+])
+def test_bad_config_values_raise_naming_the_field(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    make_model(**{field: value})
+
+
+def test_malformed_token_inputs_raise():
+  model = make_model()
+  with pytest.raises(ValueError, match=r'\[batch, length\]'):
+    model(SRC[0], TGT)
+  with pytest.raises(ValueError, match='same batch'):
+    model(SRC, TGT[:1])
+  with pytest.raises(ValueError, match='exceeds config.max_len'):
+    model(jnp.ones((1, 30), int), TGT[:1])
