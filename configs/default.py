@@ -46,8 +46,9 @@ def get_config(size: str = 'tiny'):
   config.max_train_len = 64            # longer training pairs are dropped (and counted)
   config.max_eval_len = 128            # eval sources are truncated to this (with a warning)
   config.batching = 'packed'           # packed (rows of several examples) | bucketed (token budget)
-  config.batch_size = 128              # rows per global batch (packed) / eval batch size
+  config.batch_size = 64               # rows of max_train_len tokens per global batch (packed)
   config.max_tokens = 4096             # bucketed: target tokens per global batch
+  config.eval_batch_size = 64          # sentences per evaluation/decoding batch
 
   # ---- model
   emb_dim, num_heads, enc_layers, dec_layers, mlp_dim = MODEL_SIZES[size]

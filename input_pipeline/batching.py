@@ -1,0 +1,191 @@
+"""Training batches (packed rows or token-budget length buckets) and evaluation batches.
+
+Every training batch has the same keys, so train_step has one code path:
+  inputs, targets                        [rows, length] int32 token ids (0 = pad)
+  inputs_position, targets_position      position of each token within its example
+  inputs_segmentation, targets_segmentation  example number within the row (1, 2, ...; 0 = pad)
+Bucketed batches hold one example per row (segmentation 1); packed rows hold several.
+
+The iterator's state is a small JSON-able dict (epoch, next example, pending buckets) saved with
+every checkpoint: a resumed run sees exactly the batches an uninterrupted run would have seen.
+"""
+
+import numpy as np
+
+BATCHINGS = ('packed', 'bucketed')
+KEYS = ('inputs', 'targets', 'inputs_position', 'targets_position', 'inputs_segmentation',
+        'targets_segmentation')
+
+
+def bucket_lengths(max_len: int, step: int = 8):
+  """Row lengths of the length buckets: 8, 16, ..., then 1.5x growth up to max_len."""
+  lengths, n = [], step
+  while n < max_len:
+    lengths.append(n)
+    n = n + step if n < 32 else int(n * 1.5) // step * step
+  return lengths + [max_len]
+
+
+class TrainIterator:
+  """Infinite, shuffled (per epoch), deterministic and resumable training batches.
+
+  sources/targets: lists of int arrays (token ids ending with EOS). Pairs with a side longer than
+  `max_len` are dropped (counted in `dropped`). `batch_size` counts rows of the global batch
+  (packed); `max_tokens` the global token budget (bucketed). Each process gets rows
+  [process_index * rows / process_count, ...) of every global batch.
+  """
+
+  def __init__(self, sources, targets, *, batching='packed', batch_size=64, max_len=64,
+               max_tokens=4096, seed=0, process_index=0, process_count=1, row_multiple=1):
+    if batching not in BATCHINGS:
+      raise ValueError(f'config.batching={batching!r} is unknown; use one of {BATCHINGS}.')
+    keep = [i for i in range(len(sources))
+            if 0 < len(sources[i]) <= max_len and 0 < len(targets[i]) <= max_len]
+    if not keep:
+      raise ValueError(f'no training pair fits config.max_train_len={max_len}.')
+    self.dropped = len(sources) - len(keep)
+    self.sources = [np.asarray(sources[i], np.int32) for i in keep]
+    self.targets = [np.asarray(targets[i], np.int32) for i in keep]
+    self.lengths = np.array([[len(s), len(t)] for s, t in zip(self.sources, self.targets)])
+    self.batching, self.max_len, self.seed = batching, max_len, seed
+    self.process_index, self.process_count = process_index, process_count
+    multiple = row_multiple * process_count  # rows must split evenly over devices and hosts
+    if batching == 'packed':
+      if batch_size % multiple:
+        raise ValueError(f'config.batch_size={batch_size} must be divisible by {multiple} '
+                         f'(devices x processes).')
+      self.rows = batch_size
+    else:
+      self.buckets = bucket_lengths(max_len)
+      self.bucket_rows = [max(multiple, max_tokens // length // multiple * multiple)
+                          for length in self.buckets]
+    self.state = {'epoch': 0, 'index': 0, 'pending': [[] for _ in range(
+        len(self.buckets) if batching == 'bucketed' else 0)]}
+    self.real_tokens = self.total_tokens = 0
+    self._perm_epoch, self._perm = None, None
+
+  # -- state
+
+  def get_state(self) -> dict:
+    return {'epoch': self.state['epoch'], 'index': self.state['index'],
+            'pending': [list(map(int, p)) for p in self.state['pending']]}
+
+  def set_state(self, state: dict):
+    self.state = {'epoch': int(state['epoch']), 'index': int(state['index']),
+                  'pending': [list(p) for p in state['pending']]}
+
+  @property
+  def padding_fraction(self) -> float:
+    """Share of padding among all token slots produced so far (source and target)."""
+    return 1.0 - self.real_tokens / max(self.total_tokens, 1)
+
+  # -- iteration
+
+  def _permutation(self, epoch):
+    if self._perm_epoch != epoch:
+      self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.sources))
+      self._perm_epoch = epoch
+    return self._perm
+
+  def _next_example(self, peek=False):
+    state = self.state
+    if state['index'] == len(self.sources):
+      state['epoch'] += 1
+      state['index'] = 0
+    example = int(self._permutation(state['epoch'])[state['index']])
+    if not peek:
+      state['index'] += 1
+    return example
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self.batching == 'packed':
+      rows, length = self._packed_rows(), self.max_len
+    else:
+      rows, length = self._bucket_rows()
+    batch = _pack(rows, self.sources, self.targets, length)
+    self.real_tokens += int((batch['inputs'] != 0).sum() + (batch['targets'] != 0).sum())
+    self.total_tokens += 2 * batch['inputs'].size
+    share = len(rows) // self.process_count
+    lo = self.process_index * share
+    return {k: v[lo:lo + share] for k, v in batch.items()}
+
+  def _packed_rows(self):
+    rows = []
+    for _ in range(self.rows):
+      row, used = [], np.zeros(2, int)
+      while True:
+        example = self._next_example(peek=True)
+        if (used + self.lengths[example] > self.max_len).any():
+          break
+        row.append(self._next_example())
+        used += self.lengths[example]
+      rows.append(row)
+    return rows
+
+  def _bucket_of(self, example):
+    longest = self.lengths[example].max()
+    return next(i for i, b in enumerate(self.buckets) if longest <= b)
+
+  def _bucket_rows(self):
+    pending = self.state['pending']
+    while True:
+      example = self._next_example()
+      bucket = self._bucket_of(example)
+      pending[bucket].append(example)
+      if len(pending[bucket]) == self.bucket_rows[bucket]:
+        rows = [[e] for e in pending[bucket]]
+        pending[bucket] = []
+        return rows, self.buckets[bucket]
+
+
+def _pack(rows, sources, targets, length):
+  """Lay out rows of examples into the batch arrays (see module docstring)."""
+  batch = {k: np.zeros((len(rows), length), np.int32) for k in KEYS}
+  for r, row in enumerate(rows):
+    for side, seqs in (('inputs', sources), ('targets', targets)):
+      offset = 0
+      for segment, example in enumerate(row, 1):
+        seq = seqs[example]
+        end = offset + len(seq)
+        batch[side][r, offset:end] = seq
+        batch[f'{side}_position'][r, offset:end] = np.arange(len(seq))
+        batch[f'{side}_segmentation'][r, offset:end] = segment
+        offset = end
+  return batch
+
+
+def eval_batches(sources, batch_size: int, max_len: int, targets=None, length_step: int = 16):
+  """Every example exactly once, in order; the last batch padded with empty rows.
+
+  Yields dicts with 'inputs' [batch_size, L] (L: the batch's longest source rounded up to a
+  multiple of `length_step`, at most max_len; longer sources are cut to max_len keeping EOS),
+  'targets' likewise when given, 'index' (example numbers, -1 for padding rows) and
+  'weights' (1 for real rows).
+  """
+  n = len(sources)
+  for start in range(0, n, batch_size):
+    index = np.arange(start, start + batch_size)
+    index[index >= n] = -1
+    batch = {'index': index, 'weights': (index >= 0).astype(np.float32)}
+    for key, seqs in (('inputs', sources), ('targets', targets)):
+      if seqs is None:
+        continue
+      chunk = [truncate(seqs[i], max_len) for i in index if i >= 0]
+      longest = max(len(s) for s in chunk)
+      width = min(max_len, -(-longest // length_step) * length_step)
+      array = np.zeros((batch_size, width), np.int32)
+      for r, seq in enumerate(chunk):
+        array[r, :len(seq)] = seq
+      batch[key] = array
+    yield batch
+
+
+def truncate(seq, max_len):
+  """Cut a token sequence to max_len, keeping its final EOS."""
+  seq = np.asarray(seq, np.int32)
+  if len(seq) <= max_len:
+    return seq
+  return np.concatenate([seq[:max_len - 1], seq[-1:]])

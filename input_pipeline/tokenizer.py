@@ -1,0 +1,86 @@
+"""SentencePiece tokenizer trained in-process on the training split (joint source+target)."""
+
+import os
+import tempfile
+
+import numpy as np
+import sentencepiece as spm
+from etils import epath
+
+PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
+MODEL_TYPES = ('unigram', 'bpe')
+FILENAME = 'tokenizer.model'
+
+
+class Tokenizer:
+  """Text <-> ids. Encoded sequences end with EOS; decoding stops at the first EOS."""
+
+  def __init__(self, model_path: str):
+    path = epath.Path(model_path)
+    if not path.exists():
+      raise FileNotFoundError(f'tokenizer model not found: {model_path}')
+    self.path = model_path
+    self.sp = spm.SentencePieceProcessor(model_proto=path.read_bytes())
+
+  @property
+  def vocab_size(self) -> int:
+    return self.sp.get_piece_size()
+
+  def encode(self, texts):
+    """list of str -> list of int lists, each ending with EOS."""
+    return [ids + [EOS_ID] for ids in self.sp.encode(list(texts))]
+
+  def decode(self, ids) -> str:
+    ids = [int(i) for i in ids]
+    if EOS_ID in ids:
+      ids = ids[:ids.index(EOS_ID)]
+    return self.sp.decode([i for i in ids if i not in (PAD_ID, BOS_ID)])
+
+  def pieces(self, ids):
+    """Subword strings of ids (for attention-map labels)."""
+    return [self.sp.id_to_piece(int(i)) for i in ids]
+
+
+def train_tokenizer(texts, model_path: str, vocab_size: int, model_type: str = 'unigram',
+                    max_chars: int = 10_000_000, seed: int = 0) -> Tokenizer:
+  """Fit SentencePiece on `texts` (a deterministic sample of at most `max_chars` characters)."""
+  if model_type not in MODEL_TYPES:
+    raise ValueError(f'config.vocab_model_type={model_type!r} is unknown; use one of '
+                     f'{MODEL_TYPES}.')
+  texts = [t for t in texts if t.strip()]
+  order = np.random.default_rng(seed).permutation(len(texts))
+  sample, chars = [], 0
+  for i in order:
+    if chars + len(texts[i]) > max_chars:
+      break
+    sample.append(texts[i])
+    chars += len(texts[i])
+  with tempfile.TemporaryDirectory() as tmp:
+    prefix = os.path.join(tmp, 'spm')
+    try:
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=iter(sample), model_prefix=prefix, vocab_size=vocab_size,
+          model_type=model_type, character_coverage=1.0, pad_id=PAD_ID, eos_id=EOS_ID,
+          bos_id=BOS_ID, unk_id=UNK_ID, input_sentence_size=len(sample),
+          shuffle_input_sentence=False, num_threads=os.cpu_count() or 1,
+          minloglevel=2, max_sentence_length=1 << 16)
+    except RuntimeError as e:
+      raise ValueError(f'SentencePiece could not train a vocabulary of config.vocab_size='
+                       f'{vocab_size} on {len(sample)} texts: {e}. Lower config.vocab_size.') \
+          from None
+    # Write-then-rename: never a half-written tokenizer (local or GCS workdir).
+    target = epath.Path(model_path)
+    partial = target.parent / (target.name + '.partial')
+    partial.write_bytes(epath.Path(prefix + '.model').read_bytes())
+    partial.rename(target)
+  return Tokenizer(model_path)
+
+
+def load_or_train(config, workdir: str, train_examples) -> Tokenizer:
+  """The run's tokenizer: reused from the workdir if present, else trained and saved there."""
+  path = os.path.join(workdir, FILENAME)
+  if epath.Path(path).exists():
+    return Tokenizer(path)
+  texts = [e['source'] for e in train_examples] + [e['target'] for e in train_examples]
+  return train_tokenizer(texts, path, config.vocab_size, config.vocab_model_type,
+                         config.vocab_max_chars, config.seed)

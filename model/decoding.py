@@ -1,0 +1,129 @@
+"""Greedy decoding and beam search (GNMT length penalty) over `EncoderDecoder.decode_step`.
+
+Pure functions of a model and arrays; call them inside `jax.jit`. Each sequence stops at EOS or
+at its own maximum length `a * source_length + b` (EOS is forced there). With `use_cache=False`
+every step recomputes the decoder over the whole prefix instead of reading the KV cache (the
+reference path the cache is tested and benchmarked against).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from input_pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+NEG_INF = -1.0e7
+
+
+def length_penalty(length, alpha: float):
+  """GNMT (Wu et al. 2016): ((5 + |Y|) / 6) ** alpha."""
+  return ((5.0 + length) / 6.0) ** alpha
+
+
+def max_lengths(inputs, a: float, b: int, limit: int):
+  """Per-example output budget a * source_length + b (source length counts EOS), <= limit."""
+  source_len = jnp.sum(inputs != PAD_ID, axis=-1)
+  return jnp.minimum(jnp.floor(a * source_len + b).astype(jnp.int32), limit)
+
+
+def _stepper(model, inputs, batch_repeat: int, max_len: int, use_cache: bool):
+  """Returns (init_state, step(state, tokens [n], t) -> (log_probs [n, V], state))."""
+  encoded = model.encode(inputs)
+  if batch_repeat > 1:
+    encoded = jnp.repeat(encoded, batch_repeat, axis=0)
+    inputs = jnp.repeat(inputs, batch_repeat, axis=0)
+  n = inputs.shape[0]
+  if use_cache:
+    cross_kv = model.cross_kv(encoded)
+
+    def step(cache, tokens, t):
+      del t
+      logits, cache = model.decode_step(tokens, cache, cross_kv, inputs != PAD_ID)
+      return jax.nn.log_softmax(logits), cache
+    return model.init_cache(n, max_len), step
+
+  def step_recompute(prefix, tokens, t):
+    prefix = jax.lax.dynamic_update_slice_in_dim(prefix, tokens[:, None], t, axis=1)
+    logits = model.decode(encoded, inputs, prefix)  # causal: position t sees prefix[:t + 1]
+    return jax.nn.log_softmax(jax.lax.dynamic_index_in_dim(logits, t, 1, keepdims=False)), prefix
+  return jnp.full((n, max_len), PAD_ID, jnp.int32), step_recompute
+
+
+def _reorder(tree, indices):
+  """Gather the batch axis of every array in tree (cache reordering after a beam step)."""
+  return jax.tree.map(lambda x: x if x.ndim == 0 else x[indices], tree)
+
+
+def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int = 10,
+                  use_cache: bool = True):
+  """Argmax decoding: [batch, src_len] -> [batch, max_len] token ids (EOS, then padding)."""
+  batch = inputs.shape[0]
+  limits = max_lengths(inputs, len_a, len_b, max_len)
+  state, step = _stepper(model, inputs, 1, max_len, use_cache)
+
+  def body(carry):
+    t, tokens, out, done, state = carry
+    log_probs, state = step(state, tokens, t)
+    next_tokens = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
+    next_tokens = jnp.where(t + 1 >= limits, EOS_ID, next_tokens)  # forced stop at the budget
+    next_tokens = jnp.where(done, PAD_ID, next_tokens)
+    out = out.at[:, t].set(next_tokens)
+    return t + 1, next_tokens, out, done | (next_tokens == EOS_ID), state
+
+  def cond(carry):
+    t, _, _, done, _ = carry
+    return (t < max_len) & ~jnp.all(done)
+
+  init = (jnp.array(0), jnp.full((batch,), BOS_ID, jnp.int32),
+          jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((batch,), bool), state)
+  return jax.lax.while_loop(cond, body, init)[2]
+
+
+def beam_search(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, max_len: int,
+                len_a: float = 1.2, len_b: int = 10, use_cache: bool = True):
+  """Beam search; returns the best finished hypothesis per example [batch, max_len] and its
+  length-normalised score [batch]. Scores are log P(y|x) / length_penalty(|y|, alpha)."""
+  batch, k = inputs.shape[0], beam_size
+  limits = jnp.repeat(max_lengths(inputs, len_a, len_b, max_len)[:, None], k, axis=1)
+  state, step = _stepper(model, inputs, k, max_len, use_cache)
+
+  def body(carry):
+    t, seqs, alive_lp, fin_seqs, fin_scores, state = carry
+    last = jnp.where(t == 0, BOS_ID, seqs[:, :, jnp.maximum(t - 1, 0)]).reshape(-1)
+    log_probs, state = step(state, last, t)
+    log_probs = log_probs.reshape(batch, k, -1)
+    vocab = log_probs.shape[-1]
+    # At a sequence's budget only EOS may follow.
+    forced = (t + 1 >= limits)[:, :, None] & (jnp.arange(vocab) != EOS_ID)
+    log_probs = jnp.where(forced, NEG_INF, log_probs)
+    candidates = (alive_lp[:, :, None] + log_probs).reshape(batch, k * vocab)
+    top_lp, top_idx = jax.lax.top_k(candidates, 2 * k)  # 2k: k may end in EOS
+    beam, token = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
+    top_seqs = jnp.take_along_axis(seqs, beam[:, :, None], axis=1).at[:, :, t].set(token)
+    is_eos = token == EOS_ID
+    # Finished: merge new EOS candidates into the k best finished hypotheses.
+    new_scores = jnp.where(is_eos, top_lp / length_penalty(t + 1, alpha), NEG_INF)
+    all_scores = jnp.concatenate([fin_scores, new_scores], axis=1)
+    all_seqs = jnp.concatenate([fin_seqs, top_seqs], axis=1)
+    fin_scores, keep = jax.lax.top_k(all_scores, k)
+    fin_seqs = jnp.take_along_axis(all_seqs, keep[:, :, None], axis=1)
+    # Alive: the k best candidates that did not end.
+    alive_scores = jnp.where(is_eos, NEG_INF, top_lp)
+    alive_lp, keep = jax.lax.top_k(alive_scores, k)
+    seqs = jnp.take_along_axis(top_seqs, keep[:, :, None], axis=1)
+    source_beam = jnp.take_along_axis(beam, keep, axis=1)
+    flat = (jnp.arange(batch)[:, None] * k + source_beam).reshape(-1)
+    return t + 1, seqs, alive_lp, fin_seqs, fin_scores, _reorder(state, flat)
+
+  def cond(carry):
+    t, _, alive_lp, _, fin_scores, _ = carry
+    # Stop when no alive beam can still beat the worst kept finished hypothesis, even with
+    # the most favourable length penalty (the longest allowed length).
+    best_alive = alive_lp[:, 0] / length_penalty(max_len, alpha)
+    done = jnp.all(fin_scores[:, -1] > best_alive) | jnp.all(alive_lp[:, 0] <= NEG_INF / 2)
+    return (t < max_len) & ~done
+
+  init_lp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1)), (batch, 1))
+  init = (jnp.array(0), jnp.zeros((batch, k, max_len), jnp.int32), init_lp,
+          jnp.zeros((batch, k, max_len), jnp.int32), jnp.full((batch, k), NEG_INF), state)
+  _, _, _, fin_seqs, fin_scores, _ = jax.lax.while_loop(cond, body, init)
+  return fin_seqs[:, 0], fin_scores[:, 0]

@@ -1,0 +1,509 @@
+r"""Train an encoder-decoder Transformer: jit-compiled, data-parallel, resumable.
+
+  python train.py --config=configs/default.py --workdir=runs/x [--config.num_heads=8 ...]
+
+Rerunning the same command resumes from the latest checkpoint in the workdir (parameters,
+optimizer state, step and the data iterator's position). The workdir receives config.json,
+tokenizer.model, checkpoints/, metrics.jsonl and TensorBoard event files; eval.py needs only it.
+Several processes (multi-host): pass --coordinator_address/--num_processes/--process_id, or
+--distributed on TPU pods and SLURM where JAX detects them itself.
+"""
+
+import functools
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training configuration.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Output directory (checkpoints, logs); may be gs://.')
+flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (auto-detect).')
+flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
+flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-process: this process (0-based).')
+
+# Heavy imports after flag definitions so `--help` and flag errors come back fast.
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+import sacrebleu  # noqa: E402
+from clu import metric_writers  # noqa: E402
+from etils import epath  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from input_pipeline import batching, datasets, tokenizer as tokenizer_lib  # noqa: E402
+from model import decoding  # noqa: E402
+from model.transformer import EncoderDecoder, count_params, shift_right, validate_config  # noqa
+
+SCHEDULES = ('rsqrt', 'cosine', 'constant')
+OPTIMIZERS = ('adam', 'adamw')
+# Fields that fix the parameters' shapes: a resumed run must not change them.
+MODEL_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers', 'num_decoder_layers',
+                'mlp_dim', 'max_len', 'position_embedding', 'share_embeddings',
+                'tie_output_embedding', 'layer_norm', 'param_dtype')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field and the fix."""
+
+
+# ----------------------------------------------------------------------------- config checks
+
+
+def validate_training_config(config):
+  """Check every training field before any data is read or anything compiles."""
+  try:
+    validate_config(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+  def require(ok, field, why):
+    if not ok:
+      raise ConfigError(f'config.{field}={config.get(field)!r} {why}')
+
+  for field in ('num_train_steps', 'batch_size', 'eval_batch_size', 'max_tokens',
+                'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps',
+                'eval_every_steps', 'max_train_len', 'max_eval_len'):
+    value = config.get(field)
+    require(isinstance(value, int) and not isinstance(value, bool) and value > 0, field,
+            'must be a positive integer.')
+  require(config.warmup_steps >= 0, 'warmup_steps', 'must be >= 0.')
+  require(config.learning_rate > 0, 'learning_rate', 'must be positive.')
+  require(0 <= config.label_smoothing < 1, 'label_smoothing', 'must be in [0, 1).')
+  require(config.grad_clip_norm >= 0, 'grad_clip_norm', 'must be >= 0 (0 disables).')
+  require(config.schedule in SCHEDULES, 'schedule', f'is unknown; use one of {SCHEDULES}.')
+  require(config.optimizer in OPTIMIZERS, 'optimizer', f'is unknown; use one of {OPTIMIZERS}.')
+  require(config.batching in batching.BATCHINGS, 'batching',
+          f'is unknown; use one of {batching.BATCHINGS}.')
+  require(config.max_train_len <= config.max_len, 'max_train_len',
+          f'must be <= config.max_len={config.max_len}.')
+  require(config.max_eval_len <= config.max_len, 'max_eval_len',
+          f'must be <= config.max_len={config.max_len}.')
+  require(config.vocab_model_type in tokenizer_lib.MODEL_TYPES, 'vocab_model_type',
+          f'is unknown; use one of {tokenizer_lib.MODEL_TYPES}.')
+  require(config.vocab_size > 4, 'vocab_size', 'must exceed the 4 special tokens.')
+  devices = jax.device_count()
+  require(config.batch_size % devices == 0, 'batch_size',
+          f'must be divisible by the {devices} devices.')
+  require(config.eval_batch_size % devices == 0, 'eval_batch_size',
+          f'must be divisible by the {devices} devices.')
+
+
+def check_workdir(workdir: str):
+  """Fail early, in one line, if the workdir cannot be written."""
+  path = epath.Path(workdir)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / '.write_probe'
+    probe.write_text('ok')
+    probe.unlink()
+  except OSError as e:
+    raise ConfigError(f'--workdir={workdir} is not writable ({e.strerror or e}); choose a '
+                      f'directory you can write to.') from None
+
+
+def save_or_check_config(config, workdir: str):
+  """Write config.json; on resume, refuse a config whose parameter shapes differ."""
+  path = epath.Path(workdir) / 'config.json'
+  if path.exists():
+    saved = json.loads(path.read_text())
+    changed = [f for f in MODEL_FIELDS if f in saved and saved[f] != config.get(f)]
+    if changed:
+      field = changed[0]
+      raise ConfigError(f'--workdir={workdir} holds a run with config.{field}={saved[field]!r}, '
+                        f'not {config.get(field)!r}; use a new --workdir or the same value.')
+  if jax.process_index() == 0:
+    path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+# ----------------------------------------------------------------------------- optimization
+
+
+def create_learning_rate_schedule(config):
+  """Peak `learning_rate` after linear warmup; then 1/sqrt(step) (the paper's), cosine or flat."""
+  peak, warmup = config.learning_rate, max(config.warmup_steps, 1)
+  if config.schedule == 'rsqrt':
+    def schedule(step):
+      step = jnp.maximum(step.astype(jnp.float32) + 1.0, 1.0)
+      return peak * jnp.minimum(step / warmup, jnp.sqrt(warmup / step))
+    return schedule
+  if config.schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, config.num_train_steps)
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
+                               optax.constant_schedule(peak)], [warmup])
+
+
+def create_optimizer(config, schedule):
+  if config.optimizer == 'adamw':
+    opt = optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
+                      weight_decay=config.weight_decay)
+  else:
+    opt = optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+  if config.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+  return opt
+
+
+def cross_entropy_sums(logits, targets, weights, label_smoothing: float):
+  """Sums over non-pad target tokens: (smoothed loss, NLL, correct predictions).
+
+  Label smoothing mixes the one-hot target with a uniform distribution over the vocabulary:
+  loss = (1 - eps) * NLL + eps * mean_v(-log p_v), computed without materialising one-hots.
+  """
+  logits = logits.astype(jnp.float32)
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  nll = log_z - target_logit
+  smooth = log_z - jnp.mean(logits, axis=-1)
+  loss = (1.0 - label_smoothing) * nll + label_smoothing * smooth
+  correct = jnp.argmax(logits, axis=-1) == targets
+  return (jnp.sum(loss * weights), jnp.sum(nll * weights), jnp.sum(correct * weights))
+
+
+def _forward(model, batch, dropout_rng=None):
+  decoder_inputs = shift_right(batch['targets'], batch['targets_position'])
+  return model(batch['inputs'], decoder_inputs, inputs_positions=batch['inputs_position'],
+               targets_positions=batch['targets_position'],
+               inputs_segmentation=batch['inputs_segmentation'],
+               targets_segmentation=batch['targets_segmentation'], dropout_rng=dropout_rng)
+
+
+def train_step(state, batch, *, graphdef, rest, tx, schedule, label_smoothing, dropout_key):
+  """One optimizer step on a global batch; returns (new state, metrics)."""
+  step = state['step']
+  rng = jax.random.fold_in(dropout_key, step)
+  weights = (batch['targets_segmentation'] > 0).astype(jnp.float32)
+  num_tokens = jnp.maximum(jnp.sum(weights), 1.0)
+
+  def loss_fn(params):
+    logits = _forward(nnx.merge(graphdef, params, rest), batch, rng)
+    loss_sum, nll_sum, correct = cross_entropy_sums(logits, batch['targets'], weights,
+                                                    label_smoothing)
+    return loss_sum / num_tokens, (nll_sum, correct)
+
+  (loss, (nll_sum, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  metrics = {'loss': loss, 'nll': nll_sum / num_tokens, 'accuracy': correct / num_tokens,
+             'grad_norm': optax.global_norm(grads), 'learning_rate': schedule(step),
+             'tokens': num_tokens}
+  return {'step': step + 1, 'params': params, 'opt_state': opt_state}, metrics
+
+
+def eval_step(params, batch, *, graphdef, rest):
+  """Sums of (NLL, correct, tokens) over a padded evaluation batch."""
+  weights = (batch['targets'] > 0).astype(jnp.float32)
+  decoder_inputs = shift_right(batch['targets'])
+  logits = nnx.merge(graphdef, params, rest)(batch['inputs'], decoder_inputs)
+  _, nll_sum, correct = cross_entropy_sums(logits, batch['targets'], weights, 0.0)
+  return {'nll_sum': nll_sum, 'correct': correct, 'tokens': jnp.sum(weights)}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class Checkpoints:
+  """Orbax checkpoints of {step, params, opt_state} plus the data iterator's JSON state.
+
+  A checkpoint that fails to restore is moved aside to checkpoints/corrupt_<step> (never
+  deleted) and the previous one is used.
+  """
+
+  def __init__(self, workdir: str, keep: int):
+    self.directory = epath.Path(workdir) / 'checkpoints'
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+  def save(self, step: int, state, data_state: dict):
+    if step in self.manager.all_steps():
+      return  # already saved (e.g. the final step after a resume); never overwrite
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+
+  def restore_latest(self, abstract_state, log=print):
+    """(state, data_state) of the newest checkpoint that restores, or (None, None)."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        return restored['state'], restored['data']
+      except Exception as e:  # pylint: disable=broad-except
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        aside = self.directory / f'corrupt_{step}'
+        log(f'checkpoint step {step} failed to restore ({type(e).__name__}: {reason}); '
+            f'moved to {aside}, trying the previous one.')
+        if jax.process_index() == 0:
+          (self.directory / str(step)).rename(aside)
+        self.manager.reload()
+    return None, None
+
+  def restore_params(self, step: int, abstract_state):
+    return self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))['state']['params']
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+
+# ----------------------------------------------------------------------------- setup shared with eval.py
+
+
+def create_model(config, seed: int):
+  """(graphdef, params, rest): the model split into structure, parameters and constants."""
+  model = EncoderDecoder(config, rngs=nnx.Rngs(seed))
+  return nnx.split(model, nnx.Param, ...)
+
+
+def make_mesh():
+  """A 1-D mesh named 'data' over every device of every process."""
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def global_batch(local_batch: dict, sharding):
+  """This process's rows -> global arrays sharded over the 'data' axis."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def make_greedy_fn(graphdef, rest, config):
+  @functools.partial(jax.jit, static_argnames=('max_len',))
+  def greedy(params, inputs, max_len):
+    model = nnx.merge(graphdef, params, rest)
+    return decoding.greedy_decode(model, inputs, max_len=max_len, len_a=config.max_decode_len_a,
+                                  len_b=config.max_decode_len_b)
+  return greedy
+
+
+def decode_length(config, inputs_width: int) -> int:
+  return min(config.max_len, int(config.max_decode_len_a * inputs_width + config.max_decode_len_b))
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class MetricsLog:
+  """metrics.jsonl + TensorBoard (clu) from process 0; concise lines on stdout."""
+
+  def __init__(self, workdir: str):
+    self.is_main = jax.process_index() == 0
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_main,
+                                                       asynchronous=False)
+    self.jsonl = epath.Path(workdir) / 'metrics.jsonl'
+
+  def write(self, step: int, scalars: dict):
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self.writer.write_scalars(step, scalars)
+    if self.is_main:
+      with self.jsonl.open('a') as f:
+        f.write(json.dumps({'step': step, 'time': time.time(), **scalars}) + '\n')
+
+  def print(self, message: str):
+    if self.is_main:
+      print(message, flush=True)
+
+
+def _format_eta(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return '?'
+  return f'{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m' if seconds >= 3600 else \
+      f'{int(seconds // 60)}m{int(seconds % 60):02d}s'
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(params, eval_fn, greedy_fn, eval_data, tok, config, sharding, num_bleu_batches):
+  """Validation NLL/accuracy over the whole split; BLEU on the first greedy-decoded batches."""
+  sources, targets, references = eval_data
+  totals = {'nll_sum': 0.0, 'correct': 0.0, 'tokens': 0.0}
+  hypotheses, refs = [], []
+  for i, batch in enumerate(batching.eval_batches(sources, config.eval_batch_size,
+                                                  config.max_eval_len, targets)):
+    arrays = global_batch({'inputs': batch['inputs'], 'targets': batch['targets']}, sharding)
+    for k, v in eval_fn(params, arrays).items():
+      totals[k] += float(v)
+    if i < num_bleu_batches:
+      width = batch['inputs'].shape[1]
+      out = np.asarray(jax.device_get(greedy_fn(params, arrays['inputs'],
+                                                max_len=decode_length(config, width))))
+      for row, index in enumerate(batch['index']):
+        if index >= 0:
+          hypotheses.append(tok.decode(out[row]))
+          refs.append(references[index])
+  tokens = max(totals['tokens'], 1.0)
+  metrics = {'eval/nll': totals['nll_sum'] / tokens, 'eval/accuracy': totals['correct'] / tokens}
+  metrics['eval/perplexity'] = math.exp(min(metrics['eval/nll'], 50))
+  if hypotheses:
+    metrics['eval/bleu'] = sacrebleu.corpus_bleu(hypotheses, [refs]).score
+  return metrics
+
+
+# ----------------------------------------------------------------------------- main loop
+
+
+def load_data(config, workdir, log):
+  """Training iterator, the run's tokenizer and tokenized validation data."""
+  train_examples, skipped = datasets.load_examples(config, config.train_split)
+  if jax.process_index() == 0:
+    tok = tokenizer_lib.load_or_train(config, workdir, train_examples)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('tokenizer')
+  if jax.process_index() != 0:
+    tok = tokenizer_lib.Tokenizer(os.path.join(workdir, tokenizer_lib.FILENAME))
+  if tok.vocab_size != config.vocab_size:
+    raise ConfigError(f'config.vocab_size={config.vocab_size} but the tokenizer in {workdir} '
+                      f'has {tok.vocab_size} pieces; use a new --workdir.')
+  sources = tok.encode([e['source'] for e in train_examples])
+  targets = tok.encode([e['target'] for e in train_examples])
+  train_iter = batching.TrainIterator(
+      sources, targets, batching=config.batching, batch_size=config.batch_size,
+      max_len=config.max_train_len, max_tokens=config.max_tokens, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      row_multiple=jax.local_device_count())
+  log(f'data: {config.dataset} {config.train_split}: {len(train_examples)} pairs '
+      f'({skipped} empty skipped, {train_iter.dropped} longer than max_train_len='
+      f'{config.max_train_len} dropped); vocabulary {tok.vocab_size} ({tok.path})')
+  eval_examples, _ = datasets.load_examples(config, config.eval_split)
+  eval_data = (tok.encode([e['source'] for e in eval_examples]),
+               tok.encode([e['target'] for e in eval_examples]),
+               [e['target'] for e in eval_examples])
+  return train_iter, tok, eval_data
+
+
+def train_and_evaluate(config, workdir: str):
+  """Train `config` in `workdir`, resuming from its latest checkpoint; returns final metrics."""
+  validate_training_config(config)
+  check_workdir(workdir)
+  save_or_check_config(config, workdir)
+  log = MetricsLog(workdir)
+  train_iter, tok, eval_data = load_data(config, workdir, log.print)
+
+  graphdef, params, rest = create_model(config, config.seed)
+  log.print(f'model: {count_params(nnx.merge(graphdef, params, rest)):,} parameters; '
+            f'{jax.device_count()} devices ({jax.devices()[0].platform}), '
+            f'{jax.process_count()} processes')
+  schedule = create_learning_rate_schedule(config)
+  tx = create_optimizer(config, schedule)
+  state = {'step': jnp.array(0, jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+
+  mesh = make_mesh()
+  replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  state = jax.device_put(state, replicated)
+  checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+  restored, data_state = checkpoints.restore_latest(
+      jax.tree.map(ocp.utils.to_shape_dtype_struct, state), log.print)
+  if restored is not None:
+    state = jax.device_put(restored, replicated)
+    train_iter.set_state(data_state)
+    log.print(f'resumed from step {int(state["step"])} (data epoch {data_state["epoch"]}, '
+              f'example {data_state["index"]})')
+
+  step_fn = jax.jit(
+      functools.partial(train_step, graphdef=graphdef, rest=rest, tx=tx, schedule=schedule,
+                        label_smoothing=config.label_smoothing,
+                        dropout_key=jax.random.key(config.seed + 1)),
+      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
+      donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef, rest=rest),
+                    in_shardings=(replicated, data_sharding), out_shardings=replicated)
+  greedy_fn = make_greedy_fn(graphdef, rest, config)
+
+  stop_signal = []
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+
+  step = int(state['step'])
+  pending, window_start, window_tokens, window_steps = [], time.time(), 0.0, 0
+  metrics = {}
+
+  def check_finite():
+    """Raise naming the first step whose loss is NaN/Inf (the last good checkpoint stays)."""
+    for s, m in pending:
+      if not np.isfinite(float(m['loss'])):
+        good = checkpoints.manager.latest_step()
+        raise FloatingPointError(
+            f'loss is {float(m["loss"])} at step {s}; stopping. The last good checkpoint '
+            f'(step {good}) is kept. Lower config.learning_rate or raise config.warmup_steps.')
+
+  def save(step):
+    check_finite()
+    checkpoints.save(step, state, train_iter.get_state())
+
+  while step < config.num_train_steps:
+    batch = global_batch(next(train_iter), data_sharding)
+    state, step_metrics = step_fn(state, batch)
+    step += 1
+    pending.append((step, step_metrics))
+    window_steps += 1
+    if step % config.log_every_steps == 0 or step == config.num_train_steps or stop_signal:
+      check_finite()
+      fetched = jax.device_get([m for _, m in pending])
+      elapsed = time.time() - window_start
+      window_tokens = sum(m['tokens'] for m in fetched)
+      last = fetched[-1]
+      means = {k: float(np.mean([m[k] for m in fetched])) for k in ('loss', 'nll', 'accuracy',
+                                                                    'grad_norm')}
+      metrics = {f'train/{k}': v for k, v in means.items()}
+      metrics.update({'train/perplexity': math.exp(min(means['nll'], 50)),
+                      'train/learning_rate': float(last['learning_rate']),
+                      'train/tokens_per_sec': window_tokens / elapsed,
+                      'train/steps_per_sec': window_steps / elapsed,
+                      'train/padding_fraction': train_iter.padding_fraction})
+      log.write(step, metrics)
+      eta = (config.num_train_steps - step) / max(metrics['train/steps_per_sec'], 1e-9)
+      log.print(f'step {step}/{config.num_train_steps} | loss {means["loss"]:.3f} '
+                f'ppl {metrics["train/perplexity"]:.2f} acc {means["accuracy"]:.3f} | '
+                f'lr {metrics["train/learning_rate"]:.2e} gnorm {means["grad_norm"]:.2f} | '
+                f'{metrics["train/tokens_per_sec"]:,.0f} tok/s '
+                f'{metrics["train/steps_per_sec"]:.2f} step/s | ETA {_format_eta(eta)}')
+      pending, window_start, window_steps = [], time.time(), 0
+    if stop_signal:
+      save(step)
+      checkpoints.wait()
+      log.print(f'received signal {stop_signal[0]}: saved checkpoint at step {step}; '
+                f'rerun the same command to resume.')
+      return metrics
+    if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+      save(step)
+    if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+      eval_metrics = evaluate(state['params'], eval_fn, greedy_fn, eval_data, tok, config,
+                              data_sharding, config.num_eval_bleu_batches)
+      log.write(step, eval_metrics)
+      metrics.update(eval_metrics)
+      log.print(f'eval at step {step} | ' + ' '.join(
+          f'{k.split("/")[1]} {v:.3f}' for k, v in eval_metrics.items()))
+      window_start = time.time()  # evaluation time does not count against training speed
+  checkpoints.wait()
+  if 'eval/bleu' in metrics:
+    log.print(f'final validation BLEU ({config.num_eval_bleu_batches} greedy batches, '
+              f'SacreBLEU): {metrics["eval/bleu"]:.2f}')
+  return metrics
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS.workdir:
+    sys.exit('error: --workdir is required (the output directory of the run).')
+  logging.set_verbosity(logging.WARNING)  # orbax/clu INFO lines drown the progress lines
+  if FLAGS.distributed or FLAGS.num_processes:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  try:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (ConfigError, datasets.DataError, FloatingPointError) as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)
