@@ -13,37 +13,44 @@ import functools
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
 
-from absl import app, flags, logging
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow (tfds) start-up banners
+
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import sacrebleu
+from clu import metric_writers
+from etils import epath
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from input_pipeline import batching, datasets, tokenizer as tokenizer_lib
+from model import decoding
+from model.transformer import EncoderDecoder, count_params, shift_right, validate_config
+
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training configuration.',
-                                lock_config=True)
-flags.DEFINE_string('workdir', None, 'Output directory (checkpoints, logs); may be gs://.')
-flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (auto-detect).')
-flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
-flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
-flags.DEFINE_integer('process_id', None, 'Multi-process: this process (0-based).')
 
-# Heavy imports after flag definitions so `--help` and flag errors come back fast.
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import orbax.checkpoint as ocp  # noqa: E402
-import sacrebleu  # noqa: E402
-from clu import metric_writers  # noqa: E402
-from etils import epath  # noqa: E402
-from flax import nnx  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from input_pipeline import batching, datasets, tokenizer as tokenizer_lib  # noqa: E402
-from model import decoding  # noqa: E402
-from model.transformer import EncoderDecoder, count_params, shift_right, validate_config  # noqa
+def define_flags():
+  """Command-line flags (only when run as a script: eval.py imports this module)."""
+  config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training configuration.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Output directory (checkpoints, logs); may be gs://.')
+  flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (auto-detect).')
+  flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
+  flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
+  flags.DEFINE_integer('process_id', None, 'Multi-process: this process (0-based).')
+
 
 SCHEDULES = ('rsqrt', 'cosine', 'constant')
 OPTIMIZERS = ('adam', 'adamw')
@@ -97,6 +104,11 @@ def validate_training_config(config):
           f'must be divisible by the {devices} devices.')
   require(config.eval_batch_size % devices == 0, 'eval_batch_size',
           f'must be divisible by the {devices} devices.')
+
+
+def absolute_path(path: str) -> epath.Path:
+  """Local paths made absolute (orbax requires it); URIs such as gs://... kept as they are."""
+  return epath.Path(path if '://' in path else os.path.abspath(path))
 
 
 def check_workdir(workdir: str):
@@ -220,9 +232,11 @@ class Checkpoints:
   """
 
   def __init__(self, workdir: str, keep: int):
-    self.directory = epath.Path(workdir) / 'checkpoints'
+    self.directory = absolute_path(workdir) / 'checkpoints'
+    # Synchronous saves: a failed save stops the run at once instead of in a background thread.
     self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=False))
 
   def save(self, step: int, state, data_state: dict):
     if step in self.manager.all_steps():
@@ -366,6 +380,8 @@ def load_data(config, workdir, log):
                       f'has {tok.vocab_size} pieces; use a new --workdir.')
   sources = tok.encode([e['source'] for e in train_examples])
   targets = tok.encode([e['target'] for e in train_examples])
+  if config.truncate_inputs:
+    sources = [batching.truncate(s, config.max_train_len) for s in sources]
   train_iter = batching.TrainIterator(
       sources, targets, batching=config.batching, batch_size=config.batch_size,
       max_len=config.max_train_len, max_tokens=config.max_tokens, seed=config.seed,
@@ -420,9 +436,19 @@ def train_and_evaluate(config, workdir: str):
   greedy_fn = make_greedy_fn(graphdef, rest, config)
 
   stop_signal = []
-  for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+  previous_handlers = {sig: signal.signal(sig, lambda signum, _: stop_signal.append(signum))
+                       for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    return _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoints, log,
+                       tok, eval_data, data_sharding, stop_signal)
+  finally:
+    for sig, handler in previous_handlers.items():
+      signal.signal(sig, handler)
 
+
+def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoints, log, tok,
+                eval_data, data_sharding, stop_signal):
+  """Steps until config.num_train_steps or a stop signal; checkpoints, logs and evaluates."""
   step = int(state['step'])
   pending, window_start, window_tokens, window_steps = [], time.time(), 0.0, 0
   metrics = {}
@@ -505,5 +531,27 @@ def main(argv):
     sys.exit(f'error: {e}')
 
 
+def _unknown_field(error) -> str:
+  text = str(error).replace('\\n', ' ').replace("\\'", "'")
+  names = re.findall(r"'(\w+)'", text)
+  hint = re.search(r'Did you mean "(\w+)"', text)
+  return (f'error: --config.{names[0] if names else "?"} is not a config field'
+          + (f'; did you mean --config.{hint.group(1)}?' if hint else '.'))
+
+
+def parse_flags(argv):
+  """absl flag parsing, with an unknown --config.field as one line instead of a traceback."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'FATAL Flags parsing error: {e}')
+  except (AttributeError, KeyError) as e:
+    sys.exit(_unknown_field(e))
+
+
 if __name__ == '__main__':
-  app.run(main)
+  try:
+    define_flags()  # ml_collections applies --config.x overrides here, from sys.argv
+  except (AttributeError, KeyError) as e:
+    sys.exit(_unknown_field(e))
+  app.run(main, flags_parser=parse_flags)

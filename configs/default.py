@@ -28,6 +28,7 @@ def get_config(size: str = 'tiny'):
   config = ml_collections.ConfigDict()
 
   # ---- data
+  config.task = 'translation'          # translation (BLEU, chrF) | summarization (ROUGE)
   config.dataset = 'multi30k'          # shipped: multi30k, aeslc; tfds catalog names; or 'files'
   config.source_lang = 'en'            # multi30k direction (any of en, de, fr)
   config.target_lang = 'de'
@@ -44,6 +45,7 @@ def get_config(size: str = 'tiny'):
   config.vocab_max_chars = 10_000_000  # characters of training text used to fit the vocabulary
   config.max_len = 128                 # positions the model supports (source and target)
   config.max_train_len = 64            # longer training pairs are dropped (and counted)
+  config.truncate_inputs = False       # instead cut training sources to max_train_len (summaries)
   config.max_eval_len = 128            # eval sources are truncated to this (with a warning)
   config.batching = 'packed'           # packed (rows of several examples) | bucketed (token budget)
   config.batch_size = 64               # rows of max_train_len tokens per global batch (packed)

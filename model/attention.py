@@ -99,7 +99,7 @@ def dot_product_attention(query, key, value, mask=None, *, kernel: str = 'einsum
     # exp(min - max) underflows to 0 for masked keys; fully masked rows would be uniform.
     weights = jnp.where(mask, weights, 0.0)
   if dropout_rate > 0 and dropout_rng is not None:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    keep = dropout_keep_mask(dropout_rng, dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
   out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(value.dtype), value)
   return (out, weights) if return_weights else out
@@ -120,12 +120,22 @@ def _check_qkv(query, key, value):
                      f'value {value.shape} the number of heads.')
 
 
+def dropout_keep_mask(rng, rate: float, shape):
+  """Boolean keep-mask with P(keep) = 1 - rate (to 1/65536).
+
+  Compares 16-bit random integers with a threshold: half the random bits of `bernoulli`'s
+  32-bit uniforms, which makes dropout markedly cheaper on CPU.
+  """
+  threshold = int(round(rate * 65536))
+  return jax.random.bits(rng, shape, jnp.uint16) >= threshold
+
+
 def dropout(x, rate: float, rng):
   """Inverted dropout; identity when rng is None (evaluation) or rate is 0."""
   if rng is None or rate == 0.0:
     return x
-  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+  keep = dropout_keep_mask(rng, rate, x.shape)
+  return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros_like(x))
 
 
 # ----------------------------------------------------------------------------- module

@@ -53,9 +53,21 @@ def _reorder(tree, indices):
   return jax.tree.map(lambda x: x if x.ndim == 0 else x[indices], tree)
 
 
+def _restrict(log_probs, t, limits, allow_eos):
+  """No EOS before the budget unless allowed; only EOS at a sequence's budget (limits)."""
+  vocab = jnp.arange(log_probs.shape[-1])
+  if not allow_eos:
+    log_probs = jnp.where(vocab == EOS_ID, NEG_INF, log_probs)
+  forced = (t + 1 >= limits)[..., None] & (vocab != EOS_ID)
+  return jnp.where(forced, NEG_INF, log_probs)
+
+
 def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int = 10,
-                  use_cache: bool = True):
-  """Argmax decoding: [batch, src_len] -> [batch, max_len] token ids (EOS, then padding)."""
+                  use_cache: bool = True, allow_eos: bool = True):
+  """Argmax decoding: [batch, src_len] -> [batch, max_len] token ids (EOS, then padding).
+
+  allow_eos=False suppresses EOS until the length budget (fixed-length benchmarks).
+  """
   batch = inputs.shape[0]
   limits = max_lengths(inputs, len_a, len_b, max_len)
   state, step = _stepper(model, inputs, 1, max_len, use_cache)
@@ -63,8 +75,8 @@ def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int
   def body(carry):
     t, tokens, out, done, state = carry
     log_probs, state = step(state, tokens, t)
+    log_probs = _restrict(log_probs, t, limits, allow_eos)
     next_tokens = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
-    next_tokens = jnp.where(t + 1 >= limits, EOS_ID, next_tokens)  # forced stop at the budget
     next_tokens = jnp.where(done, PAD_ID, next_tokens)
     out = out.at[:, t].set(next_tokens)
     return t + 1, next_tokens, out, done | (next_tokens == EOS_ID), state
@@ -79,7 +91,8 @@ def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int
 
 
 def beam_search(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, max_len: int,
-                len_a: float = 1.2, len_b: int = 10, use_cache: bool = True):
+                len_a: float = 1.2, len_b: int = 10, use_cache: bool = True,
+                allow_eos: bool = True):
   """Beam search; returns the best finished hypothesis per example [batch, max_len] and its
   length-normalised score [batch]. Scores are log P(y|x) / length_penalty(|y|, alpha)."""
   batch, k = inputs.shape[0], beam_size
@@ -90,11 +103,8 @@ def beam_search(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, max_le
     t, seqs, alive_lp, fin_seqs, fin_scores, state = carry
     last = jnp.where(t == 0, BOS_ID, seqs[:, :, jnp.maximum(t - 1, 0)]).reshape(-1)
     log_probs, state = step(state, last, t)
-    log_probs = log_probs.reshape(batch, k, -1)
+    log_probs = _restrict(log_probs.reshape(batch, k, -1), t, limits, allow_eos)
     vocab = log_probs.shape[-1]
-    # At a sequence's budget only EOS may follow.
-    forced = (t + 1 >= limits)[:, :, None] & (jnp.arange(vocab) != EOS_ID)
-    log_probs = jnp.where(forced, NEG_INF, log_probs)
     candidates = (alive_lp[:, :, None] + log_probs).reshape(batch, k * vocab)
     top_lp, top_idx = jax.lax.top_k(candidates, 2 * k)  # 2k: k may end in EOS
     beam, token = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)

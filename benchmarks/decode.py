@@ -1,0 +1,96 @@
+r"""Decoding throughput: sentences/s and tokens/s for greedy and beam search, cache on and off.
+
+  .venv/bin/python benchmarks/decode.py [--batch=64 --source_length=32 --tokens=40]
+  .venv/bin/python benchmarks/decode.py --workdir=runs/multi30k_tiny   # a trained model, real
+                                                                       # Multi30k test sources
+
+Default shapes (issue 6): Transformer-tiny with random weights, vocab 10000, batch 64, source
+length 32, exactly `--tokens` generated tokens per sentence (EOS suppressed), beam 4 and greedy.
+Figures are medians of --repeats timed runs after one compile-and-warm-up run.
+"""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_integer('batch', 64, 'Sentences per batch.')
+flags.DEFINE_integer('source_length', 32, 'Source tokens per sentence.')
+flags.DEFINE_integer('tokens', 40, 'Generated tokens per sentence (EOS suppressed).')
+flags.DEFINE_integer('repeats', 3, 'Timed runs; the median is reported.')
+flags.DEFINE_string('beams', '1,4', 'Beam sizes to time (1 = greedy).')
+flags.DEFINE_bool('no_cache', True, 'Also time decoding that recomputes the prefix each step.')
+flags.DEFINE_string('workdir', None, 'Use this trained run and real Multi30k test sources.')
+FLAGS = flags.FLAGS
+
+import functools  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import train  # noqa: E402
+from configs import default  # noqa: E402
+from model import decoding  # noqa: E402
+
+
+def main(argv):
+  del argv
+  if FLAGS.workdir:
+    import eval as eval_lib  # pylint: disable=g-import-not-at-top
+    from input_pipeline import batching, datasets  # pylint: disable=g-import-not-at-top
+    config, tok = eval_lib.load_run(FLAGS.workdir)
+    graphdef, params, rest, _ = eval_lib.load_params(config, FLAGS.workdir)
+    examples, _ = datasets.load_examples(config, 'test_2016_flickr')
+    sources = tok.encode([e['source'] for e in examples[:FLAGS.batch]])
+    inputs = next(batching.eval_batches(sources, FLAGS.batch, FLAGS.source_length))['inputs']
+    label = f'trained run {FLAGS.workdir}, Multi30k test_2016_flickr sources'
+  else:
+    config = default.get_config('tiny')
+    config.vocab_size = 10000
+    graphdef, params, rest = train.create_model(config, 0)
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(4, config.vocab_size, (FLAGS.batch, FLAGS.source_length), np.int32)
+    inputs[:, -1] = 1
+    label = 'tiny, random weights'
+
+  def decoder(beam, use_cache):
+    @jax.jit
+    def run(params, inputs):
+      model = nnx.merge(graphdef, params, rest)
+      kwargs = dict(max_len=FLAGS.tokens, len_a=0.0, len_b=FLAGS.tokens, use_cache=use_cache,
+                    allow_eos=False)
+      if beam == 1:
+        return decoding.greedy_decode(model, inputs, **kwargs)
+      return decoding.beam_search(model, inputs, beam_size=beam, alpha=0.6, **kwargs)[0]
+    return run
+
+  print(f'== decoding, {label}: batch {FLAGS.batch}, source length {inputs.shape[1]}, '
+        f'{FLAGS.tokens} generated tokens; {jax.devices()[0].platform}, {os.cpu_count()} cores')
+  modes = [True, False] if FLAGS.no_cache else [True]
+  for beam in map(int, FLAGS.beams.split(',')):
+    for use_cache in modes:
+      run = decoder(beam, use_cache)
+      start = time.perf_counter()
+      out = jax.block_until_ready(run(params, inputs))
+      compile_s = time.perf_counter() - start
+      assert (np.asarray(out) != 0).sum(1).min() == FLAGS.tokens  # exactly N tokens each
+      times = []
+      for _ in range(FLAGS.repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run(params, inputs))
+        times.append(time.perf_counter() - start)
+      seconds = float(np.median(times))
+      name = 'greedy' if beam == 1 else f'beam {beam}'
+      print(f'{name:8s} cache={"on " if use_cache else "off"}  '
+            f'{FLAGS.batch / seconds:8.1f} sentences/s  '
+            f'{FLAGS.batch * FLAGS.tokens / seconds:9.0f} tokens/s  '
+            f'(first call incl. compile {compile_s:.1f} s)')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,150 @@
+r"""Training-step throughput on fixed shapes: tokens/s, GFLOP/s, MFU, compile time, peak RSS.
+
+  .venv/bin/python benchmarks/train_step.py [--shape=tiny|small] [--steps=20] [--repeats=3]
+  .venv/bin/python benchmarks/train_step.py --real_data   # default config's real pipeline
+
+Shapes (issue 6): batch 128 pairs, source and target length 32, vocab 10000, tied embeddings,
+dropout 0.1, Adam. MFU is against a jit-compiled float32 2048x2048 matmul measured in the same
+process. Model FLOPs are analytic: 6 x non-embedding matmul params x tokens (source tokens for
+the encoder, target tokens for the decoder), plus the logits matmul (6 x d x V per target token),
+plus attention scores and values (2 matmuls x 2 x len x d per token per layer, x3 for backward).
+"""
+
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_enum('shape', 'tiny', ['tiny', 'small'], 'Model shape.')
+flags.DEFINE_integer('steps', 20, 'Timed steps per repeat.')
+flags.DEFINE_integer('repeats', 3, 'Repeats; the median is reported.')
+flags.DEFINE_integer('batch', 128, 'Sentence pairs per batch.')
+flags.DEFINE_integer('length', 32, 'Source and target length.')
+flags.DEFINE_bool('real_data', False, 'Use the default config and its real input pipeline.')
+flags.DEFINE_string('override', '', 'Comma-separated config overrides, e.g. dtype=bfloat16.')
+FLAGS = flags.FLAGS
+
+import functools  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+import train  # noqa: E402
+from configs import default  # noqa: E402
+
+
+def matmul_peak_gflops(n=2048, reps=10):
+  x = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(x).block_until_ready()
+  t = time.perf_counter()
+  for _ in range(reps):
+    y = f(x)
+  y.block_until_ready()
+  return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def model_flops_per_step(config, src_tokens, tgt_tokens, src_len, tgt_len):
+  d, f, v = config.emb_dim, config.mlp_dim, config.vocab_size
+  attn_params = 4 * d * d
+  mlp_params = 2 * d * f
+  enc = config.num_encoder_layers * (attn_params + mlp_params)
+  dec = config.num_decoder_layers * (2 * attn_params + mlp_params)
+  flops = 6 * enc * src_tokens + 6 * dec * tgt_tokens + 6 * d * v * tgt_tokens
+  # attention scores (QKᵀ) and weighted values: 2 matmuls, 2 FLOPs per MAC, x3 fwd+bwd
+  flops += 3 * 2 * 2 * d * (config.num_encoder_layers * src_tokens * src_len
+                            + config.num_decoder_layers * tgt_tokens * (tgt_len + src_len))
+  return flops
+
+
+def synthetic_batches(batch, length, vocab, seed=0):
+  rng = np.random.default_rng(seed)
+  while True:
+    b = {}
+    for side in ('inputs', 'targets'):
+      tokens = rng.integers(4, vocab, size=(batch, length), dtype=np.int32)
+      tokens[:, -1] = 1
+      b[side] = tokens
+      b[f'{side}_position'] = np.tile(np.arange(length, dtype=np.int32), (batch, 1))
+      b[f'{side}_segmentation'] = np.ones((batch, length), np.int32)
+    yield b
+
+
+def main(argv):
+  del argv
+  if FLAGS.real_data:
+    config = default.get_config()
+  else:
+    config = default.get_config(FLAGS.shape)
+    config.vocab_size = 10000
+    config.max_len = max(FLAGS.length, 64)
+  for item in filter(None, FLAGS.override.split(',')):
+    key, value = item.split('=')
+    config[key] = type(config[key])(value) if not isinstance(config[key], bool) else \
+        value.lower() == 'true'
+  if FLAGS.real_data:
+    import tempfile  # pylint: disable=g-import-not-at-top
+    workdir = tempfile.mkdtemp()
+    batches, _, _ = train.load_data(config, workdir, print)
+  else:
+    batches = synthetic_batches(FLAGS.batch, FLAGS.length, config.vocab_size)
+
+  graphdef, params, rest = train.create_model(config, 0)
+  schedule = train.create_learning_rate_schedule(config)
+  tx = train.create_optimizer(config, schedule)
+  mesh = train.make_mesh()
+  replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  state = jax.device_put({'step': jnp.array(0, jnp.int32), 'params': params,
+                          'opt_state': tx.init(params)}, replicated)
+  step_fn = jax.jit(
+      functools.partial(train.train_step, graphdef=graphdef, rest=rest, tx=tx, schedule=schedule,
+                        label_smoothing=config.label_smoothing, dropout_key=jax.random.key(1)),
+      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
+      donate_argnums=0)
+
+  first = train.global_batch(next(batches), data_sharding)
+  t = time.perf_counter()
+  compiled = step_fn.lower(state, first).compile()
+  compile_s = time.perf_counter() - t
+  state, _ = compiled(state, first)
+  jax.block_until_ready(state)
+
+  peak = matmul_peak_gflops()
+  results = []
+  for _ in range(FLAGS.repeats):
+    host = [next(batches) for _ in range(FLAGS.steps)]
+    src = sum(int((b['inputs'] != 0).sum()) for b in host)
+    tgt = sum(int((b['targets'] != 0).sum()) for b in host)
+    flops = sum(model_flops_per_step(config, int((b['inputs'] != 0).sum()),
+                                     int((b['targets'] != 0).sum()), b['inputs'].shape[1],
+                                     b['targets'].shape[1]) for b in host)
+    t = time.perf_counter()
+    for b in host:
+      state, metrics = compiled(state, train.global_batch(b, data_sharding))
+    jax.block_until_ready((state, metrics))
+    dt = time.perf_counter() - t
+    results.append((tgt / dt, (src + tgt) / dt, flops / dt / 1e9))
+  tgt_s, all_s, gflops = (float(np.median([r[i] for r in results])) for i in range(3))
+  rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+  label = 'default config, real data' if FLAGS.real_data else (
+      f'{FLAGS.shape}: batch {FLAGS.batch} x length {FLAGS.length}')
+  print(f'== train step, {label}, {jax.device_count()} {jax.devices()[0].platform} device(s), '
+        f'{os.cpu_count()} cores, overrides [{FLAGS.override}]')
+  print(f'target tokens/s          {tgt_s:,.0f}   (median of {FLAGS.repeats} x {FLAGS.steps} '
+        f'steps)')
+  print(f'source+target tokens/s   {all_s:,.0f}')
+  print(f'model GFLOP/s            {gflops:.1f}')
+  print(f'f32 matmul peak GFLOP/s  {peak:.1f}')
+  print(f'MFU                      {100 * gflops / peak:.1f}%')
+  print(f'compile time             {compile_s:.1f} s')
+  print(f'peak RSS                 {rss_gb:.2f} GB')
+
+
+if __name__ == '__main__':
+  app.run(main)

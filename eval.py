@@ -1,0 +1,305 @@
+r"""Evaluate a trained run: decode a split and score it, translate your own text, plot attention.
+
+  python eval.py --workdir=runs/x --split=test_2016_flickr [--beam_size=4 --alpha=0.6]
+                 [--step=N | --average_last=K]
+  python eval.py --workdir=runs/x --input=my_sentences.txt      # or --input=- (stdin)
+  python eval.py --workdir=runs/x --plot_attention="A dog runs across the field." \
+                 --output=attn.png
+
+Everything comes from the workdir: config.json, tokenizer.model and checkpoints/. Scores:
+translation: SacreBLEU (cased, with its signature) and chrF, plus, where the dataset ships
+tokenized lowercased references (Multi30k tok/), the tokenized lowercased BLEU most Multi30k
+papers report (hypotheses lowercased, Moses-punctuation-normalised and Moses-tokenised like the
+references, then BLEU without further tokenisation, i.e. multi-bleu.perl);
+summarization: ROUGE-1/2/Lsum F1 (rouge-score, Porter stemming), best over all references.
+"""
+
+import functools
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow (tfds) start-up banners
+
+from absl import app, flags, logging  # noqa: E402
+
+flags.DEFINE_string('workdir', None, 'A training run\'s workdir.')
+flags.DEFINE_string('split', None, 'Split to decode and score (default: config.eval_split).')
+flags.DEFINE_integer('beam_size', None, 'Beam size (default: config.beam_size); 1 = greedy.')
+flags.DEFINE_float('alpha', None, 'GNMT length penalty (default: config.length_penalty).')
+flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+flags.DEFINE_integer('average_last', 1, 'Average the parameters of the last K checkpoints.')
+flags.DEFINE_integer('batch_size', None, 'Sentences per batch (default: config.eval_batch_size).')
+flags.DEFINE_string('input', None, 'Translate/summarise lines of this file (- for stdin).')
+flags.DEFINE_string('plot_attention', None, 'Sentence whose attention maps to draw.')
+flags.DEFINE_string('output', 'attention.png', 'Image path for --plot_attention.')
+FLAGS = flags.FLAGS
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import sacrebleu  # noqa: E402
+from etils import epath  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+import train  # noqa: E402
+from input_pipeline import batching, datasets, tokenizer as tokenizer_lib  # noqa: E402
+from model import decoding  # noqa: E402
+from model.transformer import shift_right  # noqa: E402
+
+
+class EvalError(ValueError):
+  """A missing run, checkpoint or split; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- restoring a run
+
+
+def load_run(workdir: str):
+  """(config, tokenizer) of a training run's workdir."""
+  path = epath.Path(workdir)
+  if not path.exists():
+    raise EvalError(f'--workdir={workdir} does not exist; train first: python train.py '
+                    f'--config=... --workdir={workdir}')
+  if not (path / 'config.json').exists():
+    raise EvalError(f'{workdir} holds no config.json: it is not a train.py workdir.')
+  config = ml_collections.ConfigDict(json.loads((path / 'config.json').read_text()))
+  return config, tokenizer_lib.Tokenizer(str(path / tokenizer_lib.FILENAME))
+
+
+def load_params(config, workdir: str, step=None, average_last: int = 1):
+  """Parameters of one checkpoint, or the mean of the last K (Vaswani et al.'s averaging).
+
+  Returns (graphdef, params, rest, the steps used).
+  """
+  graphdef, params, rest = train.create_model(config, 0)
+  checkpoints = train.Checkpoints(workdir, keep=max(config.keep_checkpoints, average_last))
+  steps = sorted(checkpoints.manager.all_steps())
+  if not steps:
+    raise EvalError(f'no checkpoint in {workdir}/checkpoints; train (longer) first.')
+  if step is not None:
+    if step not in steps:
+      raise EvalError(f'--step={step} has no checkpoint; available: {steps}.')
+    steps = [s for s in steps if s <= step]
+  if average_last < 1:
+    raise EvalError(f'--average_last={average_last} must be >= 1.')
+  used = steps[-average_last:]
+  tx = train.create_optimizer(config, train.create_learning_rate_schedule(config))
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+      {'step': jnp.array(0, jnp.int32), 'params': params, 'opt_state': tx.init(params)})
+  restored = [checkpoints.restore_params(s, abstract) for s in used]
+  averaged = jax.tree.map(lambda *xs: sum(xs) / len(xs), *restored)
+  return graphdef, averaged, rest, used
+
+
+def make_decode_fn(graphdef, rest, config, beam_size: int, alpha: float, use_cache=True):
+  """jit-compiled batch decoder: (params, inputs, max_len) -> token ids [batch, max_len]."""
+  @functools.partial(jax.jit, static_argnames=('max_len',))
+  def decode(params, inputs, max_len):
+    model = nnx.merge(graphdef, params, rest)
+    kwargs = dict(max_len=max_len, len_a=config.max_decode_len_a,
+                  len_b=config.max_decode_len_b, use_cache=use_cache)
+    if beam_size == 1:
+      return decoding.greedy_decode(model, inputs, **kwargs)
+    return decoding.beam_search(model, inputs, beam_size=beam_size, alpha=alpha, **kwargs)[0]
+  return decode
+
+
+def decode_all(sources, decode_fn, params, config, batch_size, sharding=None):
+  """Decode every tokenized source (in order) -> list of token id arrays."""
+  outputs = [None] * len(sources)
+  for batch in batching.eval_batches(sources, batch_size, config.max_eval_len):
+    inputs = batch['inputs']
+    if sharding is not None:
+      inputs = jax.make_array_from_process_local_data(sharding, inputs)
+    out = np.asarray(jax.device_get(decode_fn(
+        params, inputs, max_len=train.decode_length(config, batch['inputs'].shape[1]))))
+    for row, index in enumerate(batch['index']):
+      if index >= 0:
+        outputs[index] = out[row]
+  return outputs
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def moses_tok_lc(lines, lang: str):
+  """Lowercase, normalise punctuation and Moses-tokenise, as Multi30k's tok/ references."""
+  from sacremoses import MosesPunctNormalizer, MosesTokenizer  # pylint: disable=g-import-not-at-top
+  normalizer, tokenizer = MosesPunctNormalizer(lang), MosesTokenizer(lang)
+  return [tokenizer.tokenize(normalizer.normalize(line.lower()), escape=False, return_str=True)
+          for line in lines]
+
+
+def translation_scores(hypotheses, examples, target_lang=None):
+  refs = [e['references'][0] for e in examples]
+  bleu = sacrebleu.metrics.BLEU()
+  chrf = sacrebleu.metrics.CHRF()
+  scores = {'bleu': bleu.corpus_score(hypotheses, [refs]).score,
+            'bleu_signature': str(bleu.get_signature()),
+            'chrf': chrf.corpus_score(hypotheses, [refs]).score,
+            'chrf_signature': str(chrf.get_signature())}
+  tok_refs = [e.get('tok_reference', '') for e in examples]
+  if all(tok_refs) and target_lang:
+    tok_bleu = sacrebleu.metrics.BLEU(tokenize='none', force=True)
+    scores['tok_lc_bleu'] = tok_bleu.corpus_score(moses_tok_lc(hypotheses, target_lang),
+                                                  [tok_refs]).score
+  return scores
+
+
+def rouge_scores(hypotheses, examples):
+  """ROUGE-1/2/Lsum F1 x 100, for each example the best over its references."""
+  from rouge_score import rouge_scorer, scoring  # pylint: disable=g-import-not-at-top
+  scorer = rouge_scorer.RougeScorer(['rouge1', 'rouge2', 'rougeLsum'], use_stemmer=True)
+  aggregator = scoring.BootstrapAggregator()
+  for hyp, example in zip(hypotheses, examples):
+    # rougeLsum splits summaries on newlines (split_summaries=True would need nltk data).
+    aggregator.add_scores(scorer.score_multi(example['references'], hyp))
+  result = aggregator.aggregate()
+  return {name: 100 * result[name].mid.fmeasure for name in ('rouge1', 'rouge2', 'rougeLsum')}
+
+
+# ----------------------------------------------------------------------------- modes
+
+
+def evaluate_split(config, tok, graphdef, params, rest, used_steps, split, beam_size, alpha,
+                   batch_size, workdir):
+  examples, _ = datasets.load_examples(config, split)
+  sources = tok.encode([e['source'] for e in examples])
+  too_long = sum(len(s) > config.max_eval_len for s in sources)
+  if too_long:
+    print(f'warning: {too_long} sources longer than max_eval_len={config.max_eval_len} are '
+          f'truncated', file=sys.stderr)
+  mesh = train.make_mesh()
+  sharding = NamedSharding(mesh, P('data'))
+  decode_fn = make_decode_fn(graphdef, rest, config, beam_size, alpha)
+  start = time.time()
+  outputs = decode_all(sources, decode_fn, params, config, batch_size, sharding)
+  seconds = time.time() - start
+  hypotheses = [tok.decode(o) for o in outputs]
+  if config.get('task', 'translation') == 'summarization':
+    scores = rouge_scores(hypotheses, examples)
+  else:
+    scores = translation_scores(hypotheses, examples, config.get('target_lang'))
+  tag = (f'{split}.step{used_steps[-1]}' + (f'.avg{len(used_steps)}' if len(used_steps) > 1
+                                            else '') + f'.beam{beam_size}')
+  out_dir = epath.Path(workdir) / 'eval'
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / f'{tag}.txt').write_text('\n'.join(hypotheses) + '\n')
+  report = {'split': split, 'steps': used_steps, 'beam_size': beam_size, 'alpha': alpha,
+            'num_examples': len(examples), 'decode_seconds': seconds, **scores}
+  (out_dir / f'{tag}.json').write_text(json.dumps(report, indent=2))
+  return report, str(out_dir / f'{tag}.txt')
+
+
+def translate_lines(config, tok, graphdef, params, rest, beam_size, alpha, batch_size, lines):
+  """Decode user lines; an empty line gives an empty line, so outputs stay aligned."""
+  decode_fn = make_decode_fn(graphdef, rest, config, beam_size, alpha)
+  keep = [i for i, line in enumerate(lines) if line.strip()]
+  sources = tok.encode([lines[i] for i in keep])
+  for i, s in zip(keep, sources):
+    if len(s) > config.max_eval_len:
+      print(f'warning: line {i + 1} has {len(s)} tokens, more than max_eval_len='
+            f'{config.max_eval_len}; decoding its first {config.max_eval_len}.', file=sys.stderr)
+  outputs = [''] * len(lines)
+  if sources:
+    for i, ids in zip(keep, decode_all(sources, decode_fn, params, config, batch_size)):
+      outputs[i] = tok.decode(ids)
+  return outputs
+
+
+def attention_maps(config, tok, graphdef, params, rest, sentence, beam_size, alpha):
+  """Decode `sentence`; return (source pieces, output pieces, encoder self-attention
+  [layers][heads, src, src], cross-attention [layers][heads, out, src])."""
+  source = batching.truncate(tok.encode([sentence])[0], config.max_eval_len)[None]
+  decode_fn = make_decode_fn(graphdef, rest, config, beam_size, alpha)
+  out = np.asarray(decode_fn(params, source, max_len=train.decode_length(config,
+                                                                          source.shape[1])))[0]
+  length = int(np.argmax(out == tokenizer_lib.EOS_ID)) + 1 if (
+      out == tokenizer_lib.EOS_ID).any() else len(out)
+  target = out[None, :length]
+  model = nnx.merge(graphdef, params, rest)
+  encoded, enc_weights = model.encode(jnp.asarray(source), return_weights=True)
+  _, dec_weights = model.decode(encoded, jnp.asarray(source), shift_right(jnp.asarray(target)),
+                                return_weights=True)
+  return (tok.pieces(source[0]), tok.pieces(target[0]), [np.asarray(w[0]) for w in enc_weights],
+          [np.asarray(w[0]) for w in dec_weights])
+
+
+def plot_attention(src_pieces, out_pieces, enc_weights, cross_weights, path: str):
+  """One row per layer: cross-attention heads, then encoder self-attention heads."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  layers, heads = len(cross_weights), cross_weights[0].shape[0]
+  fig, axes = plt.subplots(layers, 2 * heads, squeeze=False,
+                           figsize=(2 * heads * (1.2 + 0.28 * len(src_pieces)),
+                                    layers * (1.2 + 0.28 * max(len(out_pieces), len(src_pieces)))))
+  for layer in range(layers):
+    for head in range(heads):
+      for column, weights, rows, title in (
+          (head, cross_weights[layer][head], out_pieces, 'cross'),
+          (heads + head, enc_weights[layer][head], src_pieces, 'encoder self')):
+        ax = axes[layer][column]
+        ax.imshow(weights, cmap='viridis', vmin=0.0, vmax=1.0)
+        ax.set_xticks(range(len(src_pieces)), src_pieces, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        ax.set_title(f'{title} L{layer + 1} H{head + 1}', fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
+  if not FLAGS.workdir:
+    sys.exit('error: --workdir is required.')
+  try:
+    config, tok = load_run(FLAGS.workdir)
+    beam_size = FLAGS.beam_size or config.beam_size
+    alpha = config.length_penalty if FLAGS.alpha is None else FLAGS.alpha
+    batch_size = FLAGS.batch_size or config.eval_batch_size
+    split = FLAGS.split or config.eval_split
+    if FLAGS.input is None and FLAGS.plot_attention is None:
+      known = datasets.splits_of(config)
+      if known is not None and split not in known:  # before restoring anything
+        raise EvalError(f'unknown split {split!r}; splits of {config.dataset}: {known}.')
+    graphdef, params, rest, used = load_params(config, FLAGS.workdir, FLAGS.step,
+                                               FLAGS.average_last)
+    if FLAGS.input is not None:
+      lines = (sys.stdin.read() if FLAGS.input == '-' else
+               epath.Path(FLAGS.input).read_text()).split('\n')
+      if lines and lines[-1] == '':
+        lines = lines[:-1]
+      for line in translate_lines(config, tok, graphdef, params, rest, beam_size, alpha,
+                                  batch_size, lines):
+        print(line)
+      return
+    if FLAGS.plot_attention is not None:
+      maps = attention_maps(config, tok, graphdef, params, rest, FLAGS.plot_attention,
+                            beam_size, alpha)
+      plot_attention(*maps, FLAGS.output)
+      print(f'output: {tok.sp.decode(maps[1])}\nattention maps written to {FLAGS.output}')
+      return
+    report, hyp_path = evaluate_split(config, tok, graphdef, params, rest, used, split,
+                                      beam_size, alpha, batch_size, FLAGS.workdir)
+  except (EvalError, datasets.DataError, FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
+  averaged = f', average of {len(used)} checkpoints {used}' if len(used) > 1 else ''
+  print(f'{split}: {report["num_examples"]} examples, beam {beam_size}, alpha {alpha}, '
+        f'step {used[-1]}{averaged}; decoded in {report["decode_seconds"]:.1f} s')
+  for key, value in report.items():
+    if isinstance(value, float) and key not in ('alpha', 'decode_seconds'):
+      signature = report.get(f'{key}_signature', '')
+      print(f'  {key:12s} {value:6.2f}  {signature}')
+  print(f'hypotheses: {hyp_path}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,296 @@
+"""The input pipeline: datasets, tokenizer, batching, resumable iteration and bad input."""
+import json
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import default
+from input_pipeline import batching, datasets, tokenizer as tokenizer_lib
+from model.transformer import EncoderDecoder, shift_right
+
+
+@pytest.fixture(scope='module')
+def multi30k_config():
+  return default.get_config()
+
+
+@pytest.fixture(scope='module')
+def multi30k_train(multi30k_config):
+  return datasets.load_examples(multi30k_config, 'train')[0]
+
+
+@pytest.fixture(scope='module')
+def small_tokenizer(multi30k_train, tmp_path_factory):
+  texts = [e['source'] for e in multi30k_train[:3000]] + [e['target'] for e in
+                                                          multi30k_train[:3000]]
+  path = tmp_path_factory.mktemp('tok') / 'tokenizer.model'
+  return tokenizer_lib.train_tokenizer(texts, str(path), vocab_size=1000)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def test_multi30k_split_counts_and_alignment(multi30k_config):
+  for split, count in datasets.MULTI30K_SPLITS.items():
+    examples, skipped = datasets.load_examples(multi30k_config, split)
+    assert (len(examples), skipped) == (count, 0), split
+  # File order is kept: example i is line i of the raw files.
+  val, _ = datasets.load_examples(multi30k_config, 'val')
+  raw_en = datasets.read_lines(f'{datasets.RAW_DIR}/multi30k/val.en')
+  raw_de = datasets.read_lines(f'{datasets.RAW_DIR}/multi30k/val.de')
+  tok_de = datasets.read_lines(f'{datasets.RAW_DIR}/multi30k/tok/val.lc.norm.tok.de')
+  assert [e['source'] for e in val] == raw_en
+  assert [e['target'] for e in val] == raw_de
+  assert [e['tok_reference'] for e in val] == tok_de
+
+
+def test_multi30k_any_direction(multi30k_config):
+  config = default.get_config()
+  config.source_lang, config.target_lang = 'fr', 'de'
+  fr_de, _ = datasets.load_examples(config, 'test_2017_mscoco')
+  assert fr_de[0]['source'] == datasets.read_lines(
+      f'{datasets.RAW_DIR}/multi30k/test_2017_mscoco.fr')[0]
+  config.target_lang = 'fr'
+  with pytest.raises(datasets.DataError, match='direction fr->fr'):
+    datasets.load_examples(config, 'val')
+
+
+def test_aeslc_counts_and_annotations():
+  config = default.get_config()
+  config.dataset = 'aeslc'
+  for split, count in datasets.AESLC_SPLITS.items():
+    examples, _ = datasets.load_examples(config, split)
+    assert len(examples) == count
+  first = json.loads(open(f'{datasets.RAW_DIR}/aeslc/test.jsonl').readline())
+  assert examples[0]['source'] == first['email_body']
+  assert examples[0]['references'] == [first['subject_line']] + first['annotations']
+
+
+def test_unknown_split_lists_the_splits(multi30k_config):
+  with pytest.raises(datasets.DataError, match="splits: \\['train', 'val'"):
+    datasets.load_examples(multi30k_config, 'test')
+
+
+def test_catalog_dataset_offline_fails_fast_with_the_command(tmp_path):
+  config = default.get_config()
+  config.update(dataset='wmt14_translate/de-en', source_key='en', target_key='de',
+                data_dir=str(tmp_path))
+  start = time.time()
+  with pytest.raises(datasets.DataError, match='download_and_prepare --datasets=wmt14_translate'):
+    datasets.load_examples(config, 'train')
+  assert time.time() - start < 60  # not tfds's minutes of retries
+
+
+def test_unknown_dataset_name_is_one_clear_error(tmp_path):
+  config = default.get_config()
+  config.update(dataset='no_such_corpus', data_dir=str(tmp_path))
+  with pytest.raises(datasets.DataError, match="config.dataset='no_such_corpus'"):
+    datasets.load_examples(config, 'train')
+
+
+# ----------------------------------------------------------------------------- users' files
+
+
+def files_config(spec, fmt, **overrides):
+  config = default.get_config()
+  config.update(dataset='files', train_files=spec, file_format=fmt, **overrides)
+  return config
+
+
+def test_parallel_tsv_and_jsonl_files_give_the_same_pairs(tmp_path):
+  pairs = [('hello world', 'hallo welt'), ('good day', 'guten tag')]
+  (tmp_path / 's.txt').write_text('hello world\n\ngood day\n')
+  (tmp_path / 't.txt').write_text('hallo welt\n\nguten tag\n')
+  (tmp_path / 'd.tsv').write_text('hello world\thallo welt\ngood day\tguten tag\n')
+  (tmp_path / 'd.jsonl').write_text('\n'.join(json.dumps({'en': s, 'de': t}) for s, t in pairs))
+  parallel, skipped = datasets.load_examples(
+      files_config(f'{tmp_path}/s.txt,{tmp_path}/t.txt', 'parallel'), 'train')
+  assert skipped == 1  # the empty line pair is skipped and counted
+  tsv, _ = datasets.load_examples(files_config(f'{tmp_path}/d.tsv', 'tsv'), 'train')
+  jsonl, _ = datasets.load_examples(
+      files_config(f'{tmp_path}/d.jsonl', 'jsonl', source_key='en', target_key='de'), 'train')
+  for examples in (parallel, tsv, jsonl):
+    assert [(e['source'], e['target']) for e in examples] == pairs
+
+
+def test_parallel_files_of_different_length_name_both_files_and_counts(tmp_path):
+  (tmp_path / 'a.en').write_text('one\ntwo\nthree\n')
+  (tmp_path / 'a.de').write_text('eins\nzwei\n')
+  with pytest.raises(datasets.DataError, match=r'a\.en has 3 lines, .*a\.de has 2'):
+    datasets.load_examples(files_config(f'{tmp_path}/a.en,{tmp_path}/a.de', 'parallel'), 'train')
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+  (tmp_path / 'bad.tsv').write_bytes(b'ok\tgut\nbad \xff\tschlecht\n')
+  with pytest.raises(datasets.DataError, match=r'bad\.tsv:2: invalid UTF-8'):
+    datasets.load_examples(files_config(f'{tmp_path}/bad.tsv', 'tsv'), 'train')
+
+
+def test_missing_file_missing_field_and_empty_split(tmp_path):
+  with pytest.raises(datasets.DataError, match='not found'):
+    datasets.load_examples(files_config(f'{tmp_path}/nope.tsv', 'tsv'), 'train')
+  (tmp_path / 'd.jsonl').write_text('{"src": "a", "tgt": "b"}\n{"src": "c"}\n')
+  with pytest.raises(datasets.DataError, match=r"d\.jsonl:2: field 'tgt' is missing"):
+    datasets.load_examples(files_config(f'{tmp_path}/d.jsonl', 'jsonl', source_key='src',
+                                        target_key='tgt'), 'train')
+  (tmp_path / 'empty.tsv').write_text('\n\n')
+  with pytest.raises(datasets.DataError, match='no non-empty examples'):
+    datasets.load_examples(files_config(f'{tmp_path}/empty.tsv', 'tsv'), 'train')
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_round_trips_real_sentences(small_tokenizer, multi30k_config):
+  val, _ = datasets.load_examples(multi30k_config, 'val')
+  texts = [' '.join(e[side].split()) for e in val[:200] for side in ('source', 'target')]
+  ids = small_tokenizer.encode(texts)
+  assert all(seq[-1] == tokenizer_lib.EOS_ID for seq in ids)
+  assert all(tokenizer_lib.PAD_ID not in seq[:-1] for seq in ids)
+  assert [small_tokenizer.decode(seq) for seq in ids] == texts
+  sp = small_tokenizer.sp
+  assert (sp.pad_id(), sp.eos_id(), sp.bos_id(), sp.unk_id()) == (0, 1, 2, 3)
+
+
+def test_tokenizer_is_reused_from_the_workdir(tmp_path, multi30k_train):
+  config = default.get_config()
+  config.vocab_size = 500
+  first = tokenizer_lib.load_or_train(config, str(tmp_path), multi30k_train[:2000])
+  mtime = (tmp_path / tokenizer_lib.FILENAME).stat().st_mtime_ns
+  second = tokenizer_lib.load_or_train(config, str(tmp_path), multi30k_train[:10])
+  assert (tmp_path / tokenizer_lib.FILENAME).stat().st_mtime_ns == mtime
+  assert first.encode(['a dog']) == second.encode(['a dog'])
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+@pytest.fixture(scope='module')
+def encoded(small_tokenizer, multi30k_train):
+  examples = multi30k_train[:600]
+  return (small_tokenizer.encode([e['source'] for e in examples]),
+          small_tokenizer.encode([e['target'] for e in examples]))
+
+
+def unpack(batch):
+  """Recover (source, target) token lists of every example of a batch from segment ids."""
+  pairs = []
+  for r in range(batch['inputs'].shape[0]):
+    for seg in range(1, batch['inputs_segmentation'][r].max() + 1):
+      sides = []
+      for side in ('inputs', 'targets'):
+        where = batch[f'{side}_segmentation'][r] == seg
+        assert (batch[f'{side}_position'][r][where] == np.arange(where.sum())).all()
+        sides.append(tuple(batch[side][r][where]))
+      pairs.append(tuple(sides))
+  return pairs
+
+
+def take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def test_packed_batches_hold_each_example_once_per_epoch_with_right_segments(encoded):
+  sources, targets = encoded
+  it = batching.TrainIterator(sources, targets, batching='packed', batch_size=8, max_len=48)
+  seen = []
+  while it.state['epoch'] == 0:
+    seen.extend(unpack(next(it)))
+  # The last batch may spill into epoch 1: the first len(examples) seen are epoch 0.
+  expected = sorted((tuple(s), tuple(t)) for s, t in zip(it.sources, it.targets))
+  assert len(seen) >= len(expected)
+  assert sorted(seen[:len(expected)]) == expected
+
+
+def test_bucketed_batches_respect_the_token_budget(encoded):
+  sources, targets = encoded
+  it = batching.TrainIterator(sources, targets, batching='bucketed', max_tokens=512, max_len=48)
+  for batch in take(it, 30):
+    rows, length = batch['targets'].shape
+    assert rows * length <= 512
+    assert (batch['inputs_segmentation'] <= 1).all()
+    lengths = np.maximum((batch['inputs'] != 0).sum(1), (batch['targets'] != 0).sum(1))
+    assert lengths.max() <= length
+
+
+def test_long_examples_are_dropped_and_counted(encoded):
+  sources, targets = encoded
+  limit = 12
+  expected = sum(len(s) > limit or len(t) > limit for s, t in zip(sources, targets))
+  it = batching.TrainIterator(sources, targets, batch_size=4, max_len=limit)
+  assert it.dropped == expected > 0
+  assert all(len(s) <= limit for s in it.sources)
+
+
+@pytest.mark.parametrize('mode', batching.BATCHINGS)
+def test_same_seed_same_order_other_seed_other_order(encoded, mode):
+  def first_batches(seed):
+    it = batching.TrainIterator(*encoded, batching=mode, batch_size=8, max_len=48, seed=seed,
+                                max_tokens=512)
+    return np.concatenate([b['targets'].ravel() for b in take(it, 3)])
+  np.testing.assert_array_equal(first_batches(0), first_batches(0))
+  assert not np.array_equal(first_batches(0), first_batches(1))
+
+
+@pytest.mark.parametrize('mode', batching.BATCHINGS)
+def test_resuming_from_saved_state_continues_the_exact_sequence(encoded, mode):
+  kwargs = dict(batching=mode, batch_size=16, max_len=48, max_tokens=1024, seed=3)
+  it = batching.TrainIterator(*encoded, **kwargs)
+  take(it, 7)
+  state = json.loads(json.dumps(it.get_state()))  # survives a JSON checkpoint
+  expected = take(it, 12)  # crosses an epoch boundary (600 examples)
+  assert it.state['epoch'] >= 1
+  resumed = batching.TrainIterator(*encoded, **kwargs)
+  resumed.set_state(state)
+  for a, b in zip(expected, take(resumed, 12)):
+    for key in batching.KEYS:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_processes_read_disjoint_shares_of_the_global_batch(encoded):
+  full = next(batching.TrainIterator(*encoded, batch_size=8, max_len=48))
+  shares = [next(batching.TrainIterator(*encoded, batch_size=8, max_len=48, process_index=p,
+                                        process_count=2)) for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate([s['inputs'] for s in shares]), full['inputs'])
+  with pytest.raises(ValueError, match='divisible by 6'):
+    batching.TrainIterator(*encoded, batch_size=8, process_count=2, row_multiple=3)
+
+
+def test_eval_batches_cover_every_example_once_in_order(encoded):
+  sources, targets = encoded
+  n = 101
+  batches = list(batching.eval_batches(sources[:n], 16, 24, targets[:n]))
+  indices = np.concatenate([b['index'] for b in batches])
+  assert list(indices[indices >= 0]) == list(range(n))
+  assert (batches[-1]['weights'] == (batches[-1]['index'] >= 0)).all()
+  for b in batches:
+    assert b['inputs'].shape[0] == 16 and b['inputs'].shape[1] <= 24
+    for row, i in enumerate(b['index']):
+      if i >= 0:
+        expected = batching.truncate(sources[i], 24)
+        np.testing.assert_array_equal(b['inputs'][row, :len(expected)], expected)
+  assert batching.truncate(np.arange(1, 40), 24)[-1] == 39  # EOS kept when cut
+
+
+def test_packed_pipeline_examples_do_not_see_each_other(encoded):
+  config = default.get_config()
+  config.update(vocab_size=1000, emb_dim=32, num_heads=2, num_encoder_layers=1,
+                num_decoder_layers=1, mlp_dim=64, max_len=48)
+  model = EncoderDecoder(config, rngs=nnx.Rngs(0))
+  batch = next(batching.TrainIterator(*encoded, batch_size=2, max_len=48))
+  row = {k: jnp.asarray(v[:1]) for k, v in batch.items()}
+  logits = model(row['inputs'], shift_right(row['targets'], row['targets_position']),
+                 inputs_positions=row['inputs_position'],
+                 targets_positions=row['targets_position'],
+                 inputs_segmentation=row['inputs_segmentation'],
+                 targets_segmentation=row['targets_segmentation'])
+  assert row['inputs_segmentation'].max() >= 2
+  for seg in range(1, int(row['inputs_segmentation'].max()) + 1):
+    src = row['inputs'][row['inputs_segmentation'] == seg][None]
+    where = np.asarray(row['targets_segmentation'][0] == seg)
+    tgt = row['targets'][0][where][None]
+    alone = model(src, shift_right(tgt))
+    np.testing.assert_allclose(logits[0][where], alone[0], atol=1e-4)

@@ -1,0 +1,269 @@
+"""train.py: learning, determinism, exact resume, signals, sharding, and failure behaviour.
+
+Runs that must be a separate process (SIGKILL, SIGTERM, 8 simulated devices, 2 processes) use
+subprocesses with timeouts; the rest call train.train_and_evaluate in-process.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import eval as eval_lib
+import train
+from configs import default
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LETTERS = 'abcdefghij'
+
+
+def write_reverse_task(directory, n, seed):
+  """TSV of random letter sequences -> the same letters reversed."""
+  rng = np.random.default_rng(seed)
+  lines = []
+  for _ in range(n):
+    words = list(rng.choice(list(LETTERS), size=rng.integers(3, 8)))
+    lines.append(' '.join(words) + '\t' + ' '.join(reversed(words)))
+  path = os.path.join(directory, f'reverse_{seed}.tsv')
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return path
+
+
+def tiny_config(tmp_path, **overrides):
+  data = tmp_path / 'data'
+  data.mkdir(exist_ok=True)
+  config = default.get_config()
+  config.update(
+      dataset='files', file_format='tsv', train_files=write_reverse_task(str(data), 400, 0),
+      eval_files=write_reverse_task(str(data), 32, 1), eval_split='eval', vocab_size=24,
+      emb_dim=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, mlp_dim=64,
+      max_len=32, max_train_len=24, max_eval_len=24, batch_size=8, eval_batch_size=8,
+      num_train_steps=20, warmup_steps=5, learning_rate=3e-3, log_every_steps=5,
+      eval_every_steps=1000, checkpoint_every_steps=10, num_eval_bleu_batches=1)
+  config.update(overrides)
+  return config
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [r['train/loss'] for r in map(json.loads, f) if 'train/loss' in r]
+
+
+def final_params(workdir):
+  config, _ = eval_lib.load_run(str(workdir))
+  _, params, _, _ = eval_lib.load_params(config, str(workdir))
+  return params
+
+
+# ----------------------------------------------------------------------------- subprocess runs
+
+
+def write_config_file(config, path):
+  """A config file for train.py that returns exactly `config`."""
+  json_path = str(path) + '.json'
+  with open(json_path, 'w') as f:
+    f.write(config.to_json())
+  with open(path, 'w') as f:
+    f.write('import json\nimport ml_collections\n\n\ndef get_config():\n'
+            f'  return ml_collections.ConfigDict(json.load(open({json_path!r})))\n')
+  return str(path)
+
+
+def train_command(config_file, workdir, *extra):
+  return [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={config_file}',
+          f'--workdir={workdir}', *extra]
+
+
+def run_train(config_file, workdir, *extra, env=None, timeout=300):
+  result = subprocess.run(train_command(config_file, workdir, *extra), cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+  return result
+
+
+def wait_for_checkpoint(workdir, step, process, timeout=180):
+  path = os.path.join(workdir, 'checkpoints', str(step))
+  start = time.time()
+  while not os.path.isdir(path):
+    if process.poll() is not None:
+      raise AssertionError(f'train.py ended before checkpoint {step}: '
+                           f'{process.stderr.read()[-2000:]}')
+    if time.time() - start > timeout:
+      process.kill()
+      raise AssertionError(f'no checkpoint {step} after {timeout} s')
+    time.sleep(0.1)
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_a_few_steps_lower_the_loss(tmp_path):
+  train.train_and_evaluate(tiny_config(tmp_path, num_train_steps=30), str(tmp_path / 'run'))
+  history = losses(tmp_path / 'run')
+  assert history[-1] < history[0] - 0.3
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_to_reverse_sequences(tmp_path):
+  config = tiny_config(tmp_path, num_train_steps=600, learning_rate=1e-2, warmup_steps=50,
+                       label_smoothing=0.0, dropout_rate=0.0, emb_dim=64, mlp_dim=128,
+                       num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
+                       log_every_steps=100, checkpoint_every_steps=600, num_eval_bleu_batches=4)
+  metrics = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert metrics['train/nll'] < 0.05
+  assert metrics['eval/nll'] < 0.1
+  assert metrics['eval/bleu'] > 90
+
+
+def test_same_config_and_seed_give_the_same_losses(tmp_path):
+  config = tiny_config(tmp_path)
+  train.train_and_evaluate(config, str(tmp_path / 'a'))
+  train.train_and_evaluate(config, str(tmp_path / 'b'))
+  assert losses(tmp_path / 'a') == losses(tmp_path / 'b')
+  other = tiny_config(tmp_path, seed=1)
+  train.train_and_evaluate(other, str(tmp_path / 'c'))
+  assert losses(tmp_path / 'c') != losses(tmp_path / 'a')
+
+
+# ----------------------------------------------------------------------------- resume and signals
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_ends_with_the_same_parameters(tmp_path):
+  config = tiny_config(tmp_path, num_train_steps=400, checkpoint_every_steps=20,
+                       log_every_steps=20, dropout_rate=0.2)
+  config_file = write_config_file(config, tmp_path / 'cfg.py')
+  straight, killed = tmp_path / 'straight', tmp_path / 'killed'
+  assert run_train(config_file, straight).returncode == 0
+  process = subprocess.Popen(train_command(config_file, killed), cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  wait_for_checkpoint(str(killed), 40, process)
+  process.send_signal(signal.SIGKILL)
+  process.wait(timeout=30)
+  steps = sorted(int(s) for s in os.listdir(killed / 'checkpoints') if s.isdigit())
+  assert steps[-1] < 400, 'the run finished before it was killed'
+  resumed = run_train(config_file, killed)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f'resumed from step {steps[-1]}' in resumed.stdout
+  a, b = final_params(straight), final_params(killed)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6, rtol=0)
+  assert losses(straight)[-1] == losses(killed)[-1]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+  config = tiny_config(tmp_path, num_train_steps=100000, checkpoint_every_steps=20)
+  config_file = write_config_file(config, tmp_path / 'cfg.py')
+  workdir = tmp_path / 'run'
+  process = subprocess.Popen(train_command(config_file, workdir), cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  wait_for_checkpoint(str(workdir), 20, process)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=60)
+  assert process.returncode == 0, stderr[-2000:]
+  assert 'received signal 15: saved checkpoint at step' in stdout
+  saved = int(stdout.split('saved checkpoint at step ')[1].split(';')[0])
+  assert os.path.isdir(workdir / 'checkpoints' / str(saved))
+
+
+# ----------------------------------------------------------------------------- sharding
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_same_losses_as_one(tmp_path):
+  config = tiny_config(tmp_path, num_train_steps=15, checkpoint_every_steps=15)
+  config_file = write_config_file(config, tmp_path / 'cfg.py')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  one = run_train(config_file, tmp_path / 'one')
+  eight = run_train(config_file, tmp_path / 'eight', env=env)
+  assert one.returncode == 0 and eight.returncode == 0, eight.stderr[-2000:]
+  assert '8 devices' in eight.stdout
+  np.testing.assert_allclose(losses(tmp_path / 'eight'), losses(tmp_path / 'one'), rtol=1e-5)
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_losses_as_one(tmp_path):
+  config = tiny_config(tmp_path, num_train_steps=15, checkpoint_every_steps=15)
+  config_file = write_config_file(config, tmp_path / 'cfg.py')
+  single = run_train(config_file, tmp_path / 'single')
+  assert single.returncode == 0, single.stderr[-2000:]
+  address = f'127.0.0.1:{free_port()}'
+  workdir = tmp_path / 'multi'
+  processes = [subprocess.Popen(
+      train_command(config_file, workdir, f'--coordinator_address={address}',
+                    '--num_processes=2', f'--process_id={i}'),
+      cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=300) for p in processes]
+  finally:
+    for p in processes:
+      p.kill()
+  for p, (_, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+  assert '2 devices (cpu), 2 processes' in outputs[0][0]
+  np.testing.assert_allclose(losses(workdir), losses(tmp_path / 'single'), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+@pytest.mark.parametrize('flag,message', [
+    ('--config.num_heads=3', 'error: config.num_heads=3 must divide config.emb_dim=128.'),
+    ('--config.num_head=8', 'error: --config.num_head is not a config field; did you mean '
+                            '--config.num_heads?'),
+    ('--config.schedule=linear', "error: config.schedule='linear' is unknown"),
+    ('--config.batch_size=0', 'error: config.batch_size=0 must be a positive integer.'),
+])
+def test_bad_config_is_a_one_line_error_before_anything_runs(tmp_path, flag, message):
+  result = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path}/run', flag],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith(message)
+  assert 'Traceback' not in result.stderr
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  with pytest.raises(train.ConfigError, match='is not writable'):
+    train.train_and_evaluate(tiny_config(tmp_path), str(tmp_path / 'a_file' / 'run'))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(tiny_config(tmp_path), str(workdir))  # checkpoints 10 and 20
+  for root, _, files in os.walk(workdir / 'checkpoints' / '20' / 'state'):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'garbage')
+  train.train_and_evaluate(tiny_config(tmp_path, num_train_steps=30), str(workdir))
+  out = capsys.readouterr().out
+  assert 'checkpoint step 20 failed to restore' in out
+  assert 'resumed from step 10' in out
+  assert os.path.isdir(workdir / 'checkpoints' / 'corrupt_20')  # kept, never deleted
+  assert {'10', '20', '30'} <= set(os.listdir(workdir / 'checkpoints'))
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_config(tmp_path, learning_rate=1e30, warmup_steps=0, grad_clip_norm=0.0,
+                       checkpoint_every_steps=1, log_every_steps=100, num_train_steps=50)
+  workdir = tmp_path / 'run'
+  with pytest.raises(FloatingPointError, match=r'loss is (nan|inf) at step (\d+)') as error:
+    train.train_and_evaluate(config, str(workdir))
+  bad_step = int(str(error.value).split(' at step ')[1].split(';')[0])
+  saved = sorted(int(s) for s in os.listdir(workdir / 'checkpoints') if s.isdigit())
+  assert saved and saved[-1] == bad_step - 1
+  assert f'checkpoint (step {bad_step - 1}) is kept' in str(error.value)
