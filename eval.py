@@ -115,9 +115,9 @@ def decode_all(sources, decode_fn, params, config, batch_size, sharding=None):
   for batch in batching.eval_batches(sources, batch_size, config.max_eval_len):
     inputs = batch['inputs']
     if sharding is not None:
-      inputs = jax.make_array_from_process_local_data(sharding, inputs)
-    out = np.asarray(jax.device_get(decode_fn(
-        params, inputs, max_len=train.decode_length(config, batch['inputs'].shape[1]))))
+      inputs = jax.make_array_from_process_local_data(sharding, train.process_rows(inputs))
+    out = train.to_host(decode_fn(
+        params, inputs, max_len=train.decode_length(config, batch['inputs'].shape[1])))
     for row, index in enumerate(batch['index']):
       if index >= 0:
         outputs[index] = out[row]

@@ -32,6 +32,7 @@ import sacrebleu
 from clu import metric_writers
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from input_pipeline import batching, datasets, tokenizer as tokenizer_lib
@@ -134,8 +135,10 @@ def save_or_check_config(config, workdir: str):
       field = changed[0]
       raise ConfigError(f'--workdir={workdir} holds a run with config.{field}={saved[field]!r}, '
                         f'not {config.get(field)!r}; use a new --workdir or the same value.')
-  if jax.process_index() == 0:
-    path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  if jax.process_index() == 0:  # write-then-rename: other processes never see half a file
+    partial = path.parent / 'config.json.partial'
+    partial.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    partial.replace(path)
 
 
 # ----------------------------------------------------------------------------- optimization
@@ -289,6 +292,24 @@ def global_batch(local_batch: dict, sharding):
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
+def process_rows(array):
+  """This process's contiguous share of the rows of a batch every process holds whole."""
+  rows = array.shape[0] // jax.process_count()
+  return array[jax.process_index() * rows:(jax.process_index() + 1) * rows]
+
+
+def to_host(tree):
+  """NumPy values of (possibly multi-process) arrays: replicated ones read from a local shard,
+  sharded ones gathered from every process."""
+  def fetch(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(x)
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(fetch, tree)
+
+
 def make_greedy_fn(graphdef, rest, config):
   @functools.partial(jax.jit, static_argnames=('max_len',))
   def greedy(params, inputs, max_len):
@@ -343,13 +364,13 @@ def evaluate(params, eval_fn, greedy_fn, eval_data, tok, config, sharding, num_b
   hypotheses, refs = [], []
   for i, batch in enumerate(batching.eval_batches(sources, config.eval_batch_size,
                                                   config.max_eval_len, targets)):
-    arrays = global_batch({'inputs': batch['inputs'], 'targets': batch['targets']}, sharding)
-    for k, v in eval_fn(params, arrays).items():
+    arrays = global_batch({'inputs': process_rows(batch['inputs']),
+                           'targets': process_rows(batch['targets'])}, sharding)
+    for k, v in to_host(eval_fn(params, arrays)).items():
       totals[k] += float(v)
     if i < num_bleu_batches:
       width = batch['inputs'].shape[1]
-      out = np.asarray(jax.device_get(greedy_fn(params, arrays['inputs'],
-                                                max_len=decode_length(config, width))))
+      out = to_host(greedy_fn(params, arrays['inputs'], max_len=decode_length(config, width)))
       for row, index in enumerate(batch['index']):
         if index >= 0:
           hypotheses.append(tok.decode(out[row]))
@@ -371,7 +392,6 @@ def load_data(config, workdir, log):
   if jax.process_index() == 0:
     tok = tokenizer_lib.load_or_train(config, workdir, train_examples)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices('tokenizer')
   if jax.process_index() != 0:
     tok = tokenizer_lib.Tokenizer(os.path.join(workdir, tokenizer_lib.FILENAME))
@@ -422,7 +442,7 @@ def train_and_evaluate(config, workdir: str):
   if restored is not None:
     state = jax.device_put(restored, replicated)
     train_iter.set_state(data_state)
-    log.print(f'resumed from step {int(state["step"])} (data epoch {data_state["epoch"]}, '
+    log.print(f'resumed from step {int(to_host(state["step"]))} (data epoch {data_state["epoch"]}, '
               f'example {data_state["index"]})')
 
   step_fn = jax.jit(
@@ -449,17 +469,18 @@ def train_and_evaluate(config, workdir: str):
 def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoints, log, tok,
                 eval_data, data_sharding, stop_signal):
   """Steps until config.num_train_steps or a stop signal; checkpoints, logs and evaluates."""
-  step = int(state['step'])
+  step = int(to_host(state['step']))
   pending, window_start, window_tokens, window_steps = [], time.time(), 0.0, 0
   metrics = {}
 
   def check_finite():
     """Raise naming the first step whose loss is NaN/Inf (the last good checkpoint stays)."""
     for s, m in pending:
-      if not np.isfinite(float(m['loss'])):
+      loss = float(to_host(m['loss']))
+      if not np.isfinite(loss):
         good = checkpoints.manager.latest_step()
         raise FloatingPointError(
-            f'loss is {float(m["loss"])} at step {s}; stopping. The last good checkpoint '
+            f'loss is {loss} at step {s}; stopping. The last good checkpoint '
             f'(step {good}) is kept. Lower config.learning_rate or raise config.warmup_steps.')
 
   def save(step):
@@ -474,7 +495,7 @@ def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoi
     window_steps += 1
     if step % config.log_every_steps == 0 or step == config.num_train_steps or stop_signal:
       check_finite()
-      fetched = jax.device_get([m for _, m in pending])
+      fetched = to_host([m for _, m in pending])
       elapsed = time.time() - window_start
       window_tokens = sum(m['tokens'] for m in fetched)
       last = fetched[-1]

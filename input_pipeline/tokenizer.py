@@ -72,7 +72,7 @@ def train_tokenizer(texts, model_path: str, vocab_size: int, model_type: str = '
     target = epath.Path(model_path)
     partial = target.parent / (target.name + '.partial')
     partial.write_bytes(epath.Path(prefix + '.model').read_bytes())
-    partial.rename(target)
+    partial.replace(target)
   return Tokenizer(model_path)
 
 

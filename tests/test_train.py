@@ -111,10 +111,10 @@ def test_a_few_steps_lower_the_loss(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_model_learns_to_reverse_sequences(tmp_path):
-  config = tiny_config(tmp_path, num_train_steps=600, learning_rate=1e-2, warmup_steps=50,
+  config = tiny_config(tmp_path, num_train_steps=1000, learning_rate=1e-2, warmup_steps=50,
                        label_smoothing=0.0, dropout_rate=0.0, emb_dim=64, mlp_dim=128,
                        num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
-                       log_every_steps=100, checkpoint_every_steps=600, num_eval_bleu_batches=4)
+                       log_every_steps=100, checkpoint_every_steps=1000, num_eval_bleu_batches=4)
   metrics = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert metrics['train/nll'] < 0.05
   assert metrics['eval/nll'] < 0.1
