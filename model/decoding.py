@@ -54,8 +54,10 @@ def _reorder(tree, indices):
 
 
 def _restrict(log_probs, t, limits, allow_eos):
-  """No EOS before the budget unless allowed; only EOS at a sequence's budget (limits)."""
+  """Never PAD or BOS; no EOS before the budget unless allowed; only EOS at a sequence's
+  budget (limits)."""
   vocab = jnp.arange(log_probs.shape[-1])
+  log_probs = jnp.where((vocab == PAD_ID) | (vocab == BOS_ID), NEG_INF, log_probs)
   if not allow_eos:
     log_probs = jnp.where(vocab == EOS_ID, NEG_INF, log_probs)
   forced = (t + 1 >= limits)[..., None] & (vocab != EOS_ID)

@@ -1,0 +1,97 @@
+"""Greedy decoding and beam search against exhaustive search and teacher forcing."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from input_pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from model import decoding
+from model.transformer import EncoderDecoder, shift_right
+from test_transformer import SRC, tiny_config
+
+
+@pytest.fixture(scope='module')
+def model():
+  return EncoderDecoder(tiny_config(), rngs=nnx.Rngs(0))
+
+
+def sequence_log_prob(model, src_row, tokens):
+  """log P(tokens | src) by teacher forcing (the non-incremental path)."""
+  target = jnp.asarray([tokens])
+  logits = model(jnp.asarray([src_row]), shift_right(target))
+  log_probs = jax.nn.log_softmax(logits[0])
+  return float(sum(log_probs[i, t] for i, t in enumerate(tokens)))
+
+
+def test_greedy_follows_teacher_forced_argmax(model):
+  out = np.asarray(decoding.greedy_decode(model, SRC, max_len=8))
+  for row in range(SRC.shape[0]):
+    prefix = []
+    for _ in range(8):
+      logits = model(SRC[row:row + 1], shift_right(jnp.asarray([prefix + [EOS_ID]])))
+      scores = np.array(logits[0, len(prefix)])
+      scores[[PAD_ID, BOS_ID]] = -np.inf
+      prefix.append(int(np.argmax(scores)))
+      if prefix[-1] == EOS_ID:
+        break
+    if prefix[-1] != EOS_ID:  # budget reached: EOS is forced
+      prefix[-1] = EOS_ID
+    np.testing.assert_array_equal(out[row, :len(prefix)], prefix)
+
+
+def test_beam_size_one_equals_greedy(model):
+  greedy = decoding.greedy_decode(model, SRC, max_len=10)
+  beam, _ = decoding.beam_search(model, SRC, beam_size=1, alpha=0.0, max_len=10)
+  np.testing.assert_array_equal(beam, greedy)
+
+
+@pytest.mark.parametrize('beam_size', [1, 3])
+def test_cached_decoding_equals_recomputing_the_prefix(model, beam_size):
+  kwargs = dict(max_len=10, alpha=0.6, beam_size=beam_size)
+  cached, cached_scores = decoding.beam_search(model, SRC, **kwargs)
+  recomputed, scores = decoding.beam_search(model, SRC, use_cache=False, **kwargs)
+  np.testing.assert_array_equal(cached, recomputed)
+  np.testing.assert_allclose(cached_scores, scores, rtol=1e-5)
+  np.testing.assert_array_equal(decoding.greedy_decode(model, SRC, max_len=10),
+                                decoding.greedy_decode(model, SRC, max_len=10, use_cache=False))
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.6, 2.0])
+def test_wide_beam_finds_the_exact_best_sequence(alpha):
+  """Vocabulary of 7, budget of 3 tokens: enumerate every hypothesis and score it by teacher
+  forcing; a beam as wide as the number of prefixes must return the best one."""
+  model = EncoderDecoder(tiny_config(vocab_size=7), rngs=nnx.Rngs(3))
+  src = jnp.array([[4, 5, 6, 1]])
+  allowed = [t for t in range(7) if t not in (PAD_ID, BOS_ID, EOS_ID)]
+  candidates = [[EOS_ID]] + [[a, EOS_ID] for a in allowed] + [
+      [a, b, EOS_ID] for a, b in itertools.product(allowed, allowed)]
+  scored = [(sequence_log_prob(model, src[0], c) / decoding.length_penalty(len(c), alpha), c)
+            for c in candidates]
+  best_score, best = max(scored)
+  out, score = decoding.beam_search(model, src, beam_size=16, alpha=alpha, max_len=3,
+                                    len_a=0.0, len_b=3)
+  np.testing.assert_array_equal(np.asarray(out[0, :len(best)]), best)
+  np.testing.assert_allclose(float(score[0]), best_score, rtol=1e-4)
+
+
+def test_outputs_stop_at_eos_within_the_length_budget(model):
+  src = jnp.array([[5, 6, 1, 0, 0, 0], [5, 6, 7, 8, 9, 1]])
+  limits = np.asarray(decoding.max_lengths(src, 1.0, 2, 16))
+  np.testing.assert_array_equal(limits, [5, 8])  # a * (source length incl. EOS) + b
+  for out in (decoding.greedy_decode(model, src, max_len=16, len_a=1.0, len_b=2),
+              decoding.beam_search(model, src, max_len=16, len_a=1.0, len_b=2)[0]):
+    out = np.asarray(out)
+    for row, limit in enumerate(limits):
+      eos = np.flatnonzero(out[row] == EOS_ID)
+      assert len(eos) >= 1 and eos[0] < limit
+      assert (out[row, eos[0] + 1:] == PAD_ID).all()
+      assert not np.isin(out[row, :eos[0]], [PAD_ID, BOS_ID]).any()
+
+
+def test_eos_suppression_gives_exactly_the_budget(model):
+  out = np.asarray(decoding.beam_search(model, SRC, beam_size=2, max_len=12, len_a=0.0,
+                                        len_b=12, allow_eos=False)[0])
+  assert ((out != PAD_ID).sum(1) == 12).all() and (out[:, -1] == EOS_ID).all()
