@@ -1,0 +1,107 @@
+"""eval.py: restoring a run, averaging checkpoints, scoring, user input, attention maps."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import eval as eval_lib
+import train
+from test_train import ROOT, tiny_config
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('eval')
+  workdir = str(tmp / 'run')
+  train.train_and_evaluate(tiny_config(tmp, num_train_steps=30), workdir)  # ckpts 10, 20, 30
+  return workdir
+
+
+def run_eval(*args, stdin=None):
+  return subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), *args], cwd=ROOT,
+                        input=stdin, capture_output=True, text=True, timeout=300)
+
+
+def test_averaging_the_last_checkpoints_is_their_mean(run):
+  config, _ = eval_lib.load_run(run)
+  _, averaged, _, used = eval_lib.load_params(config, run, average_last=2)
+  assert used == [20, 30]
+  _, p20, _, _ = eval_lib.load_params(config, run, step=20)
+  _, p30, _, _ = eval_lib.load_params(config, run, step=30)
+  for a, x, y in zip(*(jax.tree.leaves(t) for t in (averaged, p20, p30))):
+    np.testing.assert_allclose(a, (np.asarray(x) + np.asarray(y)) / 2, rtol=1e-6)
+
+
+def test_split_evaluation_writes_hypotheses_and_scores(run):
+  result = run_eval(f'--workdir={run}', '--split=eval', '--beam_size=2')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'bleu' in result.stdout and 'nrefs:1|case:mixed' in result.stdout
+  reports = [f for f in os.listdir(os.path.join(run, 'eval')) if f.endswith('.json')]
+  report = json.load(open(os.path.join(run, 'eval', reports[0])))
+  assert report['num_examples'] == 32 and report['beam_size'] == 2
+  hyps = open(os.path.join(run, 'eval', reports[0].replace('.json', '.txt'))).read()
+  assert hyps.count('\n') == 32
+
+
+def test_user_lines_keep_empty_lines_and_warn_on_long_ones(run):
+  long_line = ' '.join(['a b c d e f g h i j'] * 5)  # > max_eval_len=24 tokens
+  result = run_eval(f'--workdir={run}', '--input=-', '--beam_size=1',
+                    stdin=f'a b c\n\n{long_line}\nj i h\n')
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.split('\n')
+  assert len(lines) == 5 and lines[1] == '' and lines[4] == ''  # 4 outputs + final newline
+  assert 'line 3 has' in result.stderr and 'decoding its first 24' in result.stderr
+
+
+def test_attention_plot_is_written(run, tmp_path):
+  path = tmp_path / 'attn.png'
+  result = run_eval(f'--workdir={run}', '--plot_attention=a b c d', f'--output={path}')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b'\x89PNG'
+
+
+def test_attention_maps_are_distributions(run):
+  config, tok = eval_lib.load_run(run)
+  graphdef, params, rest, _ = eval_lib.load_params(config, run)
+  src, out, enc, cross = eval_lib.attention_maps(config, tok, graphdef, params, rest,
+                                                 'a b c d', 1, 0.6)
+  assert len(enc) == config.num_encoder_layers and enc[0].shape == (config.num_heads,
+                                                                      len(src), len(src))
+  assert cross[0].shape == (config.num_heads, len(out), len(src))
+  np.testing.assert_allclose(cross[0].sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--workdir=/no/such/run'], 'does not exist'),
+    (['--workdir={run}', '--split=test'], "unknown split 'test'; splits of files: ['train', "
+                                          "'eval']"),
+    (['--workdir={run}', '--step=7'], '--step=7 has no checkpoint; available: [10, 20, 30]'),
+])
+def test_bad_requests_are_one_line_errors(run, args, message):
+  result = run_eval(*[a.format(run=run) for a in args])
+  assert result.returncode != 0
+  assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_translation_scores_against_hand_computed_values():
+  examples = [{'references': ['Ein Hund läuft.'], 'tok_reference': 'ein hund läuft .'},
+              {'references': ['Zwei Männer reden.'], 'tok_reference': 'zwei männer reden .'}]
+  perfect = eval_lib.translation_scores(['Ein Hund läuft.', 'Zwei Männer reden.'], examples,
+                                        'de')
+  assert perfect['bleu'] == pytest.approx(100) and perfect['tok_lc_bleu'] == pytest.approx(100)
+  # Lowercasing and tokenisation make a case/spacing-only difference vanish in tok-lc BLEU.
+  cased = eval_lib.translation_scores(['ein hund läuft .', 'zwei männer reden .'], examples,
+                                      'de')
+  assert cased['tok_lc_bleu'] == pytest.approx(100) and cased['bleu'] < 60
+
+
+def test_rouge_takes_the_best_reference():
+  examples = [{'references': ['meeting tomorrow', 'budget review for the quarter']}]
+  scores = eval_lib.rouge_scores(['quarterly budget review'], examples)
+  # vs reference 2 (stemmed): tokens {quarterli, budget, review} vs {budget, review, for, the,
+  # quarter}: 2 overlaps, P = 2/3, R = 2/5, F = 0.5.
+  assert scores['rouge1'] == pytest.approx(50.0)
