@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 import time
+from typing import Any, NamedTuple
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow (tfds) start-up banners
 
@@ -281,6 +282,34 @@ def create_model(config, seed: int):
   return nnx.split(model, nnx.Param, ...)
 
 
+class Training(NamedTuple):
+  """What a training loop needs: model structure, optimizer, state, step and shardings."""
+  graphdef: Any
+  rest: Any
+  tx: Any
+  state: dict
+  step_fn: Any
+  replicated: NamedSharding
+  data_sharding: NamedSharding
+
+
+def create_training(config, mesh) -> Training:
+  """Model, optimizer, replicated initial state and the jit-compiled, sharded train step."""
+  graphdef, params, rest = create_model(config, config.seed)
+  schedule = create_learning_rate_schedule(config)
+  tx = create_optimizer(config, schedule)
+  replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  state = jax.device_put({'step': jnp.array(0, jnp.int32), 'params': params,
+                          'opt_state': tx.init(params)}, replicated)
+  step_fn = jax.jit(
+      functools.partial(train_step, graphdef=graphdef, rest=rest, tx=tx, schedule=schedule,
+                        label_smoothing=config.label_smoothing,
+                        dropout_key=jax.random.key(config.seed + 1)),
+      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
+      donate_argnums=0)
+  return Training(graphdef, rest, tx, state, step_fn, replicated, data_sharding)
+
+
 def make_mesh():
   """A 1-D mesh named 'data' over every device of every process."""
   return jax.make_mesh((jax.device_count(),), ('data',),
@@ -425,32 +454,21 @@ def train_and_evaluate(config, workdir: str):
   log = MetricsLog(workdir)
   train_iter, tok, eval_data = load_data(config, workdir, log.print)
 
-  graphdef, params, rest = create_model(config, config.seed)
-  log.print(f'model: {count_params(nnx.merge(graphdef, params, rest)):,} parameters; '
+  training = create_training(config, make_mesh())
+  graphdef, rest, state = training.graphdef, training.rest, training.state
+  replicated, data_sharding = training.replicated, training.data_sharding
+  log.print(f'model: {count_params(nnx.merge(graphdef, state["params"], rest)):,} parameters; '
             f'{jax.device_count()} devices ({jax.devices()[0].platform}), '
             f'{jax.process_count()} processes')
-  schedule = create_learning_rate_schedule(config)
-  tx = create_optimizer(config, schedule)
-  state = {'step': jnp.array(0, jnp.int32), 'params': params, 'opt_state': tx.init(params)}
-
-  mesh = make_mesh()
-  replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  state = jax.device_put(state, replicated)
   checkpoints = Checkpoints(workdir, config.keep_checkpoints)
   restored, data_state = checkpoints.restore_latest(
       jax.tree.map(ocp.utils.to_shape_dtype_struct, state), log.print)
   if restored is not None:
     state = jax.device_put(restored, replicated)
     train_iter.set_state(data_state)
-    log.print(f'resumed from step {int(to_host(state["step"]))} (data epoch {data_state["epoch"]}, '
-              f'example {data_state["index"]})')
-
-  step_fn = jax.jit(
-      functools.partial(train_step, graphdef=graphdef, rest=rest, tx=tx, schedule=schedule,
-                        label_smoothing=config.label_smoothing,
-                        dropout_key=jax.random.key(config.seed + 1)),
-      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
-      donate_argnums=0)
+    log.print(f'resumed from step {int(to_host(state["step"]))} (data epoch '
+              f'{data_state["epoch"]}, example {data_state["index"]})')
+  step_fn = training.step_fn
   eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef, rest=rest),
                     in_shardings=(replicated, data_sharding), out_shardings=replicated)
   greedy_fn = make_greedy_fn(graphdef, rest, config)

@@ -27,7 +27,6 @@ flags.DEFINE_bool('no_cache', True, 'Also time decoding that recomputes the pref
 flags.DEFINE_string('workdir', None, 'Use this trained run and real Multi30k test sources.')
 FLAGS = flags.FLAGS
 
-import functools  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -22,11 +22,7 @@ flags.DEFINE_integer('train_steps', 10, 'Train steps to time (0 skips).')
 flags.DEFINE_enum('batching', 'packed', ['packed', 'bucketed'], 'Batching mode.')
 FLAGS = flags.FLAGS
 
-import functools  # noqa: E402
-
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 import train  # noqa: E402
 from configs import default  # noqa: E402
@@ -58,18 +54,8 @@ def main(argv):
   if not FLAGS.train_steps:
     return
 
-  graphdef, params, rest = train.create_model(config, 0)
-  schedule = train.create_learning_rate_schedule(config)
-  tx = train.create_optimizer(config, schedule)
-  mesh = train.make_mesh()
-  replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  state = jax.device_put({'step': jnp.array(0, jnp.int32), 'params': params,
-                          'opt_state': tx.init(params)}, replicated)
-  step_fn = jax.jit(
-      functools.partial(train.train_step, graphdef=graphdef, rest=rest, tx=tx, schedule=schedule,
-                        label_smoothing=config.label_smoothing, dropout_key=jax.random.key(1)),
-      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
-      donate_argnums=0)
+  training = train.create_training(config, train.make_mesh())
+  state, step_fn, data_sharding = training.state, training.step_fn, training.data_sharding
   batches = [next(train_iter) for _ in range(FLAGS.train_steps + 1)]
   state, metrics = step_fn(state, train.global_batch(batches[0], data_sharding))
   jax.block_until_ready(state)

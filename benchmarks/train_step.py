@@ -28,12 +28,9 @@ flags.DEFINE_bool('real_data', False, 'Use the default config and its real input
 flags.DEFINE_string('override', '', 'Comma-separated config overrides, e.g. dtype=bfloat16.')
 FLAGS = flags.FLAGS
 
-import functools  # noqa: E402
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 import train  # noqa: E402
 from configs import default  # noqa: E402
@@ -95,19 +92,8 @@ def main(argv):
   else:
     batches = synthetic_batches(FLAGS.batch, FLAGS.length, config.vocab_size)
 
-  graphdef, params, rest = train.create_model(config, 0)
-  schedule = train.create_learning_rate_schedule(config)
-  tx = train.create_optimizer(config, schedule)
-  mesh = train.make_mesh()
-  replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  state = jax.device_put({'step': jnp.array(0, jnp.int32), 'params': params,
-                          'opt_state': tx.init(params)}, replicated)
-  step_fn = jax.jit(
-      functools.partial(train.train_step, graphdef=graphdef, rest=rest, tx=tx, schedule=schedule,
-                        label_smoothing=config.label_smoothing, dropout_key=jax.random.key(1)),
-      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
-      donate_argnums=0)
-
+  training = train.create_training(config, train.make_mesh())
+  state, step_fn, data_sharding = training.state, training.step_fn, training.data_sharding
   first = train.global_batch(next(batches), data_sharding)
   t = time.perf_counter()
   compiled = step_fn.lower(state, first).compile()

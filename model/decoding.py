@@ -58,10 +58,10 @@ def _restrict(log_probs, t, limits, allow_eos):
   budget (limits)."""
   vocab = jnp.arange(log_probs.shape[-1])
   log_probs = jnp.where((vocab == PAD_ID) | (vocab == BOS_ID), NEG_INF, log_probs)
+  at_budget = (t + 1 >= limits)[..., None]
   if not allow_eos:
-    log_probs = jnp.where(vocab == EOS_ID, NEG_INF, log_probs)
-  forced = (t + 1 >= limits)[..., None] & (vocab != EOS_ID)
-  return jnp.where(forced, NEG_INF, log_probs)
+    log_probs = jnp.where((vocab == EOS_ID) & ~at_budget, NEG_INF, log_probs)
+  return jnp.where(at_budget & (vocab != EOS_ID), NEG_INF, log_probs)
 
 
 def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int = 10,

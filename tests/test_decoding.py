@@ -92,6 +92,9 @@ def test_outputs_stop_at_eos_within_the_length_budget(model):
 
 
 def test_eos_suppression_gives_exactly_the_budget(model):
-  out = np.asarray(decoding.beam_search(model, SRC, beam_size=2, max_len=12, len_a=0.0,
-                                        len_b=12, allow_eos=False)[0])
-  assert ((out != PAD_ID).sum(1) == 12).all() and (out[:, -1] == EOS_ID).all()
+  kwargs = dict(max_len=12, len_a=0.0, len_b=12, allow_eos=False)
+  for out in (decoding.greedy_decode(model, SRC, **kwargs),
+              decoding.beam_search(model, SRC, beam_size=2, **kwargs)[0]):
+    out = np.asarray(out)
+    assert (out[:, -1] == EOS_ID).all()
+    assert not np.isin(out[:, :-1], [PAD_ID, BOS_ID, EOS_ID]).any()
