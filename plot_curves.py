@@ -1,7 +1,7 @@
 r"""Learning curves of a run from its metrics.jsonl: loss and validation BLEU against steps
 and wall-clock minutes.
 
-  python plot_curves.py --workdir=runs/multi30k_tiny --output=docs/learning_curve.png
+  python plot_curves.py --workdir=runs/default --output=docs/learning_curve.png
 """
 
 import json

@@ -118,7 +118,7 @@ def check_workdir(workdir: str):
   path = epath.Path(workdir)
   try:
     path.mkdir(parents=True, exist_ok=True)
-    probe = path / '.write_probe'
+    probe = path / f'.write_probe.{jax.process_index()}.{os.getpid()}'  # one per process
     probe.write_text('ok')
     probe.unlink()
   except OSError as e:

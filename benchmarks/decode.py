@@ -1,7 +1,7 @@
 r"""Decoding throughput: sentences/s and tokens/s for greedy and beam search, cache on and off.
 
   .venv/bin/python benchmarks/decode.py [--batch=64 --source_length=32 --tokens=40]
-  .venv/bin/python benchmarks/decode.py --workdir=runs/multi30k_tiny   # a trained model, real
+  .venv/bin/python benchmarks/decode.py --workdir=runs/default         # a trained model, real
                                                                        # Multi30k test sources
 
 Default shapes (issue 6): Transformer-tiny with random weights, vocab 10000, batch 64, source

@@ -1,13 +1,19 @@
-"""Transformer-tiny on Multi30k En->De, the project's default experiment.
+"""Transformer-tiny on Multi30k En->De: the project's default experiment and its reproduction.
 
 Command (a fresh clone, this repo's root):
-  make train          # == .venv/bin/python train.py --config=configs/default.py --workdir=runs/default
+  make train   # == .venv/bin/python train.py --config=configs/default.py --workdir=runs/default
+               #    then eval.py on the validation split
+  .venv/bin/python eval.py --workdir=runs/default --split=test_2016_flickr
+
+Measured on a 2-core x86 CPU (AVX-512), no GPU: 2500 steps in 51 min of training wall time
+(evaluations included); test_2016_flickr 36.69 tokenized lowercased BLEU, 36.40 SacreBLEU,
+61.29 chrF (beam 5, alpha 1.5, last checkpoint; decoding settings chosen on val). Published
+reference: Wu et al. (ACL 2021) Transformer-tiny, 41.02 tokenized lowercased BLEU. Details and
+the other test sets: README.md "Results".
 
 Variants are arguments of this one config: `--config=configs/default.py:base` (the paper's base
 shape, 6+6 layers, 512 wide, 8 heads, MLP 2048) or `:big` (6+6, 1024, 16 heads, 4096); every field
 below can be overridden, e.g. `--config.num_heads=8 --config.num_train_steps=2000`.
-
-Expected time and result on a 2-core x86 CPU (AVX-512): see README.md "Results".
 """
 
 import ml_collections
@@ -40,7 +46,7 @@ def get_config(size: str = 'tiny'):
   config.train_split = 'train'
   config.eval_split = 'val'
   config.data_dir = ''                 # tfds data dir; '' = <repo>/data/tfds
-  config.vocab_size = 10000            # SentencePiece vocabulary (joint source+target)
+  config.vocab_size = 8000             # SentencePiece vocabulary (joint source+target)
   config.vocab_model_type = 'unigram'  # unigram | bpe
   config.vocab_max_chars = 10_000_000  # characters of training text used to fit the vocabulary
   config.max_len = 128                 # positions the model supports (source and target)
@@ -59,7 +65,7 @@ def get_config(size: str = 'tiny'):
   config.num_encoder_layers = enc_layers
   config.num_decoder_layers = dec_layers
   config.mlp_dim = mlp_dim             # inner width of the position-wise MLP
-  config.dropout_rate = 0.1            # residual, embedding and MLP dropout
+  config.dropout_rate = 0.3            # residual, embedding and MLP dropout (small corpus)
   config.attention_dropout_rate = 0.0  # dropout on attention weights
   config.layer_norm = 'pre'            # pre (stable default) | post (the paper)
   config.position_embedding = 'sinusoidal'  # sinusoidal | learned
@@ -71,9 +77,9 @@ def get_config(size: str = 'tiny'):
 
   # ---- training
   config.seed = 0
-  config.num_train_steps = 6000
+  config.num_train_steps = 2500       # ~50 min on a 2-core CPU with the default batch
   config.optimizer = 'adam'            # adam | adamw
-  config.learning_rate = 2e-3          # peak learning rate
+  config.learning_rate = 3e-3          # peak learning rate
   config.schedule = 'rsqrt'            # rsqrt (paper: warmup then 1/sqrt(step)) | cosine | constant
   config.warmup_steps = 1000
   config.adam_b1 = 0.9
@@ -84,15 +90,15 @@ def get_config(size: str = 'tiny'):
   config.label_smoothing = 0.1
 
   # ---- checkpoints, logging, evaluation during training
-  config.checkpoint_every_steps = 500
+  config.checkpoint_every_steps = 100
   config.keep_checkpoints = 10         # eval.py --average_last=K averages the last K
   config.log_every_steps = 50
-  config.eval_every_steps = 500
+  config.eval_every_steps = 250
   config.num_eval_bleu_batches = 4     # greedy-decoded validation batches for the BLEU in logs
 
   # ---- decoding (eval.py flags override)
-  config.beam_size = 4
-  config.length_penalty = 0.6          # GNMT alpha
+  config.beam_size = 5
+  config.length_penalty = 1.5          # GNMT alpha; chosen on Multi30k val (README)
   config.max_decode_len_a = 1.2        # max output length = a * source length + b
   config.max_decode_len_b = 10
   return config
