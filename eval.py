@@ -24,16 +24,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow (tfds) start-up
 
 from absl import app, flags, logging  # noqa: E402
 
-flags.DEFINE_string('workdir', None, 'A training run\'s workdir.')
-flags.DEFINE_string('split', None, 'Split to decode and score (default: config.eval_split).')
-flags.DEFINE_integer('beam_size', None, 'Beam size (default: config.beam_size); 1 = greedy.')
-flags.DEFINE_float('alpha', None, 'GNMT length penalty (default: config.length_penalty).')
-flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-flags.DEFINE_integer('average_last', 1, 'Average the parameters of the last K checkpoints.')
-flags.DEFINE_integer('batch_size', None, 'Sentences per batch (default: config.eval_batch_size).')
-flags.DEFINE_string('input', None, 'Translate/summarise lines of this file (- for stdin).')
-flags.DEFINE_string('plot_attention', None, 'Sentence whose attention maps to draw.')
-flags.DEFINE_string('output', 'attention.png', 'Image path for --plot_attention.')
 FLAGS = flags.FLAGS
 
 import jax  # noqa: E402
@@ -254,6 +244,20 @@ def plot_attention(src_pieces, out_pieces, enc_weights, cross_weights, path: str
   plt.close(fig)
 
 
+def define_flags():
+  """Command-line flags (only when run as a script: tests and benchmarks import this module)."""
+  flags.DEFINE_string('workdir', None, 'A training run\'s workdir.')
+  flags.DEFINE_string('split', None, 'Split to decode and score (default: config.eval_split).')
+  flags.DEFINE_integer('beam_size', None, 'Beam size (default: config.beam_size); 1 = greedy.')
+  flags.DEFINE_float('alpha', None, 'GNMT length penalty (default: config.length_penalty).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_integer('average_last', 1, 'Average the parameters of the last K checkpoints.')
+  flags.DEFINE_integer('batch_size', None, 'Sentences per batch (default: config.eval_batch_size).')
+  flags.DEFINE_string('input', None, 'Translate/summarise lines of this file (- for stdin).')
+  flags.DEFINE_string('plot_attention', None, 'Sentence whose attention maps to draw.')
+  flags.DEFINE_string('output', 'attention.png', 'Image path for --plot_attention.')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -302,4 +306,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

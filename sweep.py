@@ -23,13 +23,6 @@ import time
 
 from absl import app, flags
 
-flags.DEFINE_string('config', 'configs/default.py', 'Base config (train.py --config).')
-flags.DEFINE_string('sweep', None, 'Sweep file with get_sweep(hyper).')
-flags.DEFINE_string('workdir', None, 'Sweep directory; one subdirectory per trial.')
-flags.DEFINE_integer('parallel', 1, 'Trials run at once.')
-flags.DEFINE_bool('dry_run', False, 'Print one train+eval command per trial and exit.')
-flags.DEFINE_string('eval_args', '', 'Extra eval.py flags, e.g. "--beam_size=1".')
-flags.DEFINE_string('metric', None, 'Metric for the plot (default: bleu or rouge1).')
 FLAGS = flags.FLAGS
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -76,10 +69,17 @@ def load_sweep(path):
   return trials
 
 
-def trial_name(overrides):
-  """Readable directory name from the overrides: num_heads=4,num_encoder_layers=2."""
-  parts = [f'{k[len("config."):]}={v}' for k, v in overrides.items()]
+def trial_name(overrides, varying=None):
+  """Readable directory name from the overrides that vary across the sweep:
+  num_heads=4,num_encoder_layers=2 (all overrides when `varying` is None)."""
+  parts = [f'{k[len("config."):]}={v}' for k, v in overrides.items()
+           if varying is None or k in varying]
   return ','.join(parts).replace('/', '_').replace(' ', '') or 'base'
+
+
+def varying_keys(trials):
+  keys = {k for t in trials for k in t}
+  return {k for k in keys if len({repr(t.get(k)) for t in trials}) > 1}
 
 
 def commands(overrides, trial_dir):
@@ -173,6 +173,17 @@ def plot(results, keys, metric, path):
   plt.close(fig)
 
 
+def define_flags():
+  """Command-line flags (only when run as a script: tests and benchmarks import this module)."""
+  flags.DEFINE_string('config', 'configs/default.py', 'Base config (train.py --config).')
+  flags.DEFINE_string('sweep', None, 'Sweep file with get_sweep(hyper).')
+  flags.DEFINE_string('workdir', None, 'Sweep directory; one subdirectory per trial.')
+  flags.DEFINE_integer('parallel', 1, 'Trials run at once.')
+  flags.DEFINE_bool('dry_run', False, 'Print one train+eval command per trial and exit.')
+  flags.DEFINE_string('eval_args', '', 'Extra eval.py flags, e.g. "--beam_size=1".')
+  flags.DEFINE_string('metric', None, 'Metric for the plot (default: bleu or rouge1).')
+
+
 def main(argv):
   del argv
   if not FLAGS.sweep or not FLAGS.workdir:
@@ -180,7 +191,11 @@ def main(argv):
   if FLAGS.parallel < 1:
     sys.exit(f'error: --parallel={FLAGS.parallel} must be >= 1.')
   trials = load_sweep(FLAGS.sweep)
-  dirs = [os.path.join(os.path.abspath(FLAGS.workdir), trial_name(t)) for t in trials]
+  varying = varying_keys(trials)
+  names = [trial_name(t, varying) for t in trials]
+  if len(set(names)) != len(names):
+    sys.exit('error: the sweep has duplicate trials (same overrides twice).')
+  dirs = [os.path.join(os.path.abspath(FLAGS.workdir), name) for name in names]
   if FLAGS.dry_run:
     for overrides, trial_dir in zip(trials, dirs):
       train_cmd, eval_cmd = commands(overrides, trial_dir)
@@ -197,7 +212,7 @@ def main(argv):
       scores = results[i].get('scores', {})
       shown = ' '.join(f'{k}={v:.2f}' for k, v in scores.items()
                        if k in ('bleu', 'tok_lc_bleu', 'chrf', 'rouge1', 'rouge2', 'rougeLsum'))
-      print(f'[{i + 1}/{len(trials)}] {trial_name(trials[i])}: {results[i]["status"]} {shown}',
+      print(f'[{i + 1}/{len(trials)}] {names[i]}: {results[i]["status"]} {shown}',
             flush=True)
   metric = FLAGS.metric or ('rouge1' if any('rouge1' in r.get('scores', {}) for r in results)
                             else 'bleu')
@@ -208,4 +223,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -531,7 +531,8 @@ def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoi
                 f'ppl {metrics["train/perplexity"]:.2f} acc {means["accuracy"]:.3f} | '
                 f'lr {metrics["train/learning_rate"]:.2e} gnorm {means["grad_norm"]:.2f} | '
                 f'{metrics["train/tokens_per_sec"]:,.0f} tok/s '
-                f'{metrics["train/steps_per_sec"]:.2f} step/s | ETA {_format_eta(eta)}')
+                f'{metrics["train/steps_per_sec"]:.2f} step/s '
+                f'pad {100 * train_iter.padding_fraction:.0f}% | ETA {_format_eta(eta)}')
       pending, window_start, window_steps = [], time.time(), 0
     if stop_signal:
       save(step)
