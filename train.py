@@ -488,7 +488,7 @@ def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoi
                 eval_data, data_sharding, stop_signal):
   """Steps until config.num_train_steps or a stop signal; checkpoints, logs and evaluates."""
   step = int(to_host(state['step']))
-  pending, window_start, window_tokens, window_steps = [], time.time(), 0.0, 0
+  pending, window_start, window_steps = [], time.time(), 0
   metrics = {}
 
   def check_finite():
