@@ -273,7 +273,7 @@ class Checkpoints:
     self.manager.wait_until_finished()
 
 
-# ----------------------------------------------------------------------------- setup shared with eval.py
+# ----------------------------------------------------------------------------- setup (eval.py too)
 
 
 def create_model(config, seed: int):

@@ -81,7 +81,8 @@ def dot_product_attention(query, key, value, mask=None, *, kernel: str = 'einsum
     raise ValueError(f'attention kernel={kernel!r} is unknown; use one of {KERNELS}.')
   # A query row with no key to attend to: its output is defined as zero.
   row_has_key = None if mask is None else jnp.any(mask, axis=-1)  # [b, h|1, q]
-  use_einsum = kernel == 'einsum' or return_weights or (dropout_rate > 0 and dropout_rng is not None)
+  use_einsum = (kernel == 'einsum' or return_weights
+                or (dropout_rate > 0 and dropout_rng is not None))
   if not use_einsum:
     out = jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=None)
     if row_has_key is not None:

@@ -128,7 +128,7 @@ class EncoderLayer(_Sublayers):
     self.pre_ln, self.dropout_rate = config.layer_norm == 'pre', config.dropout_rate
     self.self_attention = _attention(config, rngs, self_attention=True)
     self.mlp = _mlp(config, rngs)
-    self.norm1, self.norm2 = _norm(config.emb_dim, config, rngs), _norm(config.emb_dim, config, rngs)
+    self.norm1, self.norm2 = (_norm(config.emb_dim, config, rngs) for _ in range(2))
 
   def __call__(self, x, mask, rng=None, weights=None):
     def attend(h):
