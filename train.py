@@ -38,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from input_pipeline import batching, datasets, tokenizer as tokenizer_lib
 from model import decoding
+from model.losses import cross_entropy_sums, fused_cross_entropy_sums
 from model.transformer import EncoderDecoder, count_params, shift_right, validate_config
 
 FLAGS = flags.FLAGS
@@ -89,6 +90,8 @@ def validate_training_config(config):
   require(config.warmup_steps >= 0, 'warmup_steps', 'must be >= 0.')
   require(config.learning_rate > 0, 'learning_rate', 'must be positive.')
   require(0 <= config.label_smoothing < 1, 'label_smoothing', 'must be in [0, 1).')
+  require(isinstance(config.loss_chunk_size, int) and config.loss_chunk_size >= 0,
+          'loss_chunk_size', 'must be an integer >= 0 (0: plain logits path).')
   require(config.grad_clip_norm >= 0, 'grad_clip_norm', 'must be >= 0 (0 disables).')
   require(config.schedule in SCHEDULES, 'schedule', f'is unknown; use one of {SCHEDULES}.')
   require(config.optimizer in OPTIMIZERS, 'optimizer', f'is unknown; use one of {OPTIMIZERS}.')
@@ -96,6 +99,9 @@ def validate_training_config(config):
           f'is unknown; use one of {batching.BATCHINGS}.')
   require(config.max_train_len <= config.max_len, 'max_train_len',
           f'must be <= config.max_len={config.max_len}.')
+  target_len = config.max_target_len
+  require(isinstance(target_len, int) and 0 <= target_len <= config.max_len, 'max_target_len',
+          f'must be an integer in [0, config.max_len={config.max_len}] (0: max_train_len).')
   require(config.max_eval_len <= config.max_len, 'max_eval_len',
           f'must be <= config.max_len={config.max_len}.')
   require(config.vocab_model_type in tokenizer_lib.MODEL_TYPES, 'vocab_model_type',
@@ -170,44 +176,46 @@ def create_optimizer(config, schedule):
   return opt
 
 
-def cross_entropy_sums(logits, targets, weights, label_smoothing: float):
-  """Sums over non-pad target tokens: (smoothed loss, NLL, correct predictions).
-
-  Label smoothing mixes the one-hot target with a uniform distribution over the vocabulary:
-  loss = (1 - eps) * NLL + eps * mean_v(-log p_v), computed without materialising one-hots.
-  """
-  logits = logits.astype(jnp.float32)
-  log_z = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  nll = log_z - target_logit
-  smooth = log_z - jnp.mean(logits, axis=-1)
-  loss = (1.0 - label_smoothing) * nll + label_smoothing * smooth
-  correct = jnp.argmax(logits, axis=-1) == targets
-  return (jnp.sum(loss * weights), jnp.sum(nll * weights), jnp.sum(correct * weights))
-
-
-def _forward(model, batch, dropout_rng=None):
+def _forward(model, batch, dropout_rng=None, return_features=False):
   decoder_inputs = shift_right(batch['targets'], batch['targets_position'])
   return model(batch['inputs'], decoder_inputs, inputs_positions=batch['inputs_position'],
                targets_positions=batch['targets_position'],
                inputs_segmentation=batch['inputs_segmentation'],
-               targets_segmentation=batch['targets_segmentation'], dropout_rng=dropout_rng)
+               targets_segmentation=batch['targets_segmentation'], dropout_rng=dropout_rng,
+               return_features=return_features)
 
 
-def train_step(state, batch, *, graphdef, rest, tx, schedule, label_smoothing, dropout_key):
-  """One optimizer step on a global batch; returns (new state, metrics)."""
-  step = state['step']
-  rng = jax.random.fold_in(dropout_key, step)
+def loss_and_grads(params, batch, rng, *, graphdef, rest, label_smoothing, loss_chunk_size=0):
+  """((mean loss, (NLL sum, correct sum, token count)), grads) of a batch, dropout from rng.
+
+  loss_chunk_size > 0 takes the fused, chunked loss (model/losses.py), 0 the plain logits path;
+  both give the same loss and gradients (tests/test_train.py).
+  """
   weights = (batch['targets_segmentation'] > 0).astype(jnp.float32)
   num_tokens = jnp.maximum(jnp.sum(weights), 1.0)
 
   def loss_fn(params):
-    logits = _forward(nnx.merge(graphdef, params, rest), batch, rng)
-    loss_sum, nll_sum, correct = cross_entropy_sums(logits, batch['targets'], weights,
-                                                    label_smoothing)
-    return loss_sum / num_tokens, (nll_sum, correct)
+    model = nnx.merge(graphdef, params, rest)
+    if loss_chunk_size:
+      kernel, bias = model.output_projection()
+      loss_sum, nll_sum, correct = fused_cross_entropy_sums(
+          _forward(model, batch, rng, return_features=True), kernel, bias, batch['targets'],
+          weights, label_smoothing, loss_chunk_size)
+    else:
+      loss_sum, nll_sum, correct = cross_entropy_sums(_forward(model, batch, rng),
+                                                      batch['targets'], weights, label_smoothing)
+    return loss_sum / num_tokens, (nll_sum, correct, num_tokens)
 
-  (loss, (nll_sum, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+  return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+def train_step(state, batch, *, graphdef, rest, tx, schedule, label_smoothing, dropout_key,
+               loss_chunk_size=0):
+  """One optimizer step on a global batch; returns (new state, metrics)."""
+  step = state['step']
+  (loss, (nll_sum, correct, num_tokens)), grads = loss_and_grads(
+      state['params'], batch, jax.random.fold_in(dropout_key, step), graphdef=graphdef,
+      rest=rest, label_smoothing=label_smoothing, loss_chunk_size=loss_chunk_size)
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   metrics = {'loss': loss, 'nll': nll_sum / num_tokens, 'accuracy': correct / num_tokens,
@@ -304,7 +312,8 @@ def create_training(config, mesh) -> Training:
   step_fn = jax.jit(
       functools.partial(train_step, graphdef=graphdef, rest=rest, tx=tx, schedule=schedule,
                         label_smoothing=config.label_smoothing,
-                        dropout_key=jax.random.key(config.seed + 1)),
+                        dropout_key=jax.random.key(config.seed + 1),
+                        loss_chunk_size=config.loss_chunk_size),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=0)
   return Training(graphdef, rest, tx, state, step_fn, replicated, data_sharding)
@@ -435,10 +444,12 @@ def load_data(config, workdir, log):
       sources, targets, batching=config.batching, batch_size=config.batch_size,
       max_len=config.max_train_len, max_tokens=config.max_tokens, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      row_multiple=jax.local_device_count())
+      row_multiple=jax.local_device_count(), max_target_len=config.max_target_len or None)
+  limits = f'max_train_len={config.max_train_len}' + (
+      f', max_target_len={config.max_target_len}' if config.max_target_len else '')
   log(f'data: {config.dataset} {config.train_split}: {len(train_examples)} pairs '
-      f'({skipped} empty skipped, {train_iter.dropped} longer than max_train_len='
-      f'{config.max_train_len} dropped); vocabulary {tok.vocab_size} ({tok.path})')
+      f'({skipped} empty skipped, {train_iter.dropped} longer than {limits} dropped); '
+      f'vocabulary {tok.vocab_size} ({tok.path})')
   eval_examples, _ = datasets.load_examples(config, config.eval_split)
   eval_data = (tok.encode([e['source'] for e in eval_examples]),
                tok.encode([e['target'] for e in eval_examples]),

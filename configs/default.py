@@ -52,6 +52,7 @@ def get_config(size: str = 'tiny'):
   config.vocab_max_chars = 10_000_000  # characters of training text used to fit the vocabulary
   config.max_len = 128                 # positions the model supports (source and target)
   config.max_train_len = 64            # longer training pairs are dropped (and counted)
+  config.max_target_len = 0            # training targets' own row length; 0: max_train_len
   config.truncate_inputs = False       # instead cut training sources to max_train_len (summaries)
   config.max_eval_len = 128            # eval sources are truncated to this (with a warning)
   config.batching = 'packed'           # packed (rows of several examples) | bucketed (token budget)
@@ -89,6 +90,7 @@ def get_config(size: str = 'tiny'):
   config.weight_decay = 0.0            # adamw only
   config.grad_clip_norm = 1.0          # 0 disables
   config.label_smoothing = 0.1
+  config.loss_chunk_size = 512         # fused chunked loss over this many tokens; 0: plain logits
 
   # ---- checkpoints, logging, evaluation during training
   config.checkpoint_every_steps = 100

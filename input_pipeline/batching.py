@@ -29,24 +29,35 @@ def bucket_lengths(max_len: int, step: int = 8):
 class TrainIterator:
   """Infinite, shuffled (per epoch), deterministic and resumable training batches.
 
-  sources/targets: lists of int arrays (token ids ending with EOS). Pairs with a side longer than
-  `max_len` are dropped (counted in `dropped`). `batch_size` counts rows of the global batch
-  (packed); `max_tokens` the global token budget (bucketed). Each process gets rows
+  sources/targets: lists of int arrays (token ids ending with EOS). Pairs with a source longer
+  than `max_len` or a target longer than `max_target_len` (default: max_len) are dropped
+  (counted in `dropped`). `batch_size` counts rows of the global batch (packed); `max_tokens`
+  the global source-token budget (bucketed). Each process gets rows
   [process_index * rows / process_count, ...) of every global batch.
+
+  With max_target_len unset, source and target rows share one length (translation). Set, target
+  rows are max_target_len long (packed) or the target bucket that fits the batch's longest
+  target (bucketed, where rows are then bucketed by source length alone): summarization's short
+  targets then do not pay for the long sources' row length in the decoder.
   """
 
   def __init__(self, sources, targets, *, batching='packed', batch_size=64, max_len=64,
-               max_tokens=4096, seed=0, process_index=0, process_count=1, row_multiple=1):
+               max_tokens=4096, seed=0, process_index=0, process_count=1, row_multiple=1,
+               max_target_len=None):
     if batching not in BATCHINGS:
       raise ValueError(f'config.batching={batching!r} is unknown; use one of {BATCHINGS}.')
+    self.separate_target_len = bool(max_target_len)
+    self.max_target_len = max_target_len or max_len
     keep = [i for i in range(len(sources))
-            if 0 < len(sources[i]) <= max_len and 0 < len(targets[i]) <= max_len]
+            if 0 < len(sources[i]) <= max_len and 0 < len(targets[i]) <= self.max_target_len]
     if not keep:
-      raise ValueError(f'no training pair fits config.max_train_len={max_len}.')
+      raise ValueError(f'no training pair fits config.max_train_len={max_len} (targets: '
+                       f'{self.max_target_len}).')
     self.dropped = len(sources) - len(keep)
     self.sources = [np.asarray(sources[i], np.int32) for i in keep]
     self.targets = [np.asarray(targets[i], np.int32) for i in keep]
     self.lengths = np.array([[len(s), len(t)] for s, t in zip(self.sources, self.targets)])
+    self.row_limits = np.array([max_len, self.max_target_len])
     self.batching, self.max_len, self.seed = batching, max_len, seed
     self.process_index, self.process_count = process_index, process_count
     multiple = row_multiple * process_count  # rows must split evenly over devices and hosts
@@ -102,12 +113,16 @@ class TrainIterator:
 
   def __next__(self):
     if self.batching == 'packed':
-      rows, length = self._packed_rows(), self.max_len
+      rows, lengths = self._packed_rows(), self.row_limits
     else:
       rows, length = self._bucket_rows()
-    batch = _pack(rows, self.sources, self.targets, length)
+      lengths = (length, length)
+      if self.separate_target_len:
+        longest = max(self.lengths[row[0], 1] for row in rows)
+        lengths = (length, next(b for b in bucket_lengths(self.max_target_len) if longest <= b))
+    batch = _pack(rows, self.sources, self.targets, *lengths)
     self.real_tokens += int((batch['inputs'] != 0).sum() + (batch['targets'] != 0).sum())
-    self.total_tokens += 2 * batch['inputs'].size
+    self.total_tokens += batch['inputs'].size + batch['targets'].size
     share = len(rows) // self.process_count
     lo = self.process_index * share
     return {k: v[lo:lo + share] for k, v in batch.items()}
@@ -118,7 +133,7 @@ class TrainIterator:
       row, used = [], np.zeros(2, int)
       while True:
         example = self._next_example(peek=True)
-        if (used + self.lengths[example] > self.max_len).any():
+        if (used + self.lengths[example] > self.row_limits).any():
           break
         row.append(self._next_example())
         used += self.lengths[example]
@@ -126,7 +141,7 @@ class TrainIterator:
     return rows
 
   def _bucket_of(self, example):
-    longest = self.lengths[example].max()
+    longest = self.lengths[example, 0] if self.separate_target_len else self.lengths[example].max()
     return next(i for i, b in enumerate(self.buckets) if longest <= b)
 
   def _bucket_rows(self):
@@ -141,9 +156,12 @@ class TrainIterator:
         return rows, self.buckets[bucket]
 
 
-def _pack(rows, sources, targets, length):
+def _pack(rows, sources, targets, source_length, target_length):
   """Lay out rows of examples into the batch arrays (see module docstring)."""
-  batch = {k: np.zeros((len(rows), length), np.int32) for k in KEYS}
+  batch = {}
+  for side, length in (('inputs', source_length), ('targets', target_length)):
+    for key in (side, f'{side}_position', f'{side}_segmentation'):
+      batch[key] = np.zeros((len(rows), length), np.int32)
   for r, row in enumerate(rows):
     for side, seqs in (('inputs', sources), ('targets', targets)):
       offset = 0

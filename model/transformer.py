@@ -260,9 +260,18 @@ class EncoderDecoder(nnx.Module):
     """Each decoder layer's cross-attention K, V from the encoder output (once per source)."""
     return [layer.cross_attention.project_kv(encoded) for layer in self.decoder_layers]
 
+  def output_projection(self):
+    """(kernel [vocab, emb_dim], bias [vocab] or None) with logits = features · kernelᵀ + bias."""
+    if self.logits_dense is not None:
+      return self.logits_dense.kernel[...].T, self.logits_dense.bias[...]
+    return self.target_embed.embedding[...], None
+
+  def features(self, x):
+    """Decoder output before the vocabulary projection (after the final norm when pre-LN)."""
+    return x if self.decoder_norm is None else self.decoder_norm(x)
+
   def _logits(self, x):
-    if self.decoder_norm is not None:
-      x = self.decoder_norm(x)
+    x = self.features(x)
     if self.logits_dense is not None:
       return self.logits_dense(x).astype(jnp.float32)
     # Tied output projection: logits = x Eᵀ, accumulated in float32.
@@ -271,10 +280,12 @@ class EncoderDecoder(nnx.Module):
 
   def decode(self, encoded, inputs, decoder_inputs, *, targets_positions=None,
              inputs_segmentation=None, targets_segmentation=None, dropout_rng=None,
-             return_weights=False):
+             return_weights=False, return_features=False):
     """Teacher-forced decoding: logits [batch, tgt_len, vocab] (float32) for decoder_inputs.
 
     `inputs` (source token ids) supplies the source padding mask for cross-attention.
+    With return_features, the [batch, tgt_len, emb_dim] features before the output projection
+    (`output_projection()` maps them to logits) instead of the logits.
     """
     self._check_tokens('decoder_inputs', decoder_inputs)
     if encoded.shape[0] != decoder_inputs.shape[0] or encoded.shape[:2] != inputs.shape:
@@ -293,12 +304,16 @@ class EncoderDecoder(nnx.Module):
     weights = [] if return_weights else None
     for i, (layer, kv) in enumerate(zip(self.decoder_layers, self.cross_kv(encoded))):
       x, _ = layer(x, kv, self_mask, cross_mask, _fold(dropout_rng, 1, i), weights=weights)
-    logits = self._logits(x)
-    return (logits, weights) if return_weights else logits
+    out = self.features(x) if return_features else self._logits(x)
+    return (out, weights) if return_weights else out
 
   def __call__(self, inputs, decoder_inputs, *, inputs_positions=None, targets_positions=None,
-               inputs_segmentation=None, targets_segmentation=None, dropout_rng=None):
-    """Teacher-forced logits [batch, tgt_len, vocab]; dropout only when dropout_rng is given."""
+               inputs_segmentation=None, targets_segmentation=None, dropout_rng=None,
+               return_features=False):
+    """Teacher-forced logits [batch, tgt_len, vocab]; dropout only when dropout_rng is given.
+
+    return_features: the decoder features instead (see `decode`), for the fused loss.
+    """
     if inputs.ndim != 2 or decoder_inputs.ndim != 2 or inputs.shape[0] != decoder_inputs.shape[0]:
       raise ValueError(f'inputs {inputs.shape} and decoder_inputs {decoder_inputs.shape} must be '
                        f'[batch, length] with the same batch.')
@@ -307,7 +322,7 @@ class EncoderDecoder(nnx.Module):
     return self.decode(encoded, inputs, decoder_inputs, targets_positions=targets_positions,
                        inputs_segmentation=inputs_segmentation,
                        targets_segmentation=targets_segmentation,
-                       dropout_rng=_fold(dropout_rng, 1))
+                       dropout_rng=_fold(dropout_rng, 1), return_features=return_features)
 
   # -- incremental decoding
 

@@ -114,6 +114,36 @@ def test_attention_dropout_zeroes_weights_and_rescales():
   np.testing.assert_allclose(np.asarray(wd)[kept], 2 * np.asarray(w)[kept], rtol=1e-6)
 
 
+@pytest.mark.parametrize('rate', [0.1, 0.3, 0.5])
+def test_dropout_mask_keep_rate_and_independence(rate):
+  """The hash-based mask behaves like i.i.d. Bernoulli(1 - rate) draws."""
+  shape = (64, 32, 128)
+  n = np.prod(shape)
+  keep = np.asarray(attn.dropout_keep_mask(jax.random.key(1), rate, shape)).reshape(-1)
+  p = 1 - rate
+  sigma = np.sqrt(p * (1 - p) / n)
+  assert abs(keep.mean() - p) < 5 * sigma
+  # neighbours along the last axis, across rows, and across the batch are independent
+  for lag in (1, 128, 32 * 128):
+    both = (keep[:-lag] & keep[lag:]).mean()
+    assert abs(both - p * p) < 5 * np.sqrt(p * p * (1 - p * p) / (n - lag)), lag
+  # another key gives an independent mask; the same key the same mask
+  other = np.asarray(attn.dropout_keep_mask(jax.random.key(2), rate, shape)).reshape(-1)
+  assert abs((keep & other).mean() - p * p) < 5 * np.sqrt(p * p * (1 - p * p) / n)
+  again = np.asarray(attn.dropout_keep_mask(jax.random.key(1), rate, shape)).reshape(-1)
+  np.testing.assert_array_equal(keep, again)
+
+
+def test_dropout_mask_keep_rate_for_folded_keys():
+  """Keys that differ only by fold_in (one per layer and step) give uncorrelated masks."""
+  key = jax.random.key(0)
+  masks = np.stack([np.asarray(attn.dropout_keep_mask(jax.random.fold_in(key, i), 0.5, (4096,)))
+                    for i in range(16)]).astype(np.float64)
+  corr = np.corrcoef(masks)
+  off_diagonal = corr[~np.eye(16, dtype=bool)]
+  assert np.abs(off_diagonal).max() < 5 / np.sqrt(4096)
+
+
 def mha_numpy(module, x_q, x_kv, mask):
   """Multi-head attention from the definition: per-head projections, attention, concat, W_O."""
   p = lambda v: np.asarray(v[...], np.float64)

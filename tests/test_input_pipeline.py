@@ -216,6 +216,32 @@ def test_bucketed_batches_respect_the_token_budget(encoded):
     assert lengths.max() <= length
 
 
+@pytest.mark.parametrize('mode', batching.BATCHINGS)
+def test_separate_target_length_keeps_pairs_whole_and_rows_short(encoded, mode):
+  """max_target_len: target rows get their own (shorter) length; every pair still intact."""
+  sources, targets = encoded
+  limit = int(np.percentile([len(t) for t in targets], 80))
+  it = batching.TrainIterator(sources, targets, batching=mode, batch_size=8, max_len=48,
+                              max_tokens=512, max_target_len=limit)
+  assert it.dropped == sum(len(s) > 48 or len(t) > limit for s, t in zip(sources, targets))
+  seen = []
+  while it.state['epoch'] == 0:
+    batch = next(it)
+    assert batch['targets'].shape[1] <= max(batching.bucket_lengths(limit))
+    if mode == 'packed':
+      assert batch['inputs'].shape[1] == 48 and batch['targets'].shape[1] == limit
+    else:  # bucketed by source length alone; target width fits the longest target
+      assert batch['inputs'].shape[0] * batch['inputs'].shape[1] <= 512
+      assert (batch['targets'] != 0).sum(1).max() <= batch['targets'].shape[1]
+    seen.extend(unpack(batch))
+  expected = sorted((tuple(s), tuple(t)) for s, t in zip(it.sources, it.targets))
+  if mode == 'packed':
+    assert sorted(seen[:len(expected)]) == expected
+  else:  # buckets still hold some epoch-0 examples when epoch 1 starts
+    assert set(seen) <= set(expected) and len(set(seen)) > 0.8 * len(expected)
+  assert 0 < it.padding_fraction < 1
+
+
 def test_long_examples_are_dropped_and_counted(encoded):
   sources, targets = encoded
   limit = 12

@@ -3,6 +3,7 @@
 Runs that must be a separate process (SIGKILL, SIGTERM, 8 simulated devices, 2 processes) use
 subprocesses with timeouts; the rest call train.train_and_evaluate in-process.
 """
+import functools
 import json
 import os
 import signal
@@ -119,6 +120,29 @@ def test_tiny_model_learns_to_reverse_sequences(tmp_path):
   assert metrics['train/nll'] < 0.05
   assert metrics['eval/nll'] < 0.1
   assert metrics['eval/bleu'] > 90
+
+
+@pytest.mark.parametrize('tie', [True, False])
+def test_fused_loss_equals_plain_loss_with_gradients(tmp_path, tie):
+  """loss_chunk_size > 0 (fused chunked loss) and 0 (plain logits): same loss and gradients."""
+  rng = np.random.default_rng(0)
+  batch = {}
+  for side in ('inputs', 'targets'):
+    tokens = rng.integers(4, 24, size=(8, 12)).astype(np.int32)
+    tokens[:, 9:] = 0
+    batch[side] = tokens
+    batch[f'{side}_position'] = np.tile(np.arange(12, dtype=np.int32), (8, 1))
+    batch[f'{side}_segmentation'] = (tokens != 0).astype(np.int32)
+  config = tiny_config(tmp_path, tie_output_embedding=tie, dropout_rate=0.2)
+  graphdef, params, rest = train.create_model(config, 0)
+  results = [jax.jit(functools.partial(
+      train.loss_and_grads, graphdef=graphdef, rest=rest, label_smoothing=0.1,
+      loss_chunk_size=chunk))(params, batch, jax.random.key(3)) for chunk in (0, 16)]
+  (value_a, grads_a), (value_b, grads_b) = results
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), value_a, value_b)
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads_a))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale),
+               grads_a, grads_b)
 
 
 def test_same_config_and_seed_give_the_same_losses(tmp_path):
