@@ -61,7 +61,7 @@ def combine_masks(*masks):
 
 def dot_product_attention(query, key, value, mask=None, *, kernel: str = 'einsum',
                           dropout_rate: float = 0.0, dropout_rng=None,
-                          return_weights: bool = False):
+                          return_weights: bool = False, kv_heads_major: bool = False):
   """softmax(Q Kᵀ / sqrt(d_k)) V over the keys, with masked keys getting exactly zero weight.
 
   Args:
@@ -72,11 +72,18 @@ def dot_product_attention(query, key, value, mask=None, *, kernel: str = 'einsum
       attention dropout) or 'jax' (`jax.nn.dot_product_attention`, cuDNN flash attention on GPU).
     dropout_rate, dropout_rng: dropout on the attention weights (training only).
     return_weights: also return the weights [batch, heads, q_len, kv_len] (float32).
+    kv_heads_major: key and value are [batch, heads, kv_len, d] instead: the layout in which
+      the score and value matmuls need no transposes. Incremental decoding keeps its key/value
+      cache and the cross-attention keys/values this way, so that the decoding loop does not
+      transpose them at every step.
 
   The softmax runs in float32 whatever the input dtype. A query whose keys are all masked
   gets all-zero weights and a zero output, never NaN.
   """
-  _check_qkv(query, key, value)
+  if kv_heads_major:
+    _check_qkv(query, jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2))
+  else:
+    _check_qkv(query, key, value)
   if kernel not in KERNELS:
     raise ValueError(f'attention kernel={kernel!r} is unknown; use one of {KERNELS}.')
   # A query row with no key to attend to: its output is defined as zero.
@@ -84,6 +91,8 @@ def dot_product_attention(query, key, value, mask=None, *, kernel: str = 'einsum
   use_einsum = (kernel == 'einsum' or return_weights
                 or (dropout_rate > 0 and dropout_rng is not None))
   if not use_einsum:
+    if kv_heads_major:
+      key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
     out = jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=None)
     if row_has_key is not None:
       out = out * jnp.swapaxes(row_has_key, 1, 2)[..., None].astype(out.dtype)
@@ -91,7 +100,8 @@ def dot_product_attention(query, key, value, mask=None, *, kernel: str = 'einsum
 
   depth = query.shape[-1]
   # [batch, heads, q_len, kv_len]
-  scores = jnp.einsum('bqhd,bkhd->bhqk', query, key,
+  kv = 'bhkd' if kv_heads_major else 'bkhd'
+  scores = jnp.einsum(f'bqhd,{kv}->bhqk', query, key,
                       preferred_element_type=jnp.float32) / math.sqrt(depth)
   if mask is not None:
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
@@ -102,7 +112,7 @@ def dot_product_attention(query, key, value, mask=None, *, kernel: str = 'einsum
   if dropout_rate > 0 and dropout_rng is not None:
     keep = dropout_keep_mask(dropout_rng, dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(value.dtype), value)
+  out = jnp.einsum(f'bhqk,{kv}->bqhd', weights.astype(value.dtype), value)
   return (out, weights) if return_weights else out
 
 
@@ -212,16 +222,23 @@ class MultiHeadAttention(nnx.Module):
   def project_q(self, x):
     return self._project(x, self.q_kernel, self.q_bias, 'btd,dnh->btnh')
 
-  def project_kv(self, x):
-    """Cross-attention K, V from the encoder output; computed once per source when decoding."""
-    kv = self._project(x, self.kv_kernel, self.kv_bias, 'btd,dinh->btinh')
-    return kv[:, :, 0], kv[:, :, 1]
+  def project_kv(self, x, heads_major: bool = False):
+    """Cross-attention K, V from the encoder output; computed once per source when decoding.
 
-  def attend(self, q, k, v, mask, dropout_rng=None, return_weights=False):
+    [batch, len, heads, head_dim] each, or [batch, heads, len, head_dim] with heads_major.
+    """
+    bias = self.kv_bias[...][:, None]  # [2, 1, heads, head_dim]
+    if heads_major:
+      kv = self._project(x, self.kv_kernel, bias[:, :, :, None], 'btd,dinh->ibnth')
+    else:
+      kv = self._project(x, self.kv_kernel, bias[:, :, None], 'btd,dinh->ibtnh')
+    return kv[0], kv[1]
+
+  def attend(self, q, k, v, mask, dropout_rng=None, return_weights=False, kv_heads_major=False):
     """Attention over given projected Q, K, V, then the output projection to d_model."""
     result = dot_product_attention(q, k, v, mask, kernel=self.kernel,
                                    dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
-                                   return_weights=return_weights)
+                                   return_weights=return_weights, kv_heads_major=kv_heads_major)
     out, weights = result if return_weights else (result, None)
     out = jnp.einsum('btnh,nhd->btd', out, self.out_kernel[...].astype(self.dtype))
     out = out + self.out_bias[...].astype(self.dtype)
@@ -251,25 +268,28 @@ class MultiHeadAttention(nnx.Module):
     """One incremental self-attention step with a key/value cache.
 
     x: [batch, 1, d_model], the new position's input. cache: dict with 'key' and 'value'
-    [batch, max_len, heads, head_dim] and 'index' (scalar int, the position being written).
-    Returns (output [batch, 1, d_model], new cache[, weights]); the new position attends to
-    cache positions 0..index.
+    [batch, heads, max_len, head_dim] (heads-major, see `dot_product_attention`) and 'index'
+    (scalar int, the position being written). Returns (output [batch, 1, d_model], new
+    cache[, weights]); the new position attends to cache positions 0..index.
     """
     q, k, v = self.project_qkv(x)
     index = cache['index']
-    key = jax.lax.dynamic_update_slice_in_dim(cache['key'], k.astype(cache['key'].dtype), index, 1)
-    value = jax.lax.dynamic_update_slice_in_dim(cache['value'], v.astype(cache['value'].dtype),
-                                                index, 1)
-    max_len = key.shape[1]
+
+    def write(buffer, new):  # new: [batch, 1, heads, head_dim] -> position `index` of buffer
+      return jax.lax.dynamic_update_slice_in_dim(
+          buffer, jnp.swapaxes(new, 1, 2).astype(buffer.dtype), index, 2)
+    key, value = write(cache['key'], k), write(cache['value'], v)
+    max_len = key.shape[2]
     mask = (jnp.arange(max_len) <= index)[None, None, None, :]  # [1, 1, 1, max_len]
     new_cache = {'key': key, 'value': value, 'index': index + 1}
     if return_weights:
-      out, weights = self.attend(q, key, value, mask, dropout_rng, return_weights=True)
+      out, weights = self.attend(q, key, value, mask, dropout_rng, return_weights=True,
+                                 kv_heads_major=True)
       return out, new_cache, weights
-    return self.attend(q, key, value, mask, dropout_rng), new_cache
+    return self.attend(q, key, value, mask, dropout_rng, kv_heads_major=True), new_cache
 
   def init_cache(self, batch_size: int, max_len: int, dtype=None):
-    shape = (batch_size, max_len, self.num_heads, self.head_dim)
+    shape = (batch_size, self.num_heads, max_len, self.head_dim)
     dtype = dtype or self.dtype
     return {'key': jnp.zeros(shape, dtype), 'value': jnp.zeros(shape, dtype),
             'index': jnp.array(0, jnp.int32)}

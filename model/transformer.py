@@ -154,9 +154,11 @@ class DecoderLayer(_Sublayers):
   def __call__(self, x, cross_kv, self_mask, cross_mask, rng=None, cache=None, weights=None):
     """x: [batch, tgt_len, d]; cross_kv: (K, V) projected from the encoder output.
 
-    With `cache` (incremental decoding, tgt_len 1) self-attention reads and extends the cache;
+    With `cache` (incremental decoding, tgt_len 1) self-attention reads and extends the cache,
+    and cross_kv is heads-major (`EncoderDecoder.cross_kv(encoded, heads_major=True)`);
     returns (x, new_cache).
     """
+    heads_major = cache is not None
     new_cache = None
 
     def self_attend(h):
@@ -169,8 +171,10 @@ class DecoderLayer(_Sublayers):
     def cross_attend(h):
       q = self.cross_attention.project_q(h)
       if weights is None:
-        return self.cross_attention.attend(q, *cross_kv, cross_mask, _fold(rng, 2))
-      out, w = self.cross_attention.attend(q, *cross_kv, cross_mask, return_weights=True)
+        return self.cross_attention.attend(q, *cross_kv, cross_mask, _fold(rng, 2),
+                                           kv_heads_major=heads_major)
+      out, w = self.cross_attention.attend(q, *cross_kv, cross_mask, return_weights=True,
+                                           kv_heads_major=heads_major)
       weights.append(w)
       return out
 
@@ -256,9 +260,13 @@ class EncoderDecoder(nnx.Module):
 
   # -- decoder
 
-  def cross_kv(self, encoded):
-    """Each decoder layer's cross-attention K, V from the encoder output (once per source)."""
-    return [layer.cross_attention.project_kv(encoded) for layer in self.decoder_layers]
+  def cross_kv(self, encoded, heads_major: bool = False):
+    """Each decoder layer's cross-attention K, V from the encoder output (once per source).
+
+    heads_major: [batch, heads, src_len, head_dim] each, the layout `decode_step` takes.
+    """
+    return [layer.cross_attention.project_kv(encoded, heads_major)
+            for layer in self.decoder_layers]
 
   def output_projection(self):
     """(kernel [vocab, emb_dim], bias [vocab] or None) with logits = features · kernelᵀ + bias."""
@@ -335,7 +343,7 @@ class EncoderDecoder(nnx.Module):
   def decode_step(self, tokens, cache, cross_kv, inputs_valid):
     """One decoding step: tokens [batch] at position cache index -> logits [batch, vocab].
 
-    cross_kv: from `cross_kv(encoded)`; inputs_valid: [batch, src_len] bool (source non-pad).
+    cross_kv: from `cross_kv(encoded, heads_major=True)`; inputs_valid: [batch, src_len] bool (source non-pad).
     Returns (logits float32, new cache).
     """
     index = cache[0]['index']

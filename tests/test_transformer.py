@@ -71,7 +71,7 @@ def test_source_padding_changes_nothing(overrides):
 def test_cached_decoding_equals_teacher_forcing(overrides):
   model = make_model(**overrides)
   full = model(SRC, TGT)
-  cross_kv = model.cross_kv(model.encode(SRC))
+  cross_kv = model.cross_kv(model.encode(SRC), heads_major=True)
   cache = model.init_cache(2, TGT.shape[1])
   for t in range(TGT.shape[1]):
     step_logits, cache = model.decode_step(TGT[:, t], cache, cross_kv, SRC != 0)

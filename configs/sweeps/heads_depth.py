@@ -16,8 +16,8 @@ def get_sweep(hyper):
   return hyper.product([
       hyper.sweep('config.num_heads', [1, 2, 4, 8]),
       depth,
-      hyper.fixed('config.num_train_steps', 700),
-      hyper.fixed('config.warmup_steps', 300),
-      hyper.fixed('config.eval_every_steps', 700),
-      hyper.fixed('config.checkpoint_every_steps', 700),
+      hyper.fixed('config.num_train_steps', 500),
+      hyper.fixed('config.warmup_steps', 250),
+      hyper.fixed('config.eval_every_steps', 500),
+      hyper.fixed('config.checkpoint_every_steps', 500),
   ])
