@@ -105,9 +105,16 @@ def wait_for_checkpoint(workdir, step, process, timeout=180):
 
 
 def test_a_few_steps_lower_the_loss(tmp_path):
+  tensorflow_before = 'tensorflow' in sys.modules  # another test may have imported it
   train.train_and_evaluate(tiny_config(tmp_path, num_train_steps=30), str(tmp_path / 'run'))
   history = losses(tmp_path / 'run')
   assert history[-1] < history[0] - 0.3
+  assert tensorflow_before or 'tensorflow' not in sys.modules  # training doesn't (~600 MB RSS)
+  # TensorBoard reads the same scalars as metrics.jsonl
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(str(tmp_path / 'run'))
+  events.Reload()
+  np.testing.assert_allclose([e.value for e in events.Scalars('train/loss')], history, rtol=1e-6)
 
 
 @pytest.mark.slow
