@@ -143,14 +143,7 @@ def translation_scores(hypotheses, examples, target_lang=None):
 
 def rouge_scores(hypotheses, examples):
   """ROUGE-1/2/Lsum F1 x 100, for each example the best over its references."""
-  from rouge_score import rouge_scorer, scoring  # pylint: disable=g-import-not-at-top
-  scorer = rouge_scorer.RougeScorer(['rouge1', 'rouge2', 'rougeLsum'], use_stemmer=True)
-  aggregator = scoring.BootstrapAggregator()
-  for hyp, example in zip(hypotheses, examples):
-    # rougeLsum splits summaries on newlines (split_summaries=True would need nltk data).
-    aggregator.add_scores(scorer.score_multi(example['references'], hyp))
-  result = aggregator.aggregate()
-  return {name: 100 * result[name].mid.fmeasure for name in ('rouge1', 'rouge2', 'rougeLsum')}
+  return train.rouge(hypotheses, [example['references'] for example in examples])
 
 
 # ----------------------------------------------------------------------------- modes

@@ -415,8 +415,21 @@ def _format_eta(seconds: float) -> str:
 # ----------------------------------------------------------------------------- evaluation
 
 
+def rouge(hypotheses, reference_lists):
+  """ROUGE-1/2/Lsum F1 x 100 (Porter stemming), for each hypothesis the best over its
+  references; rougeLsum splits on newlines (split_summaries=True would need nltk data)."""
+  from rouge_score import rouge_scorer, scoring  # pylint: disable=g-import-not-at-top
+  scorer = rouge_scorer.RougeScorer(['rouge1', 'rouge2', 'rougeLsum'], use_stemmer=True)
+  aggregator = scoring.BootstrapAggregator()
+  for hypothesis, references in zip(hypotheses, reference_lists):
+    aggregator.add_scores(scorer.score_multi(references, hypothesis))
+  result = aggregator.aggregate()
+  return {name: 100 * result[name].mid.fmeasure for name in ('rouge1', 'rouge2', 'rougeLsum')}
+
+
 def evaluate(params, eval_fn, greedy_fn, eval_data, tok, config, sharding, num_bleu_batches):
-  """Validation NLL/accuracy over the whole split; BLEU on the first greedy-decoded batches."""
+  """Validation NLL/accuracy over the whole split; BLEU (and ROUGE for summarization) on the
+  first greedy-decoded batches."""
   sources, targets, references = eval_data
   totals = {'nll_sum': 0.0, 'correct': 0.0, 'tokens': 0.0}
   hypotheses, refs = [], []
@@ -438,6 +451,9 @@ def evaluate(params, eval_fn, greedy_fn, eval_data, tok, config, sharding, num_b
   metrics['eval/perplexity'] = math.exp(min(metrics['eval/nll'], 50))
   if hypotheses:
     metrics['eval/bleu'] = sacrebleu.corpus_bleu(hypotheses, [refs]).score
+    if config.task == 'summarization':
+      scores = rouge(hypotheses, [[ref] for ref in refs])
+      metrics.update({f'eval/{name}': value for name, value in scores.items()})
   return metrics
 
 
