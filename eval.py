@@ -11,7 +11,8 @@ translation: SacreBLEU (cased, with its signature) and chrF, plus, where the dat
 tokenized lowercased references (Multi30k tok/), the tokenized lowercased BLEU most Multi30k
 papers report (hypotheses lowercased, Moses-punctuation-normalised and Moses-tokenised like the
 references, then BLEU without further tokenisation, i.e. multi-bleu.perl);
-summarization: ROUGE-1/2/Lsum F1 (rouge-score, Porter stemming), best over all references.
+summarization: ROUGE-1/2/Lsum F1 (rouge-score, Porter stemming), best over all references, plus
+the mean over the references and the score against the target alone (suffixes _mean, _target).
 """
 
 import functools
@@ -142,8 +143,16 @@ def translation_scores(hypotheses, examples, target_lang=None):
 
 
 def rouge_scores(hypotheses, examples):
-  """ROUGE-1/2/Lsum F1 x 100, for each example the best over its references."""
-  return train.rouge(hypotheses, [example['references'] for example in examples])
+  """ROUGE-1/2/Lsum F1 x 100: for each example the best over its references (the headline
+  figures), the mean over them ('_mean'), and against the target alone ('_target': for AESLC
+  the original subject line, without the three annotations)."""
+  references = [example['references'] for example in examples]
+  scores = train.rouge(hypotheses, references)
+  for suffix, refs, reduce in (('mean', references, 'mean'),
+                               ('target', [[e['target']] for e in examples], 'max')):
+    scores.update({f'{name}_{suffix}': value
+                   for name, value in train.rouge(hypotheses, refs, reduce).items()})
+  return scores
 
 
 # ----------------------------------------------------------------------------- modes
@@ -294,7 +303,7 @@ def main(argv):
   for key, value in report.items():
     if isinstance(value, float) and key not in ('alpha', 'decode_seconds'):
       signature = report.get(f'{key}_signature', '')
-      print(f'  {key:12s} {value:6.2f}  {signature}')
+      print(f'  {key:16s} {value:6.2f}  {signature}')
   print(f'hypotheses: {hyp_path}')
 
 

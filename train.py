@@ -415,14 +415,20 @@ def _format_eta(seconds: float) -> str:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def rouge(hypotheses, reference_lists):
-  """ROUGE-1/2/Lsum F1 x 100 (Porter stemming), for each hypothesis the best over its
-  references; rougeLsum splits on newlines (split_summaries=True would need nltk data)."""
+def rouge(hypotheses, reference_lists, reduce: str = 'max'):
+  """ROUGE-1/2/Lsum F1 x 100 (Porter stemming); with several references per hypothesis, the
+  best (reduce='max') or the mean ('mean') over them. rougeLsum splits on newlines
+  (split_summaries=True would need nltk data)."""
   from rouge_score import rouge_scorer, scoring  # pylint: disable=g-import-not-at-top
   scorer = rouge_scorer.RougeScorer(['rouge1', 'rouge2', 'rougeLsum'], use_stemmer=True)
   aggregator = scoring.BootstrapAggregator()
   for hypothesis, references in zip(hypotheses, reference_lists):
-    aggregator.add_scores(scorer.score_multi(references, hypothesis))
+    if reduce == 'max':
+      aggregator.add_scores(scorer.score_multi(references, hypothesis))
+      continue
+    each = [scorer.score(reference, hypothesis) for reference in references]
+    aggregator.add_scores({name: scoring.Score(*np.mean([s[name] for s in each], axis=0))
+                           for name in each[0]})
   result = aggregator.aggregate()
   return {name: 100 * result[name].mid.fmeasure for name in ('rouge1', 'rouge2', 'rougeLsum')}
 

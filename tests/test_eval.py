@@ -99,9 +99,12 @@ def test_translation_scores_against_hand_computed_values():
   assert cased['tok_lc_bleu'] == pytest.approx(100) and cased['bleu'] < 60
 
 
-def test_rouge_takes_the_best_reference():
-  examples = [{'references': ['meeting tomorrow', 'budget review for the quarter']}]
+def test_rouge_takes_the_best_reference_and_reports_mean_and_target_only():
+  examples = [{'target': 'meeting tomorrow',
+               'references': ['meeting tomorrow', 'budget review for the quarter']}]
   scores = eval_lib.rouge_scores(['quarterly budget review'], examples)
   # vs reference 2 (stemmed): tokens {quarterli, budget, review} vs {budget, review, for, the,
-  # quarter}: 2 overlaps, P = 2/3, R = 2/5, F = 0.5.
+  # quarter}: 2 overlaps, P = 2/3, R = 2/5, F = 0.5. Reference 1 shares nothing: F = 0.
   assert scores['rouge1'] == pytest.approx(50.0)
+  assert scores['rouge1_mean'] == pytest.approx(25.0)
+  assert scores['rouge1_target'] == pytest.approx(0.0)
