@@ -121,7 +121,7 @@ def run_trial(overrides, trial_dir):
 
 
 def write_results(results, workdir, metric):
-  keys = sorted({k for r in results for k in r['overrides']})
+  keys = list(dict.fromkeys(k for r in results for k in r['overrides']))  # sweep-file order
   score_keys = sorted({k for r in results for k in r.get('scores', {})} - {'beam_size'})
   rows = []
   for r in results:
@@ -144,7 +144,8 @@ def write_results(results, workdir, metric):
 
 
 def plot(results, keys, metric, path):
-  """Metric against the first swept field, one line per value of the second."""
+  """Metric against the first field that varies (in the sweep file's order), one line per
+  value of the second."""
   done = [r for r in results if metric in r.get('scores', {})]
   if not done or not keys:
     return
