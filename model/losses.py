@@ -72,12 +72,12 @@ def _fused(label_smoothing, chunk_size, has_bias, h, kernel, bias, targets, weig
 def _fused_fwd(label_smoothing, chunk_size, has_bias, h, kernel, bias, targets, weights):
   loss, metrics, grads = _fused_forward_and_grads(label_smoothing, chunk_size, has_bias, h,
                                                   kernel, bias, targets, weights)
-  return (loss, metrics), (grads, targets, weights)
+  return (loss, metrics), grads
 
 
 def _fused_bwd(label_smoothing, chunk_size, has_bias, residuals, cotangents):
   del label_smoothing, chunk_size, has_bias
-  (dh, dkernel, dbias), targets, weights = residuals
+  dh, dkernel, dbias = residuals
   scale = cotangents[0]  # the metrics' cotangents are zero: they are stop_gradient-ed outside
   return (dh * scale.astype(dh.dtype), dkernel * scale.astype(dkernel.dtype),
           dbias * scale.astype(dbias.dtype), None, None)
@@ -113,10 +113,11 @@ def _fused_forward_and_grads(label_smoothing, chunk_size, has_bias, h, kernel, b
     onehot = jnp.arange(vocab)[None, :] == tc[:, None]
     g = wc[:, None] * (jnp.exp(logits - log_z[:, None]) - jnp.where(onehot, 1.0 - eps, 0.0)
                        - eps / vocab)
-    dh = jnp.dot(g.astype(h.dtype), w_in, preferred_element_type=jnp.float32).astype(h.dtype)
-    dkernel = dkernel + jnp.dot(g.astype(h.dtype).T, hc, preferred_element_type=jnp.float32)
     if has_bias:
       dbias = dbias + jnp.sum(g, axis=0)
+    g = g.astype(h.dtype)
+    dh = jnp.dot(g, w_in, preferred_element_type=jnp.float32).astype(h.dtype)
+    dkernel = dkernel + jnp.dot(g.T, hc, preferred_element_type=jnp.float32)
     return (loss_sum + jnp.sum(loss * wc), nll_sum + jnp.sum(nll * wc),
             correct_sum + jnp.sum(correct * wc), dkernel, dbias), dh
 

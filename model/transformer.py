@@ -279,12 +279,11 @@ class EncoderDecoder(nnx.Module):
     return x if self.decoder_norm is None else self.decoder_norm(x)
 
   def _logits(self, x):
-    x = self.features(x)
-    if self.logits_dense is not None:
-      return self.logits_dense(x).astype(jnp.float32)
-    # Tied output projection: logits = x Eᵀ, accumulated in float32.
-    return jnp.einsum('btd,vd->btv', x, self.target_embed.embedding[...].astype(x.dtype),
-                      preferred_element_type=jnp.float32)
+    kernel, bias = self.output_projection()
+    # logits = x kernelᵀ (+ bias), accumulated in float32 (the tied kernel is the embedding)
+    logits = jnp.einsum('btd,vd->btv', self.features(x), kernel.astype(x.dtype),
+                        preferred_element_type=jnp.float32)
+    return logits if bias is None else logits + bias.astype(jnp.float32)
 
   def decode(self, encoded, inputs, decoder_inputs, *, targets_positions=None,
              inputs_segmentation=None, targets_segmentation=None, dropout_rng=None,
@@ -343,7 +342,8 @@ class EncoderDecoder(nnx.Module):
   def decode_step(self, tokens, cache, cross_kv, inputs_valid):
     """One decoding step: tokens [batch] at position cache index -> logits [batch, vocab].
 
-    cross_kv: from `cross_kv(encoded, heads_major=True)`; inputs_valid: [batch, src_len] bool (source non-pad).
+    cross_kv: from `cross_kv(encoded, heads_major=True)`; inputs_valid: [batch, src_len] bool
+    (source non-pad).
     Returns (logits float32, new cache).
     """
     index = cache[0]['index']
