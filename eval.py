@@ -178,7 +178,8 @@ def evaluate_split(config, tok, graphdef, params, rest, used_steps, split, beam_
   else:
     scores = translation_scores(hypotheses, examples, config.get('target_lang'))
   tag = (f'{split}.step{used_steps[-1]}' + (f'.avg{len(used_steps)}' if len(used_steps) > 1
-                                            else '') + f'.beam{beam_size}')
+                                            else '') + f'.beam{beam_size}'
+         + (f'.alpha{alpha:g}' if beam_size > 1 else ''))
   out_dir = epath.Path(workdir) / 'eval'
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / f'{tag}.txt').write_text('\n'.join(hypotheses) + '\n')

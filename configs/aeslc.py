@@ -39,6 +39,7 @@ def get_config():
   config.max_tokens = 6144
   config.dropout_rate = 0.2
   config.learning_rate = 2e-3
+  config.schedule = 'rsqrt'
   config.warmup_steps = 800
   config.num_train_steps = 4000
   config.checkpoint_every_steps = 250

@@ -36,6 +36,7 @@ def get_config():
   config.max_tokens = 65536
   config.eval_batch_size = 32
   config.learning_rate = 1e-3
+  config.schedule = 'rsqrt'
   config.warmup_steps = 8000
   config.num_train_steps = 100_000
   config.checkpoint_every_steps = 2000
