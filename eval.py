@@ -29,7 +29,6 @@ FLAGS = flags.FLAGS
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import sacrebleu  # noqa: E402
 from etils import epath  # noqa: E402
@@ -37,9 +36,14 @@ from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 import train  # noqa: E402
+from configs import default  # noqa: E402
 from input_pipeline import batching, datasets, tokenizer as tokenizer_lib  # noqa: E402
 from model import decoding  # noqa: E402
 from model.transformer import shift_right  # noqa: E402
+
+
+# config fields added after runs had been trained -> their values before they existed
+FIELDS_ADDED_LATER = {'matmul_dtype': 'float32'}
 
 
 class EvalError(ValueError):
@@ -57,7 +61,11 @@ def load_run(workdir: str):
                     f'--config=... --workdir={workdir}')
   if not (path / 'config.json').exists():
     raise EvalError(f'{workdir} holds no config.json: it is not a train.py workdir.')
-  config = ml_collections.ConfigDict(json.loads((path / 'config.json').read_text()))
+  # A field the run's config.json lacks was added later: it takes the value that reproduces
+  # the code of the time (FIELDS_ADDED_LATER), else today's default.
+  config = default.get_config()
+  config.update(FIELDS_ADDED_LATER)
+  config.update(json.loads((path / 'config.json').read_text()))
   return config, tokenizer_lib.Tokenizer(str(path / tokenizer_lib.FILENAME))
 
 

@@ -202,7 +202,7 @@ def loss_and_grads(params, batch, rng, *, graphdef, rest, label_smoothing, loss_
       kernel, bias = model.output_projection()
       loss_sum, nll_sum, correct = fused_cross_entropy_sums(
           _forward(model, batch, rng, return_features=True), kernel, bias, batch['targets'],
-          weights, label_smoothing, loss_chunk_size)
+          weights, label_smoothing, loss_chunk_size, model.matmul_dtype)
     else:
       loss_sum, nll_sum, correct = cross_entropy_sums(_forward(model, batch, rng),
                                                       batch['targets'], weights, label_smoothing)

@@ -25,6 +25,7 @@ flags.DEFINE_integer('repeats', 3, 'Timed runs; the median is reported.')
 flags.DEFINE_string('beams', '1,4', 'Beam sizes to time (1 = greedy).')
 flags.DEFINE_bool('no_cache', True, 'Also time decoding that recomputes the prefix each step.')
 flags.DEFINE_string('workdir', None, 'Use this trained run and real Multi30k test sources.')
+flags.DEFINE_string('matmul_dtype', '', 'Override config.matmul_dtype (bfloat16: mixed precision).')
 FLAGS = flags.FLAGS
 
 
@@ -35,6 +36,7 @@ from flax import nnx  # noqa: E402
 import train  # noqa: E402
 from configs import default  # noqa: E402
 from model import decoding  # noqa: E402
+from model.transformer import EncoderDecoder  # noqa: E402
 
 
 def main(argv):
@@ -56,6 +58,10 @@ def main(argv):
     inputs = rng.integers(4, config.vocab_size, (FLAGS.batch, FLAGS.source_length), np.int32)
     inputs[:, -1] = 1
     label = 'tiny, random weights'
+  if FLAGS.matmul_dtype:  # the same parameters in a model whose matmuls take this dtype
+    config.matmul_dtype = FLAGS.matmul_dtype
+    graphdef = nnx.split(nnx.eval_shape(lambda: EncoderDecoder(config, rngs=nnx.Rngs(0))),
+                         nnx.Param, ...)[0]
 
   def decoder(beam, use_cache):
     @jax.jit

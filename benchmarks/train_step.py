@@ -5,9 +5,11 @@ r"""Training-step throughput on fixed shapes: tokens/s, GFLOP/s, MFU, compile ti
 
 Shapes (issue 6): batch 128 pairs, source and target length 32, vocab 10000, tied embeddings,
 dropout 0.1, Adam. MFU is against a jit-compiled float32 2048x2048 matmul measured in the same
-process. Model FLOPs are analytic: 6 x non-embedding matmul params x tokens (source tokens for
-the encoder, target tokens for the decoder), plus the logits matmul (6 x d x V per target token),
-plus attention scores and values (2 matmuls x 2 x len x d per token per layer, x3 for backward).
+process; with --override=matmul_dtype=bfloat16 (mixed precision) also against a bfloat16 one,
+the fair peak for it. Model FLOPs are analytic: 6 x non-embedding matmul params x tokens (source
+tokens for the encoder, target tokens for the decoder), plus the logits matmul (6 x d x V per
+target token), plus attention scores and values (2 matmuls x 2 x len x d per token per layer,
+x3 for backward).
 """
 
 import os
@@ -36,9 +38,10 @@ import train  # noqa: E402
 from configs import default  # noqa: E402
 
 
-def matmul_peak_gflops(n=2048, reps=10):
-  x = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
+def matmul_peak_gflops(n=2048, reps=10, dtype=jnp.float32):
+  """GFLOP/s of a jit-compiled n x n matmul with `dtype` operands (float32 sums)."""
+  x = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda a: jnp.dot(a, a, preferred_element_type=jnp.float32))
   f(x).block_until_ready()
   t = time.perf_counter()
   for _ in range(reps):
@@ -80,6 +83,7 @@ def main(argv):
   else:
     config = default.get_config(FLAGS.shape)
     config.vocab_size = 10000
+    config.dropout_rate = 0.1
     config.max_len = max(FLAGS.length, 64)
   for item in filter(None, FLAGS.override.split(',')):
     key, value = item.split('=')
@@ -128,6 +132,10 @@ def main(argv):
   print(f'model GFLOP/s            {gflops:.1f}')
   print(f'f32 matmul peak GFLOP/s  {peak:.1f}')
   print(f'MFU                      {100 * gflops / peak:.1f}%')
+  if config.matmul_dtype != 'float32':
+    low = matmul_peak_gflops(dtype=jnp.dtype(config.matmul_dtype))
+    print(f'{config.matmul_dtype + " peak GFLOP/s":25s}{low:.1f}')
+    print(f'MFU vs that peak         {100 * gflops / low:.1f}%')
   print(f'compile time             {compile_s:.1f} s')
   print(f'peak RSS                 {rss_gb:.2f} GB')
 

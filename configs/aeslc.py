@@ -40,6 +40,7 @@ def get_config():
   config.dropout_rate = 0.2
   config.learning_rate = 2e-3
   config.schedule = 'rsqrt'
+  config.matmul_dtype = 'float32'     # as measured (before bfloat16 matmuls became the default)
   config.warmup_steps = 800
   config.num_train_steps = 4000
   config.checkpoint_every_steps = 250

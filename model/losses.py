@@ -34,7 +34,7 @@ def cross_entropy_sums(logits, targets, weights, label_smoothing: float):
 
 
 def fused_cross_entropy_sums(features, kernel, bias, targets, weights, label_smoothing: float,
-                             chunk_size: int = 512):
+                             chunk_size: int = 512, matmul_dtype=None):
   """`cross_entropy_sums` of logits = features · kernelᵀ + bias, without building the logits.
 
   Args:
@@ -44,6 +44,8 @@ def fused_cross_entropy_sums(features, kernel, bias, targets, weights, label_smo
     targets, weights: [...] target ids and per-token weights (0 for padding).
     label_smoothing: epsilon of the smoothed loss.
     chunk_size: target tokens per chunk (the token count is padded up to a multiple of it).
+    matmul_dtype: operand dtype of the three matmuls (logits, and the two gradient matmuls),
+      accumulated in float32; None: the features' dtype. See `model.attention.matmul`.
 
   Returns (loss_sum, nll_sum, correct_sum). Only loss_sum is differentiable; the other two are
   metrics and carry no gradient (stop_gradient).
@@ -57,26 +59,31 @@ def fused_cross_entropy_sums(features, kernel, bias, targets, weights, label_smo
     t, w = jnp.pad(t, (0, pad)), jnp.pad(w, (0, pad))
   has_bias = bias is not None
   b = bias if has_bias else jnp.zeros((kernel.shape[0],), jnp.float32)
-  loss, metrics = _fused(float(label_smoothing), int(chunk_size), has_bias, h, kernel, b, t, w)
+  operand_dtype = jnp.dtype(matmul_dtype or h.dtype)
+  loss, metrics = _fused(float(label_smoothing), int(chunk_size), has_bias, operand_dtype, h,
+                         kernel, b, t, w)
   nll, correct = jax.lax.stop_gradient(metrics)
   return loss, nll, correct
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _fused(label_smoothing, chunk_size, has_bias, h, kernel, bias, targets, weights):
-  loss, metrics, _ = _fused_forward_and_grads(label_smoothing, chunk_size, has_bias, h, kernel,
-                                              bias, targets, weights)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _fused(label_smoothing, chunk_size, has_bias, operand_dtype, h, kernel, bias, targets,
+           weights):
+  loss, metrics, _ = _fused_forward_and_grads(label_smoothing, chunk_size, has_bias,
+                                              operand_dtype, h, kernel, bias, targets, weights)
   return loss, metrics
 
 
-def _fused_fwd(label_smoothing, chunk_size, has_bias, h, kernel, bias, targets, weights):
-  loss, metrics, grads = _fused_forward_and_grads(label_smoothing, chunk_size, has_bias, h,
-                                                  kernel, bias, targets, weights)
+def _fused_fwd(label_smoothing, chunk_size, has_bias, operand_dtype, h, kernel, bias, targets,
+               weights):
+  loss, metrics, grads = _fused_forward_and_grads(label_smoothing, chunk_size, has_bias,
+                                                  operand_dtype, h, kernel, bias, targets,
+                                                  weights)
   return (loss, metrics), grads
 
 
-def _fused_bwd(label_smoothing, chunk_size, has_bias, residuals, cotangents):
-  del label_smoothing, chunk_size, has_bias
+def _fused_bwd(label_smoothing, chunk_size, has_bias, operand_dtype, residuals, cotangents):
+  del label_smoothing, chunk_size, has_bias, operand_dtype
   dh, dkernel, dbias = residuals
   scale = cotangents[0]  # the metrics' cotangents are zero: they are stop_gradient-ed outside
   return (dh * scale.astype(dh.dtype), dkernel * scale.astype(dkernel.dtype),
@@ -86,12 +93,15 @@ def _fused_bwd(label_smoothing, chunk_size, has_bias, residuals, cotangents):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def _fused_forward_and_grads(label_smoothing, chunk_size, has_bias, h, kernel, bias, targets,
-                             weights):
+def _fused_forward_and_grads(label_smoothing, chunk_size, has_bias, operand_dtype, h, kernel,
+                             bias, targets, weights):
   """Loss sums and d(loss_sum)/d(h, kernel, bias), one [chunk, vocab] block at a time."""
   vocab, d = kernel.shape
   eps = label_smoothing
-  w_in = kernel.astype(h.dtype)
+  # XLA:CPU runs a bfloat16 dot as such only in some layouts (others in float32): the logits
+  # take the kernel pre-transposed and the kernel gradient a transposed copy of g (README, Speed)
+  w_in = kernel.astype(operand_dtype)  # [vocab, d]
+  w_t = kernel.T.astype(operand_dtype)  # [d, vocab]
   # mean_v logits = h · mean_v(kernel) + mean(bias): no pass over the logits needed
   kernel_mean = jnp.mean(kernel.astype(jnp.float32), axis=0)
   bias_mean = jnp.mean(bias.astype(jnp.float32))
@@ -99,7 +109,8 @@ def _fused_forward_and_grads(label_smoothing, chunk_size, has_bias, h, kernel, b
   def chunk(carry, xs):
     loss_sum, nll_sum, correct_sum, dkernel, dbias = carry
     hc, tc, wc = xs
-    logits = jnp.dot(hc, w_in.T, preferred_element_type=jnp.float32)
+    hc_in = hc.astype(operand_dtype)
+    logits = jnp.dot(hc_in, w_t, preferred_element_type=jnp.float32)
     if has_bias:
       logits = logits + bias.astype(jnp.float32)
     top = jnp.max(logits, axis=-1)
@@ -115,11 +126,11 @@ def _fused_forward_and_grads(label_smoothing, chunk_size, has_bias, h, kernel, b
                        - eps / vocab)
     if has_bias:
       dbias = dbias + jnp.sum(g, axis=0)
-    g = g.astype(h.dtype)
-    dh = jnp.dot(g, w_in, preferred_element_type=jnp.float32).astype(h.dtype)
-    dkernel = dkernel + jnp.dot(g.T, hc, preferred_element_type=jnp.float32)
+    dh = jnp.dot(g.astype(operand_dtype), w_in, preferred_element_type=jnp.float32)
+    dkernel = dkernel + jnp.dot(g.T.astype(operand_dtype), hc_in,
+                                preferred_element_type=jnp.float32)
     return (loss_sum + jnp.sum(loss * wc), nll_sum + jnp.sum(nll * wc),
-            correct_sum + jnp.sum(correct * wc), dkernel, dbias), dh
+            correct_sum + jnp.sum(correct * wc), dkernel, dbias), dh.astype(h.dtype)
 
   n = h.shape[0] // chunk_size
   xs = (h.reshape(n, chunk_size, d), targets.reshape(n, chunk_size),

@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from model.attention import (KERNELS, MultiHeadAttention, combine_masks, dropout,
-                             make_attention_mask, make_causal_mask, make_segment_mask)
+                             make_attention_mask, make_causal_mask, make_segment_mask, matmul)
 
 POSITION_TYPES = ('sinusoidal', 'learned')
 LAYER_NORM_TYPES = ('pre', 'post')
@@ -70,7 +70,7 @@ def validate_config(config):
       fail(field, 'must be in [0, 1).')
   for field, allowed in (('attention_kernel', KERNELS), ('position_embedding', POSITION_TYPES),
                          ('layer_norm', LAYER_NORM_TYPES), ('dtype', tuple(DTYPES)),
-                         ('param_dtype', tuple(DTYPES))):
+                         ('param_dtype', tuple(DTYPES)), ('matmul_dtype', tuple(DTYPES))):
     if config.get(field) not in allowed:
       fail(field, f'is unknown; use one of {allowed}.')
 
@@ -82,13 +82,18 @@ class MlpBlock(nnx.Module):
   """Position-wise feed-forward network: Linear(d -> mlp_dim), ReLU, dropout, Linear(-> d)."""
 
   def __init__(self, dim: int, mlp_dim: int, dropout_rate: float, *, rngs: nnx.Rngs,
-               dtype: Any, param_dtype: Any):
-    self.dropout_rate = dropout_rate
+               dtype: Any, param_dtype: Any, matmul_dtype: Any = None):
+    self.dropout_rate, self.dtype, self.matmul_dtype = dropout_rate, dtype, matmul_dtype
     self.wi = nnx.Linear(dim, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.wo = nnx.Linear(mlp_dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
+  def _dense(self, layer, x):  # layer(x), its matmul in matmul_dtype
+    kernel, bias = layer.kernel[...].astype(self.dtype), layer.bias[...].astype(self.dtype)
+    return matmul('...i,io->...o', x.astype(self.dtype), kernel, self.matmul_dtype) + bias
+
   def __call__(self, x, dropout_rng=None):
-    return self.wo(dropout(jax.nn.relu(self.wi(x)), self.dropout_rate, dropout_rng))
+    hidden = jax.nn.relu(self._dense(self.wi, x))
+    return self._dense(self.wo, dropout(hidden, self.dropout_rate, dropout_rng))
 
 
 class _Sublayers(nnx.Module):
@@ -113,12 +118,14 @@ def _attention(config, rngs, self_attention):
                             self_attention=self_attention,
                             dropout_rate=config.attention_dropout_rate,
                             kernel=config.attention_kernel, dtype=DTYPES[config.dtype],
-                            param_dtype=DTYPES[config.param_dtype])
+                            param_dtype=DTYPES[config.param_dtype],
+                            matmul_dtype=DTYPES[config.matmul_dtype])
 
 
 def _mlp(config, rngs):
   return MlpBlock(config.emb_dim, config.mlp_dim, config.dropout_rate, rngs=rngs,
-                  dtype=DTYPES[config.dtype], param_dtype=DTYPES[config.param_dtype])
+                  dtype=DTYPES[config.dtype], param_dtype=DTYPES[config.param_dtype],
+                  matmul_dtype=DTYPES[config.matmul_dtype])
 
 
 class EncoderLayer(_Sublayers):
@@ -200,6 +207,7 @@ class EncoderDecoder(nnx.Module):
     self.config = config
     dim = config.emb_dim
     param_dtype, self.dtype = DTYPES[config.param_dtype], DTYPES[config.dtype]
+    self.matmul_dtype = DTYPES[config.matmul_dtype]
     embed_init = nnx.initializers.normal(stddev=dim ** -0.5)
 
     def embedding():
@@ -281,8 +289,8 @@ class EncoderDecoder(nnx.Module):
   def _logits(self, x):
     kernel, bias = self.output_projection()
     # logits = x kernelᵀ (+ bias), accumulated in float32 (the tied kernel is the embedding)
-    logits = jnp.einsum('btd,vd->btv', self.features(x), kernel.astype(x.dtype),
-                        preferred_element_type=jnp.float32)
+    logits = matmul('btd,vd->btv', self.features(x), kernel.astype(x.dtype), self.matmul_dtype,
+                    out_dtype=jnp.float32)
     return logits if bias is None else logits + bias.astype(jnp.float32)
 
   def decode(self, encoded, inputs, decoder_inputs, *, targets_positions=None,

@@ -211,3 +211,42 @@ def test_malformed_inputs_raise_clear_errors():
   cross = attn.MultiHeadAttention(12, 3, rngs=nnx.Rngs(0), self_attention=False)
   with pytest.raises(ValueError, match='inputs_kv'):
     cross(jnp.zeros((2, 5, 12)), jnp.zeros((3, 4, 12)))
+
+
+def _bf16_rounded(x):
+  return np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
+@pytest.mark.parametrize('spec,x_shape,w_shape', [
+    ('btd,dinh->btinh', (2, 5, 8), (8, 3, 2, 4)),
+    ('btnh,nhd->btd', (2, 5, 2, 4), (2, 4, 8)),
+    ('...i,io->...o', (3, 5, 8), (8, 6)),
+])
+def test_mixed_precision_matmul_is_the_float64_product_of_bfloat16_rounded_operands(
+    spec, x_shape, w_shape):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=x_shape).astype(np.float32)
+  w = rng.normal(size=w_shape).astype(np.float32)
+  g = rng.normal(size=np.einsum(spec, x, w).shape).astype(np.float32)
+  out, vjp = jax.vjp(lambda x, w: attn.matmul(spec, x, w, jnp.bfloat16), x, w)
+  dx, dw = vjp(jnp.asarray(g))
+  xr, wr, gr = _bf16_rounded(x), _bf16_rounded(w), _bf16_rounded(g)
+  # forward: bfloat16 operands, float32 sums; backward: the incoming gradient is rounded too
+  inputs, output = spec.replace('...', 'bt').split('->')  # NumPy: name the leading axes
+  x_spec, w_spec = inputs.split(',')
+  np.testing.assert_allclose(out, np.einsum(f'{x_spec},{w_spec}->{output}', xr, wr),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dx, np.einsum(f'{output},{w_spec}->{x_spec}', gr, wr),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dw, np.einsum(f'{x_spec},{output}->{w_spec}', xr, gr),
+                             rtol=1e-5, atol=1e-5)
+  assert out.dtype == dx.dtype == dw.dtype == jnp.float32
+  # and it differs from the float32 product (else the test would not tell the paths apart)
+  assert not np.allclose(out, np.einsum(spec, x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_in_the_operands_dtype_is_plain_einsum_and_bad_specs_raise():
+  x, w = jnp.ones((2, 3)), jnp.ones((3, 4))
+  np.testing.assert_array_equal(attn.matmul('ij,jk->ik', x, w, jnp.float32), x @ w)
+  with pytest.raises(ValueError, match='not a plain contraction'):
+    attn.matmul('ij,jk->i', x, w, jnp.bfloat16)

@@ -7,6 +7,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from etils import epath
 
 import eval as eval_lib
 import train
@@ -34,6 +35,17 @@ def test_averaging_the_last_checkpoints_is_their_mean(run):
   _, p30, _, _ = eval_lib.load_params(config, run, step=30)
   for a, x, y in zip(*(jax.tree.leaves(t) for t in (averaged, p20, p30))):
     np.testing.assert_allclose(a, (np.asarray(x) + np.asarray(y)) / 2, rtol=1e-6)
+
+
+def test_a_run_from_before_a_config_field_existed_loads_with_its_default(run, tmp_path):
+  old = tmp_path / 'old_run'
+  old.mkdir()
+  fields = json.loads((epath.Path(run) / 'config.json').read_text())
+  del fields['matmul_dtype']  # added after some runs were trained
+  (old / 'config.json').write_text(json.dumps(fields))
+  (old / 'tokenizer.model').write_bytes((epath.Path(run) / 'tokenizer.model').read_bytes())
+  config, _ = eval_lib.load_run(str(old))
+  assert config.matmul_dtype == 'float32' and config.emb_dim == fields['emb_dim']
 
 
 def test_split_evaluation_writes_hypotheses_and_scores(run):

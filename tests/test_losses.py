@@ -79,3 +79,20 @@ def test_fused_bfloat16_features_close_to_float32():
   bf16 = fused_cross_entropy_sums(jnp.asarray(h, jnp.bfloat16), kernel, None, targets, weights,
                                   0.1, 16)[0]
   np.testing.assert_allclose(float(bf16), float(f32), rtol=2e-2)
+
+
+def test_fused_bfloat16_matmuls_match_plain_path_on_rounded_operands():
+  """matmul_dtype=bfloat16: the loss is the float32 loss of bfloat16-rounded features and kernel;
+  the gradients are within bfloat16 rounding of the float32 ones."""
+  h, kernel, _, targets, weights = problem(seed=4, d=32)
+  rounded = [jnp.asarray(a, jnp.bfloat16).astype(jnp.float32) for a in (h, kernel)]
+  want = numpy_sums(*rounded[:1], rounded[1], None, targets, weights, 0.1)
+  got = fused_cross_entropy_sums(h, kernel, None, targets, weights, 0.1, 16, jnp.bfloat16)
+  np.testing.assert_allclose([float(x) for x in got], want, rtol=1e-5)
+
+  def loss(h, kernel, matmul_dtype):
+    return fused_cross_entropy_sums(h, kernel, None, targets, weights, 0.1, 16, matmul_dtype)[0]
+  grads = jax.grad(loss, (0, 1))(h, kernel, jnp.bfloat16)
+  for g, w in zip(grads, jax.grad(loss, (0, 1))(h, kernel, None)):
+    assert g.dtype == jnp.float32
+    np.testing.assert_allclose(g, w, rtol=0, atol=2e-2 * np.abs(w).max())

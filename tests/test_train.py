@@ -47,7 +47,8 @@ def tiny_config(tmp_path, **overrides):
       emb_dim=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, mlp_dim=64,
       max_len=32, max_train_len=24, max_eval_len=24, batch_size=8, eval_batch_size=8,
       num_train_steps=20, warmup_steps=5, learning_rate=3e-3, log_every_steps=5,
-      eval_every_steps=1000, checkpoint_every_steps=10, num_eval_bleu_batches=1)
+      eval_every_steps=1000, checkpoint_every_steps=10, num_eval_bleu_batches=1,
+      matmul_dtype='float32')  # exact float32 comparisons between code paths
   config.update(overrides)
   return config
 
