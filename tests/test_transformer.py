@@ -126,10 +126,15 @@ def test_bfloat16_matmuls_keep_float32_activations_and_gradients_close_to_float3
       return jnp.mean(nnx.merge(graphdef, params, rest)(SRC, TGT) ** 2)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     return jax.tree.leaves(jax.grad(loss)(params))
-  for got, want in zip(grads(model), grads(reference)):
-    assert got.dtype == jnp.float32
-    # a few percent from bfloat16 rounding compounded over the layers; a wrong VJP is ~100%
-    assert np.linalg.norm(got - want) <= 0.1 * np.linalg.norm(want) + 1e-7
+  got, want = grads(model), grads(reference)
+  assert all(g.dtype == jnp.float32 for g in got)
+  # bfloat16 rounding (2^-9 relative) compounds over the layers to ~1.4% of the whole gradient
+  # here; every parameter's gradient still points the float32 way (cosine >= 0.9987 measured).
+  # A wrong or missing backward matmul would be off by the order of the gradient itself.
+  flat_got, flat_want = (np.concatenate([np.ravel(x) for x in t]) for t in (got, want))
+  assert np.linalg.norm(flat_got - flat_want) <= 0.03 * np.linalg.norm(flat_want)
+  for g, w in zip(got, want):
+    assert np.vdot(g, w) >= 0.99 * np.linalg.norm(g) * np.linalg.norm(w)
 
 
 def test_dropout_is_random_in_training_and_off_in_evaluation():
