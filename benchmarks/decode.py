@@ -75,7 +75,8 @@ def main(argv):
     return run
 
   print(f'== decoding, {label}: batch {FLAGS.batch}, source length {inputs.shape[1]}, '
-        f'{FLAGS.tokens} generated tokens; {jax.devices()[0].platform}, {os.cpu_count()} cores')
+        f'{FLAGS.tokens} generated tokens, matmul_dtype {config.matmul_dtype}; '
+        f'{jax.devices()[0].platform}, {os.cpu_count()} cores')
   modes = [True, False] if FLAGS.no_cache else [True]
   for beam in map(int, FLAGS.beams.split(',')):
     for use_cache in modes:

@@ -125,7 +125,8 @@ def main(argv):
   label = 'default config, real data' if FLAGS.real_data else (
       f'{FLAGS.shape}: batch {FLAGS.batch} x length {FLAGS.length}')
   print(f'== train step, {label}, {jax.device_count()} {jax.devices()[0].platform} device(s), '
-        f'{os.cpu_count()} cores, overrides [{FLAGS.override}]')
+        f'{os.cpu_count()} cores, matmul_dtype {config.matmul_dtype}, '
+        f'overrides [{FLAGS.override}]')
   print(f'target tokens/s          {tgt_s:,.0f}   (median of {FLAGS.repeats} x {FLAGS.steps} '
         f'steps)')
   print(f'source+target tokens/s   {all_s:,.0f}')

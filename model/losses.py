@@ -103,7 +103,7 @@ def _fused_forward_and_grads(label_smoothing, chunk_size, has_bias, operand_dtyp
   w_in = kernel.astype(operand_dtype)  # [vocab, d]
   w_t = kernel.T.astype(operand_dtype)  # [d, vocab]
   # mean_v logits = h · mean_v(kernel) + mean(bias): no pass over the logits needed
-  kernel_mean = jnp.mean(kernel.astype(jnp.float32), axis=0)
+  kernel_mean = jnp.mean(w_in.astype(jnp.float32), axis=0)  # of the kernel the logits use
   bias_mean = jnp.mean(bias.astype(jnp.float32))
 
   def chunk(carry, xs):
@@ -117,7 +117,7 @@ def _fused_forward_and_grads(label_smoothing, chunk_size, has_bias, operand_dtyp
     log_z = top + jnp.log(jnp.sum(jnp.exp(logits - top[:, None]), axis=-1))
     target_logit = jnp.take_along_axis(logits, tc[:, None], axis=-1)[:, 0]
     nll = log_z - target_logit
-    mean_logit = jnp.dot(hc.astype(jnp.float32), kernel_mean) + bias_mean
+    mean_logit = jnp.dot(hc_in.astype(jnp.float32), kernel_mean) + bias_mean
     loss = (1.0 - eps) * nll + eps * (log_z - mean_logit)
     correct = target_logit >= top
     # d loss / d logits = w * (softmax - (1 - eps) * onehot - eps / V)

@@ -16,7 +16,7 @@ def get_sweep(hyper):
       hyper.sweep('config.num_heads', [1, 2, 4, 8]),
       depth,
       hyper.fixed('config.num_train_steps', 500),
-      # the README's results used the recipe of the time (default.py later changed both)
+      # the README's results used the recipe of the time (default.py later changed these)
       hyper.fixed('config.schedule', 'rsqrt'),
       hyper.fixed('config.dropout_rate', 0.3),
       hyper.fixed('config.matmul_dtype', 'float32'),
