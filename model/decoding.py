@@ -51,13 +51,37 @@ def _reorder(tree, source_beam):
   """Beam b of example i takes the state of beam source_beam[i, b], for every array in tree
   whose leading axis is examples x beams (cache reordering after a beam step)."""
   batch, k = source_beam.shape
+  rows = (source_beam + k * jnp.arange(batch)[:, None]).reshape(-1)
 
-  def take(x):
-    if x.ndim == 0:
-      return x
-    rows = jnp.take_along_axis(x.reshape(batch, k, -1), source_beam[:, :, None], axis=1)
-    return rows.reshape(x.shape)
-  return jax.tree.map(take, tree)
+  # One row gather per array. mode='clip' (the rows are in range) keeps XLA from adding a
+  # pass over the whole cache that masks out-of-range rows, as take_along_axis's 'fill' does.
+  return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, rows, axis=0, mode='clip'),
+                      tree)
+
+
+def _top_k(x, k: int, block: int = 50):
+  """jax.lax.top_k over the last axis (same values, indices and tie order), in two stages.
+
+  XLA:CPU's TopK is a scalar partial sort per row; over a beam's whole vocabulary it was the
+  costliest op of a beam-search step. Here: the maximum of each block of `block` entries (a
+  vectorised reduction), the k best blocks, then top_k over just their k x block entries. Exact:
+  an entry of the top k lies in one of the k blocks with the largest maxima (a block passed over
+  has k others whose maxima are at least as large and, on ties, come first), and the chosen
+  blocks are taken in index order, so ties still go to the lower index.
+  """
+  v = x.shape[-1]
+  num_blocks = -(-v // block)
+  if num_blocks <= k:
+    return jax.lax.top_k(x, k)
+  if num_blocks * block != v:
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, num_blocks * block - v)],
+                constant_values=-jnp.inf)
+  blocks = x.reshape(*x.shape[:-1], num_blocks, block)
+  _, best = jax.lax.top_k(jnp.max(blocks, axis=-1), k)
+  best = jnp.sort(best, axis=-1)  # index order: ties among candidates go to the lower index
+  candidates = jnp.take_along_axis(blocks, best[..., None], axis=-2, mode='clip')
+  values, pos = jax.lax.top_k(candidates.reshape(*x.shape[:-1], k * block), k)
+  return values, jnp.take_along_axis(best, pos // block, axis=-1, mode='clip') * block + pos % block
 
 
 def _argmax(x):
@@ -128,7 +152,7 @@ def beam_search(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, max_le
     # order) as one top_k over all candidates, without building the [batch, k * vocab] array.
     per_beam = min(2 * k, logits.shape[-1])
     restricted = _restrict(logits, t, limits, allow_eos)
-    beam_top, beam_token = jax.lax.top_k(restricted, per_beam)  # [batch, k, per_beam]
+    beam_top, beam_token = _top_k(restricted, per_beam)  # [batch, k, per_beam]
     beam_lp = jnp.where(beam_top <= NEG_INF, NEG_INF, beam_top - log_z)
     candidates = (alive_lp[:, :, None] + beam_lp).reshape(batch, k * per_beam)
     top_lp, top_idx = jax.lax.top_k(candidates, 2 * k)
