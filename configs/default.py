@@ -59,7 +59,7 @@ def get_config(size: str = 'tiny'):
   config.truncate_inputs = False       # instead cut training sources to max_train_len (summaries)
   config.max_eval_len = 128            # eval sources are truncated to this (with a warning)
   config.batching = 'packed'           # packed (rows of several examples) | bucketed (token budget)
-  config.batch_size = 64               # rows of max_train_len tokens per global batch (packed)
+  config.batch_size = 32               # rows of max_train_len tokens per global batch (packed)
   config.max_tokens = 4096             # bucketed: target tokens per global batch
   config.eval_batch_size = 64          # sentences per evaluation/decoding batch
 
@@ -83,11 +83,11 @@ def get_config(size: str = 'tiny'):
 
   # ---- training
   config.seed = 0
-  config.num_train_steps = 6000        # ~56 min on a 2-core CPU with the default batch
+  config.num_train_steps = 11000       # ~55 min on a 2-core CPU with the default batch
   config.optimizer = 'adam'            # adam | adamw
   config.learning_rate = 3e-3          # peak learning rate
   config.schedule = 'cosine'           # cosine (to 0 at the end) | rsqrt (the paper's) | constant
-  config.warmup_steps = 800
+  config.warmup_steps = 1500
   config.adam_b1 = 0.9
   config.adam_b2 = 0.98
   config.adam_eps = 1e-9
@@ -97,10 +97,10 @@ def get_config(size: str = 'tiny'):
   config.loss_chunk_size = 512         # fused chunked loss over this many tokens; 0: plain logits
 
   # ---- checkpoints, logging, evaluation during training
-  config.checkpoint_every_steps = 100
+  config.checkpoint_every_steps = 200
   config.keep_checkpoints = 10         # eval.py --average_last=K averages the last K
   config.log_every_steps = 50
-  config.eval_every_steps = 500
+  config.eval_every_steps = 1000
   config.num_eval_bleu_batches = 4     # greedy-decoded validation batches for the BLEU in logs
 
   # ---- decoding (eval.py flags override)
