@@ -62,7 +62,7 @@ OPTIMIZERS = ('adam', 'adamw')
 # Fields that fix the parameters' shapes: a resumed run must not change them.
 MODEL_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers', 'num_decoder_layers',
                 'mlp_dim', 'max_len', 'position_embedding', 'share_embeddings',
-                'tie_output_embedding', 'layer_norm', 'param_dtype')
+                'tie_output_embedding', 'layer_norm', 'param_dtype', 'copy_attention')
 
 
 class ConfigError(ValueError):
@@ -315,7 +315,8 @@ def create_training(config, mesh) -> Training:
       functools.partial(train_step, graphdef=graphdef, rest=rest, tx=tx, schedule=schedule,
                         label_smoothing=config.label_smoothing,
                         dropout_key=jax.random.key(config.seed + 1),
-                        loss_chunk_size=config.loss_chunk_size),
+                        # the fused loss needs plain logits; copy attention mixes in copies
+                        loss_chunk_size=0 if config.copy_attention else config.loss_chunk_size),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=0)
   return Training(graphdef, rest, tx, state, step_fn, replicated, data_sharding)

@@ -77,6 +77,7 @@ def get_config(size: str = 'tiny'):
   config.position_embedding = 'sinusoidal'  # sinusoidal | learned
   config.share_embeddings = True       # one embedding table for source and target
   config.tie_output_embedding = True   # target embedding doubles as the output projection
+  config.copy_attention = False        # pointer-generator: also copy source tokens (summaries)
   config.attention_kernel = 'einsum'   # einsum (own path) | jax (jax.nn.dot_product_attention)
   config.dtype = 'float32'             # activations: float32 | bfloat16
   config.param_dtype = 'float32'

@@ -37,7 +37,7 @@ def _stepper(model, inputs, batch_repeat: int, max_len: int, use_cache: bool):
 
     def step(cache, tokens, t):
       del t
-      return model.decode_step(tokens, cache, cross_kv, inputs != PAD_ID)
+      return model.decode_step(tokens, cache, cross_kv, inputs)
     return model.init_cache(n, max_len), step
 
   def step_recompute(prefix, tokens, t):

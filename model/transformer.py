@@ -44,6 +44,35 @@ def shift_right(targets, positions=None, bos_id: int = 2):
   return jnp.where(starts, bos_id, shifted)
 
 
+def pointer_generator_log_probs(logits, gate_logit, attention, source_ids):
+  """log P(w) of the pointer-generator mixture (See et al. 2017, "Get To The Point"):
+
+      P(w) = p_gen · softmax(logits)(w) + (1 - p_gen) · Σ_{s: source_s = w} attention_s,
+      p_gen = sigmoid(gate_logit)
+
+  logits [..., T, V]; gate_logit [..., T]; attention [..., T, S] (each row sums to 1 over the
+  real source tokens); source_ids [..., S] int, in the same vocabulary as the targets (the
+  joint SentencePiece model). Returns float32 [..., T, V], log-probabilities that are finite
+  everywhere (the generator gives every token some mass) and a valid `logits` for anything
+  that takes a softmax of them. Gradients stay finite where no source token is w; an attention
+  entry whose vocabulary id gets exactly zero copy mass (padding, whose weight the masked
+  softmax fixes at 0) gets zero gradient, which the masked softmax would zero anyway.
+  """
+  logits, attention = logits.astype(jnp.float32), attention.astype(jnp.float32)
+  gate_logit = gate_logit.astype(jnp.float32)[..., None]
+  vocab = logits.shape[-1]
+  lead, (length, src_len) = attention.shape[:-2], attention.shape[-2:]
+  # Scatter-add each target position's attention onto the vocabulary ids of the source.
+  att = attention.reshape(-1, length, src_len)
+  ids = jnp.broadcast_to(source_ids, lead + (src_len,)).reshape(-1, src_len)
+  copy = jax.vmap(lambda a, i: jnp.zeros((length, vocab), jnp.float32).at[:, i].add(a))(att, ids)
+  copy = copy.reshape(lead + (length, vocab))
+  has_copy = copy > 0
+  log_copy = jnp.where(has_copy, jnp.log(jnp.where(has_copy, copy, 1.0)), -jnp.inf)
+  return jnp.logaddexp(jax.nn.log_sigmoid(gate_logit) + jax.nn.log_softmax(logits, axis=-1),
+                       jax.nn.log_sigmoid(-gate_logit) + log_copy)
+
+
 def _fold(rng, *data):
   """Derive an independent key per layer/sublayer; None stays None (no dropout)."""
   if rng is None:
@@ -73,6 +102,12 @@ def validate_config(config):
                          ('param_dtype', tuple(DTYPES)), ('matmul_dtype', tuple(DTYPES))):
     if config.get(field) not in allowed:
       fail(field, f'is unknown; use one of {allowed}.')
+  if not isinstance(config.get('copy_attention', False), bool):
+    fail('copy_attention', 'must be True or False.')
+  if config.get('copy_attention', False):
+    if config.attention_dropout_rate:
+      fail('attention_dropout_rate', 'must be 0 with copy_attention (the copy distribution is '
+           'the attention weights, which attention dropout would unnormalise).')
 
 
 # ----------------------------------------------------------------------------- layers
@@ -229,6 +264,9 @@ class EncoderDecoder(nnx.Module):
     self.decoder_norm = _norm(dim, config, rngs) if pre_ln else None
     self.logits_dense = None if config.tie_output_embedding else nnx.Linear(
         dim, config.vocab_size, dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
+    # Copy attention: p_gen = sigmoid(w · decoder features + b) per target position.
+    self.copy_gate = nnx.Linear(dim, 1, dtype=jnp.float32, param_dtype=param_dtype,
+                                rngs=rngs) if config.get('copy_attention', False) else None
 
   # -- embeddings
 
@@ -293,15 +331,29 @@ class EncoderDecoder(nnx.Module):
                     out_dtype=jnp.float32)
     return logits if bias is None else logits + bias.astype(jnp.float32)
 
+  def _output(self, x, cross_weights, inputs):
+    """Logits of the decoder output x; with copy attention, the log-probabilities of the
+    pointer-generator mixture, its copy distribution the last layer's cross-attention weights
+    averaged over heads (cross_weights: per layer [batch, heads, tgt_len, src_len])."""
+    logits = self._logits(x)
+    if self.copy_gate is None:
+      return logits
+    gate = self.copy_gate(self.features(x).astype(jnp.float32))[..., 0]
+    return pointer_generator_log_probs(logits, gate, jnp.mean(cross_weights[-1], axis=1), inputs)
+
   def decode(self, encoded, inputs, decoder_inputs, *, targets_positions=None,
              inputs_segmentation=None, targets_segmentation=None, dropout_rng=None,
              return_weights=False, return_features=False):
     """Teacher-forced decoding: logits [batch, tgt_len, vocab] (float32) for decoder_inputs.
 
-    `inputs` (source token ids) supplies the source padding mask for cross-attention.
+    `inputs` (source token ids) supplies the source padding mask for cross-attention (and, with
+    copy attention, the ids to copy; the "logits" are then the mixture's log-probabilities).
     With return_features, the [batch, tgt_len, emb_dim] features before the output projection
-    (`output_projection()` maps them to logits) instead of the logits.
+    (`output_projection()` maps them to logits) instead of the logits; not with copy attention.
     """
+    if return_features and self.copy_gate is not None:
+      raise ValueError('return_features (the fused loss) does not apply to copy attention; '
+                       'use the logits path (config.loss_chunk_size=0).')
     self._check_tokens('decoder_inputs', decoder_inputs)
     if encoded.shape[0] != decoder_inputs.shape[0] or encoded.shape[:2] != inputs.shape:
       raise ValueError(f'batch mismatch: encoded {encoded.shape}, inputs {inputs.shape}, '
@@ -316,10 +368,10 @@ class EncoderDecoder(nnx.Module):
                                 make_causal_mask(length))
       cross_mask = make_segment_mask(targets_segmentation, inputs_segmentation)
     x = self._embed(self.target_embed, decoder_inputs, targets_positions, _fold(dropout_rng, 0))
-    weights = [] if return_weights else None
+    weights = [] if return_weights or self.copy_gate is not None else None
     for i, (layer, kv) in enumerate(zip(self.decoder_layers, self.cross_kv(encoded))):
       x, _ = layer(x, kv, self_mask, cross_mask, _fold(dropout_rng, 1, i), weights=weights)
-    out = self.features(x) if return_features else self._logits(x)
+    out = self.features(x) if return_features else self._output(x, weights, inputs)
     return (out, weights) if return_weights else out
 
   def __call__(self, inputs, decoder_inputs, *, inputs_positions=None, targets_positions=None,
@@ -347,21 +399,22 @@ class EncoderDecoder(nnx.Module):
       raise ValueError(f'decode length {max_len} exceeds config.max_len={self.config.max_len}.')
     return [layer.self_attention.init_cache(batch_size, max_len) for layer in self.decoder_layers]
 
-  def decode_step(self, tokens, cache, cross_kv, inputs_valid):
+  def decode_step(self, tokens, cache, cross_kv, inputs):
     """One decoding step: tokens [batch] at position cache index -> logits [batch, vocab].
 
-    cross_kv: from `cross_kv(encoded, heads_major=True)`; inputs_valid: [batch, src_len] bool
-    (source non-pad).
-    Returns (logits float32, new cache).
+    cross_kv: from `cross_kv(encoded, heads_major=True)`; inputs: [batch, src_len] source token
+    ids (0 = padding). Returns (logits float32, new cache); with copy attention the logits are
+    the mixture's log-probabilities, as in `decode`.
     """
     index = cache[0]['index']
     x = self._embed(self.target_embed, tokens[:, None], jnp.reshape(index, (1, 1)), None)
-    cross_mask = inputs_valid[:, None, None, :]
+    cross_mask = (inputs != 0)[:, None, None, :]
+    weights = [] if self.copy_gate is not None else None
     new_cache = []
     for layer, kv, layer_cache in zip(self.decoder_layers, cross_kv, cache):
-      x, c = layer(x, kv, None, cross_mask, cache=layer_cache)
+      x, c = layer(x, kv, None, cross_mask, cache=layer_cache, weights=weights)
       new_cache.append(c)
-    return self._logits(x)[:, 0], new_cache
+    return self._output(x, weights, inputs)[:, 0], new_cache
 
 
 def count_params(model) -> int:

@@ -153,11 +153,15 @@ def test_fused_loss_equals_plain_loss_with_gradients(tmp_path, tie):
                grads_a, grads_b)
 
 
-def test_summarization_runs_log_validation_rouge(tmp_path):
-  config = tiny_config(tmp_path, task='summarization', num_train_steps=10, eval_every_steps=10)
+@pytest.mark.parametrize('copy', [False, True])
+def test_summarization_runs_log_validation_rouge(tmp_path, copy):
+  config = tiny_config(tmp_path, task='summarization', num_train_steps=10, eval_every_steps=10,
+                       copy_attention=copy)
   metrics = train.train_and_evaluate(config, str(tmp_path / 'run'))
   for name in ('rouge1', 'rouge2', 'rougeLsum'):
     assert 0 <= metrics[f'eval/{name}'] <= 100
+  history = losses(tmp_path / 'run')
+  assert np.all(np.isfinite(history)) and history[-1] < history[0]
 
 
 def test_same_config_and_seed_give_the_same_losses(tmp_path):
