@@ -43,7 +43,7 @@ from model.transformer import shift_right  # noqa: E402
 
 
 # config fields added after runs had been trained -> their values before they existed
-FIELDS_ADDED_LATER = {'matmul_dtype': 'float32'}
+FIELDS_ADDED_LATER = {'matmul_dtype': 'float32'}  # (defaults that equal the old behaviour need none)
 
 
 class EvalError(ValueError):
@@ -101,7 +101,8 @@ def make_decode_fn(graphdef, rest, config, beam_size: int, alpha: float, use_cac
   def decode(params, inputs, max_len):
     model = nnx.merge(graphdef, params, rest)
     kwargs = dict(max_len=max_len, len_a=config.max_decode_len_a,
-                  len_b=config.max_decode_len_b, use_cache=use_cache)
+                  len_b=config.max_decode_len_b, use_cache=use_cache,
+                  min_len=config.min_decode_len)
     if beam_size == 1:
       return decoding.greedy_decode(model, inputs, **kwargs)
     return decoding.beam_search(model, inputs, beam_size=beam_size, alpha=alpha, **kwargs)[0]
@@ -187,7 +188,8 @@ def evaluate_split(config, tok, graphdef, params, rest, used_steps, split, beam_
     scores = translation_scores(hypotheses, examples, config.get('target_lang'))
   tag = (f'{split}.step{used_steps[-1]}' + (f'.avg{len(used_steps)}' if len(used_steps) > 1
                                             else '') + f'.beam{beam_size}'
-         + (f'.alpha{alpha:g}' if beam_size > 1 else ''))
+         + (f'.alpha{alpha:g}' if beam_size > 1 else '')
+         + (f'.min{config.min_decode_len}' if config.min_decode_len else ''))
   out_dir = epath.Path(workdir) / 'eval'
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / f'{tag}.txt').write_text('\n'.join(hypotheses) + '\n')
@@ -261,6 +263,8 @@ def define_flags():
   flags.DEFINE_string('split', None, 'Split to decode and score (default: config.eval_split).')
   flags.DEFINE_integer('beam_size', None, 'Beam size (default: config.beam_size); 1 = greedy.')
   flags.DEFINE_float('alpha', None, 'GNMT length penalty (default: config.length_penalty).')
+  flags.DEFINE_integer('min_len', None, 'Tokens before EOS at least (default: '
+                       'config.min_decode_len).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
   flags.DEFINE_integer('average_last', 1, 'Average the parameters of the last K checkpoints.')
   flags.DEFINE_integer('batch_size', None, 'Sentences per batch (default: config.eval_batch_size).')
@@ -277,6 +281,10 @@ def main(argv):
     sys.exit('error: --workdir is required.')
   try:
     config, tok = load_run(FLAGS.workdir)
+    if FLAGS.min_len is not None:
+      if FLAGS.min_len < 0:
+        raise EvalError(f'--min_len={FLAGS.min_len} must be >= 0.')
+      config.min_decode_len = FLAGS.min_len
     beam_size = FLAGS.beam_size or config.beam_size
     alpha = config.length_penalty if FLAGS.alpha is None else FLAGS.alpha
     batch_size = FLAGS.batch_size or config.eval_batch_size
@@ -307,7 +315,8 @@ def main(argv):
   except (EvalError, datasets.DataError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   averaged = f', average of {len(used)} checkpoints {used}' if len(used) > 1 else ''
-  print(f'{split}: {report["num_examples"]} examples, beam {beam_size}, alpha {alpha}, '
+  min_len = f', min_len {config.min_decode_len}' if config.min_decode_len else ''
+  print(f'{split}: {report["num_examples"]} examples, beam {beam_size}, alpha {alpha}{min_len}, '
         f'step {used[-1]}{averaged}; decoded in {report["decode_seconds"]:.1f} s')
   for key, value in report.items():
     if isinstance(value, float) and key not in ('alpha', 'decode_seconds'):

@@ -20,7 +20,8 @@ copy attention (runs/aeslc_copy) reached step 3000 after 43.2 min of wall time (
 4000; peak RSS 5.1 GB). Validation NLL was lowest at step 2000-2500 (4.83), and validation
 ROUGE-1/2/Lsum (best over references, beam 4, alpha 0.6) was best for the average of the 5
 checkpoints up to step 3000: 27.78 / 7.63 / 27.46 (4000, avg 5: 27.37 / 7.37 / 26.84; avg 10:
-27.84 / 7.48 / 27.43; alpha 1.0: 27.36 / 7.73 / 26.95; 0.3: 27.68 / 7.47 / 27.35), so this config
+27.84 / 7.48 / 27.43; alpha 1.0: 27.36 / 7.73 / 26.95; 0.3: 27.68 / 7.47 / 27.35; min_decode_len 2:
+26.75 / 8.61 / 26.17, 3: 25.16 / 8.30 / 24.50), so this config
 stops at 3000 (the rsqrt schedule and the data order do not depend on num_train_steps, so a
 3000-step run trains the same first 3000 steps; not rerun end to end).
 Test, average of the last 5, beam 4, alpha 0.6: ROUGE-1/2/Lsum 25.73 / 6.89 / 25.39 (best over

@@ -110,4 +110,5 @@ def get_config(size: str = 'tiny'):
   config.length_penalty = 0.6          # GNMT alpha (1.5 was best on Multi30k val, README)
   config.max_decode_len_a = 1.2        # max output length = a * source length + b
   config.max_decode_len_b = 10
+  config.min_decode_len = 0            # at least this many tokens before EOS (summaries)
   return config

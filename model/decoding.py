@@ -92,22 +92,24 @@ def _argmax(x):
   return jnp.min(jnp.where(x == top, index, x.shape[-1]), axis=-1)
 
 
-def _restrict(log_probs, t, limits, allow_eos):
-  """Never PAD or BOS; no EOS before the budget unless allowed; only EOS at a sequence's
-  budget (limits). Works on logits too (the ranking within a row is the same)."""
+def _restrict(log_probs, t, limits, allow_eos, min_len=0):
+  """Never PAD or BOS; no EOS before the budget unless allowed, nor before min_len tokens;
+  only EOS at a sequence's budget (limits, which win over min_len). Works on logits too (the
+  ranking within a row is the same)."""
   vocab = jnp.arange(log_probs.shape[-1])
   log_probs = jnp.where((vocab == PAD_ID) | (vocab == BOS_ID), NEG_INF, log_probs)
   at_budget = (t + 1 >= limits)[..., None]
-  if not allow_eos:
-    log_probs = jnp.where((vocab == EOS_ID) & ~at_budget, NEG_INF, log_probs)
+  too_early = (t < min_len) if allow_eos else True
+  log_probs = jnp.where((vocab == EOS_ID) & ~at_budget & too_early, NEG_INF, log_probs)
   return jnp.where(at_budget & (vocab != EOS_ID), NEG_INF, log_probs)
 
 
 def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int = 10,
-                  use_cache: bool = True, allow_eos: bool = True):
+                  use_cache: bool = True, allow_eos: bool = True, min_len: int = 0):
   """Argmax decoding: [batch, src_len] -> [batch, max_len] token ids (EOS, then padding).
 
-  allow_eos=False suppresses EOS until the length budget (fixed-length benchmarks).
+  allow_eos=False suppresses EOS until the length budget (fixed-length benchmarks); min_len:
+  at least this many tokens before EOS (within the budget).
   """
   batch = inputs.shape[0]
   limits = max_lengths(inputs, len_a, len_b, max_len)
@@ -117,7 +119,7 @@ def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int
     t, tokens, out, done, state = carry
     logits, state = step(state, tokens, t)
     # argmax of the logits = argmax of the log-probabilities: no softmax needed
-    next_tokens = _argmax(_restrict(logits, t, limits, allow_eos))
+    next_tokens = _argmax(_restrict(logits, t, limits, allow_eos, min_len))
     next_tokens = jnp.where(done, PAD_ID, next_tokens)
     out = out.at[:, t].set(next_tokens)
     return t + 1, next_tokens, out, done | (next_tokens == EOS_ID), state
@@ -133,9 +135,10 @@ def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int
 
 def beam_search(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, max_len: int,
                 len_a: float = 1.2, len_b: int = 10, use_cache: bool = True,
-                allow_eos: bool = True):
+                allow_eos: bool = True, min_len: int = 0):
   """Beam search; returns the best finished hypothesis per example [batch, max_len] and its
-  length-normalised score [batch]. Scores are log P(y|x) / length_penalty(|y|, alpha)."""
+  length-normalised score [batch]. Scores are log P(y|x) / length_penalty(|y|, alpha).
+  allow_eos and min_len as in `greedy_decode`."""
   batch, k = inputs.shape[0], beam_size
   limits = jnp.repeat(max_lengths(inputs, len_a, len_b, max_len)[:, None], k, axis=1)
   state, step = _stepper(model, inputs, k, max_len, use_cache)
@@ -151,7 +154,7 @@ def beam_search(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, max_le
     # 2k of the logits first, then the top 2k of those k x 2k candidates. Same result (and tie
     # order) as one top_k over all candidates, without building the [batch, k * vocab] array.
     per_beam = min(2 * k, logits.shape[-1])
-    restricted = _restrict(logits, t, limits, allow_eos)
+    restricted = _restrict(logits, t, limits, allow_eos, min_len)
     beam_top, beam_token = _top_k(restricted, per_beam)  # [batch, k, per_beam]
     beam_lp = jnp.where(beam_top <= NEG_INF, NEG_INF, beam_top - log_z)
     candidates = (alive_lp[:, :, None] + beam_lp).reshape(batch, k * per_beam)

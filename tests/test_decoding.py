@@ -113,3 +113,37 @@ def test_two_stage_top_k_equals_numpy_stable_sort(vocab, k):
   order = np.argsort(-x, axis=-1, kind='stable')[..., :k]
   np.testing.assert_array_equal(np.asarray(indices), order)
   np.testing.assert_array_equal(np.asarray(values), np.take_along_axis(x, order, axis=-1))
+
+
+class _EosFirst:
+  """The model, with EOS made the best token at every step by a wide margin."""
+
+  def __init__(self, model):
+    self.model = model
+
+  def __getattr__(self, name):
+    return getattr(self.model, name)
+
+  def decode_step(self, *args):
+    logits, cache = self.model.decode_step(*args)
+    return logits.at[:, EOS_ID].add(100.0), cache
+
+
+@pytest.mark.parametrize('beam_size', [1, 3])
+def test_min_len_delays_eos_to_exactly_min_len(model, beam_size):
+  eos_first = _EosFirst(model)
+  kwargs = dict(max_len=12, len_a=0.0, len_b=12)
+
+  def decode(**extra):
+    if beam_size == 1:
+      return np.asarray(decoding.greedy_decode(eos_first, SRC, **kwargs, **extra))
+    return np.asarray(decoding.beam_search(eos_first, SRC, beam_size=beam_size, **kwargs,
+                                           **extra)[0])
+  assert (decode()[:, 0] == EOS_ID).all()
+  out = decode(min_len=4)
+  assert (out[:, 4] == EOS_ID).all()  # 4 tokens, then the favoured EOS as soon as allowed
+  assert not np.isin(out[:, :4], [PAD_ID, BOS_ID, EOS_ID]).any()
+  # the length budget wins over min_len
+  short = np.asarray(decoding.greedy_decode(eos_first, SRC, max_len=12, len_a=0.0, len_b=3,
+                                            min_len=6))
+  assert (short[:, 2] == EOS_ID).all()
