@@ -43,7 +43,7 @@ from model.transformer import shift_right  # noqa: E402
 
 
 # config fields added after runs had been trained -> their values before they existed
-FIELDS_ADDED_LATER = {'matmul_dtype': 'float32'}  # (defaults that equal the old behaviour need none)
+FIELDS_ADDED_LATER = {'matmul_dtype': 'float32'}
 
 
 class EvalError(ValueError):

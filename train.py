@@ -94,6 +94,8 @@ def validate_training_config(config):
   require(0 <= config.label_smoothing < 1, 'label_smoothing', 'must be in [0, 1).')
   require(isinstance(config.loss_chunk_size, int) and config.loss_chunk_size >= 0,
           'loss_chunk_size', 'must be an integer >= 0 (0: plain logits path).')
+  require(isinstance(config.min_decode_len, int) and config.min_decode_len >= 0,
+          'min_decode_len', 'must be an integer >= 0 (0: no minimum).')
   require(config.grad_clip_norm >= 0, 'grad_clip_norm', 'must be >= 0 (0 disables).')
   require(config.schedule in SCHEDULES, 'schedule', f'is unknown; use one of {SCHEDULES}.')
   require(config.optimizer in OPTIMIZERS, 'optimizer', f'is unknown; use one of {OPTIMIZERS}.')
@@ -356,7 +358,7 @@ def make_greedy_fn(graphdef, rest, config):
   def greedy(params, inputs, max_len):
     model = nnx.merge(graphdef, params, rest)
     return decoding.greedy_decode(model, inputs, max_len=max_len, len_a=config.max_decode_len_a,
-                                  len_b=config.max_decode_len_b)
+                                  len_b=config.max_decode_len_b, min_len=config.min_decode_len)
   return greedy
 
 
