@@ -92,15 +92,13 @@ def _argmax(x):
   return jnp.min(jnp.where(x == top, index, x.shape[-1]), axis=-1)
 
 
-def _restrict(log_probs, t, limits, allow_eos, min_len=0):
-  """Never PAD or BOS; no EOS before the budget unless allowed, nor before min_len tokens;
-  only EOS at a sequence's budget (limits, which win over min_len). Works on logits too (the
-  ranking within a row is the same)."""
+def _restrict(log_probs, t, limits, min_len):
+  """Never PAD or BOS; no EOS before min_len tokens; only EOS at a sequence's budget (limits,
+  which win over min_len). Works on logits too (the ranking within a row is the same)."""
   vocab = jnp.arange(log_probs.shape[-1])
   log_probs = jnp.where((vocab == PAD_ID) | (vocab == BOS_ID), NEG_INF, log_probs)
   at_budget = (t + 1 >= limits)[..., None]
-  too_early = (t < min_len) if allow_eos else True
-  log_probs = jnp.where((vocab == EOS_ID) & ~at_budget & too_early, NEG_INF, log_probs)
+  log_probs = jnp.where((vocab == EOS_ID) & ~at_budget & (t < min_len), NEG_INF, log_probs)
   return jnp.where(at_budget & (vocab != EOS_ID), NEG_INF, log_probs)
 
 
@@ -113,13 +111,14 @@ def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int
   """
   batch = inputs.shape[0]
   limits = max_lengths(inputs, len_a, len_b, max_len)
+  min_len = min_len if allow_eos else max_len
   state, step = _stepper(model, inputs, 1, max_len, use_cache)
 
   def body(carry):
     t, tokens, out, done, state = carry
     logits, state = step(state, tokens, t)
     # argmax of the logits = argmax of the log-probabilities: no softmax needed
-    next_tokens = _argmax(_restrict(logits, t, limits, allow_eos, min_len))
+    next_tokens = _argmax(_restrict(logits, t, limits, min_len))
     next_tokens = jnp.where(done, PAD_ID, next_tokens)
     out = out.at[:, t].set(next_tokens)
     return t + 1, next_tokens, out, done | (next_tokens == EOS_ID), state
@@ -140,6 +139,7 @@ def beam_search(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, max_le
   length-normalised score [batch]. Scores are log P(y|x) / length_penalty(|y|, alpha).
   allow_eos and min_len as in `greedy_decode`."""
   batch, k = inputs.shape[0], beam_size
+  min_len = min_len if allow_eos else max_len
   limits = jnp.repeat(max_lengths(inputs, len_a, len_b, max_len)[:, None], k, axis=1)
   state, step = _stepper(model, inputs, k, max_len, use_cache)
 
@@ -154,7 +154,7 @@ def beam_search(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, max_le
     # 2k of the logits first, then the top 2k of those k x 2k candidates. Same result (and tie
     # order) as one top_k over all candidates, without building the [batch, k * vocab] array.
     per_beam = min(2 * k, logits.shape[-1])
-    restricted = _restrict(logits, t, limits, allow_eos, min_len)
+    restricted = _restrict(logits, t, limits, min_len)
     beam_top, beam_token = _top_k(restricted, per_beam)  # [batch, k, per_beam]
     beam_lp = jnp.where(beam_top <= NEG_INF, NEG_INF, beam_top - log_z)
     candidates = (alive_lp[:, :, None] + beam_lp).reshape(batch, k * per_beam)
