@@ -85,7 +85,7 @@ def validate_training_config(config):
 
   for field in ('num_train_steps', 'batch_size', 'eval_batch_size', 'max_tokens',
                 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps',
-                'eval_every_steps', 'max_train_len', 'max_eval_len'):
+                'eval_every_steps', 'max_train_len', 'max_eval_len', 'pack_window'):
     value = config.get(field)
     require(isinstance(value, int) and not isinstance(value, bool) and value > 0, field,
             'must be a positive integer.')
@@ -489,7 +489,8 @@ def load_data(config, workdir, log):
       sources, targets, batching=config.batching, batch_size=config.batch_size,
       max_len=config.max_train_len, max_tokens=config.max_tokens, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      row_multiple=jax.local_device_count(), max_target_len=config.max_target_len or None)
+      row_multiple=jax.local_device_count(), max_target_len=config.max_target_len or None,
+      pack_window=config.pack_window)
   limits = f'max_train_len={config.max_train_len}' + (
       f', max_target_len={config.max_target_len}' if config.max_target_len else '')
   log(f'data: {config.dataset} {config.train_split}: {len(train_examples)} pairs '

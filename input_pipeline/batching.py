@@ -43,7 +43,7 @@ class TrainIterator:
 
   def __init__(self, sources, targets, *, batching='packed', batch_size=64, max_len=64,
                max_tokens=4096, seed=0, process_index=0, process_count=1, row_multiple=1,
-               max_target_len=None):
+               max_target_len=None, pack_window=64):
     if batching not in BATCHINGS:
       raise ValueError(f'config.batching={batching!r} is unknown; use one of {BATCHINGS}.')
     self.separate_target_len = bool(max_target_len)
@@ -62,6 +62,10 @@ class TrainIterator:
     self.process_index, self.process_count = process_index, process_count
     multiple = row_multiple * process_count  # rows must split evenly over devices and hosts
     if batching == 'packed':
+      if pack_window < 1:
+        raise ValueError(f'config.pack_window={pack_window} must be at least 1 (1: next-fit).')
+      self.pack_window = pack_window
+      self._pairs = [tuple(map(int, pair)) for pair in self.lengths]  # fast to scan
       if batch_size % multiple:
         raise ValueError(f'config.batch_size={batch_size} must be divisible by {multiple} '
                          f'(devices x processes).')
@@ -70,8 +74,10 @@ class TrainIterator:
       self.buckets = bucket_lengths(max_len)
       self.bucket_rows = [max(multiple, max_tokens // length // multiple * multiple)
                           for length in self.buckets]
+    # pending: per length bucket (bucketed) or the packing window (packed), drawn examples not
+    # yet in a batch, in draw order.
     self.state = {'epoch': 0, 'index': 0, 'pending': [[] for _ in range(
-        len(self.buckets) if batching == 'bucketed' else 0)]}
+        len(self.buckets) if batching == 'bucketed' else 1)]}
     self.real_tokens = self.total_tokens = 0
     self._perm_epoch, self._perm = None, None
 
@@ -82,8 +88,11 @@ class TrainIterator:
             'pending': [list(map(int, p)) for p in self.state['pending']]}
 
   def set_state(self, state: dict):
+    pending = [list(map(int, p)) for p in state['pending']]
+    if self.batching == 'packed' and not pending:  # saved before packing had a window
+      pending = [[]]
     self.state = {'epoch': int(state['epoch']), 'index': int(state['index']),
-                  'pending': [list(p) for p in state['pending']]}
+                  'pending': pending}
 
   @property
   def padding_fraction(self) -> float:
@@ -98,14 +107,13 @@ class TrainIterator:
       self._perm_epoch = epoch
     return self._perm
 
-  def _next_example(self, peek=False):
+  def _next_example(self):
     state = self.state
     if state['index'] == len(self.sources):
       state['epoch'] += 1
       state['index'] = 0
     example = int(self._permutation(state['epoch'])[state['index']])
-    if not peek:
-      state['index'] += 1
+    state['index'] += 1
     return example
 
   def __iter__(self):
@@ -128,15 +136,24 @@ class TrainIterator:
     return {k: v[lo:lo + share] for k, v in batch.items()}
 
   def _packed_rows(self):
+    window, pairs = self.state['pending'][0], self._pairs
     rows = []
     for _ in range(self.rows):
-      row, used = [], np.zeros(2, int)
+      row, (free_source, free_target) = [], map(int, self.row_limits)
       while True:
-        example = self._next_example(peek=True)
-        if (used + self.lengths[example] > self.row_limits).any():
+        while len(window) < self.pack_window:
+          window.append(self._next_example())
+        left = []
+        for example in window:
+          source, target = pairs[example]
+          if source <= free_source and target <= free_target:
+            row.append(example)
+            free_source, free_target = free_source - source, free_target - target
+          else:
+            left.append(example)
+        if len(left) == len(window):
           break
-        row.append(self._next_example())
-        used += self.lengths[example]
+        window[:] = left
       rows.append(row)
     return rows
 

@@ -193,16 +193,50 @@ def take(iterator, n):
   return [next(iterator) for _ in range(n)]
 
 
-def test_packed_batches_hold_each_example_once_per_epoch_with_right_segments(encoded):
-  sources, targets = encoded
-  it = batching.TrainIterator(sources, targets, batching='packed', batch_size=8, max_len=48)
+def drawn_examples(it):
+  """The example numbers `it` has drawn so far: its epochs' permutations up to its position."""
+  epochs = [it._permutation(e) for e in range(it.state['epoch'])]
+  return [int(e) for e in np.concatenate(epochs + [it._permutation(it.state['epoch'])[
+      :it.state['index']]])]
+
+
+@pytest.mark.parametrize('window', [1, 64])
+def test_packed_batches_hold_exactly_the_drawn_examples_in_whole_segments(encoded, window):
+  """Every drawn example is in a batch (once per draw, intact) or still waits in the window."""
+  it = batching.TrainIterator(*encoded, batching='packed', batch_size=8, max_len=48,
+                              pack_window=window)
   seen = []
-  while it.state['epoch'] == 0:
+  while it.state['epoch'] < 2:  # 600 examples, ~3 per row: crosses two epoch boundaries
     seen.extend(unpack(next(it)))
-  # The last batch may spill into epoch 1: the first len(examples) seen are epoch 0.
-  expected = sorted((tuple(s), tuple(t)) for s, t in zip(it.sources, it.targets))
-  assert len(seen) >= len(expected)
-  assert sorted(seen[:len(expected)]) == expected
+  waiting = it.state['pending'][0]
+  assert len(waiting) <= window
+
+  def pair(e):
+    return tuple(it.sources[e]), tuple(it.targets[e])
+  assert sorted(seen + [pair(e) for e in waiting]) == sorted(map(pair, drawn_examples(it)))
+
+
+def test_pack_window_1_is_next_fit_in_epoch_order(encoded):
+  """Window 1: examples in draw order; a row closes at the first example that does not fit."""
+  it = batching.TrainIterator(*encoded, batching='packed', batch_size=8, max_len=48,
+                              pack_window=1)
+  rows = [row for _ in range(20) for row in it._packed_rows()]
+  order = [e for row in rows for e in row]
+  assert order == drawn_examples(it)[:len(order)]
+  for row, following in zip(rows, rows[1:]):
+    used = it.lengths[row].sum(0)
+    assert (used + it.lengths[following[0]] > 48).any()
+
+
+def test_a_wider_pack_window_pads_less(encoded):
+  def padding(window):
+    it = batching.TrainIterator(*encoded, batching='packed', batch_size=8, max_len=48,
+                                pack_window=window)
+    take(it, 40)
+    return it.padding_fraction
+  assert padding(64) < padding(1) - 0.04
+  with pytest.raises(ValueError, match='pack_window=0 must be at least 1'):
+    batching.TrainIterator(*encoded, pack_window=0)
 
 
 def test_bucketed_batches_respect_the_token_budget(encoded):
@@ -235,10 +269,8 @@ def test_separate_target_length_keeps_pairs_whole_and_rows_short(encoded, mode):
       assert (batch['targets'] != 0).sum(1).max() <= batch['targets'].shape[1]
     seen.extend(unpack(batch))
   expected = sorted((tuple(s), tuple(t)) for s, t in zip(it.sources, it.targets))
-  if mode == 'packed':
-    assert sorted(seen[:len(expected)]) == expected
-  else:  # buckets still hold some epoch-0 examples when epoch 1 starts
-    assert set(seen) <= set(expected) and len(set(seen)) > 0.8 * len(expected)
+  # Windows and buckets still hold some epoch-0 examples when epoch 1 starts.
+  assert set(seen) <= set(expected) and len(set(seen)) > 0.8 * len(expected)
   assert 0 < it.padding_fraction < 1
 
 
