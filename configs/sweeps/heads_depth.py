@@ -21,6 +21,7 @@ def get_sweep(hyper):
       hyper.fixed('config.dropout_rate', 0.3),
       hyper.fixed('config.matmul_dtype', 'float32'),
       hyper.fixed('config.batch_size', 64),
+      hyper.fixed('config.pack_window', 1),   # next-fit packing, as then
       hyper.fixed('config.warmup_steps', 250),
       hyper.fixed('config.eval_every_steps', 500),
       hyper.fixed('config.checkpoint_every_steps', 500),
