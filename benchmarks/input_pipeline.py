@@ -20,6 +20,7 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_integer('batches', 300, 'Batches to time.')
 flags.DEFINE_integer('train_steps', 10, 'Train steps to time (0 skips).')
 flags.DEFINE_enum('batching', 'packed', ['packed', 'bucketed'], 'Batching mode.')
+flags.DEFINE_integer('pack_window', None, 'Packing window (default: the config\'s).')
 FLAGS = flags.FLAGS
 
 import jax  # noqa: E402
@@ -32,6 +33,8 @@ def main(argv):
   del argv
   config = default.get_config()
   config.batching = FLAGS.batching
+  if FLAGS.pack_window is not None:
+    config.pack_window = FLAGS.pack_window
   start = time.perf_counter()
   train_iter, _, _ = train.load_data(config, tempfile.mkdtemp(), print)
   print(f'setup (load, train tokenizer, encode): {time.perf_counter() - start:.1f} s')

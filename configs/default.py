@@ -61,7 +61,9 @@ def get_config(size: str = 'tiny'):
   config.max_eval_len = 128            # eval sources are truncated to this (with a warning)
   config.batching = 'packed'           # packed (rows of several examples) | bucketed (token budget)
   config.batch_size = 32               # rows of max_train_len tokens per global batch (packed)
-  config.pack_window = 64              # packed: rows filled first-fit from this many examples
+  config.pack_window = 1               # packed: rows filled first-fit from this many examples;
+                                       # 1 = next-fit. 64: 11% more target tokens a batch and
+                                       # lower val NLL, but not higher val BLEU (README)
   config.max_tokens = 4096             # bucketed: target tokens per global batch
   config.eval_batch_size = 64          # sentences per evaluation/decoding batch
 
