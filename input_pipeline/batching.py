@@ -35,6 +35,13 @@ class TrainIterator:
   the global source-token budget (bucketed). Each process gets rows
   [process_index * rows / process_count, ...) of every global batch.
 
+  Packed rows are filled first-fit from a window of the next `pack_window` examples of the
+  epoch's order: each row takes, oldest first, every windowed example that still fits on both
+  sides, refilling the window, until a pass adds nothing; an example waits at most until the
+  next row after it is the oldest. pack_window=1 (the default, as config.pack_window) is plain
+  next-fit: the row closes at the first example that does not fit, which starts the next row.
+  On Multi30k's 64-token rows a window of 64 fills 94% of the target slots, next-fit 85%.
+
   With max_target_len unset, source and target rows share one length (translation). Set, target
   rows are max_target_len long (packed) or the target bucket that fits the batch's longest
   target (bucketed, where rows are then bucketed by source length alone): summarization's short
@@ -43,7 +50,7 @@ class TrainIterator:
 
   def __init__(self, sources, targets, *, batching='packed', batch_size=64, max_len=64,
                max_tokens=4096, seed=0, process_index=0, process_count=1, row_multiple=1,
-               max_target_len=None, pack_window=64):
+               max_target_len=None, pack_window=1):
     if batching not in BATCHINGS:
       raise ValueError(f'config.batching={batching!r} is unknown; use one of {BATCHINGS}.')
     self.separate_target_len = bool(max_target_len)

@@ -228,6 +228,21 @@ def test_pack_window_1_is_next_fit_in_epoch_order(encoded):
     assert (used + it.lengths[following[0]] > 48).any()
 
 
+def test_state_saved_before_the_window_existed_resumes_the_same_batches(encoded):
+  """Old packed states had no window: the example that closed a row was not yet drawn."""
+  it = batching.TrainIterator(*encoded, batching='packed', batch_size=8, max_len=48)
+  take(it, 3)
+  state = it.get_state()
+  (waiting,) = state['pending']
+  assert len(waiting) == 1 and state['index'] >= 1
+  old = {'epoch': state['epoch'], 'index': state['index'] - 1, 'pending': []}
+  expected = take(it, 5)
+  resumed = batching.TrainIterator(*encoded, batching='packed', batch_size=8, max_len=48)
+  resumed.set_state(old)
+  for a, b in zip(expected, take(resumed, 5)):
+    np.testing.assert_array_equal(a['targets'], b['targets'])
+
+
 def test_a_wider_pack_window_pads_less(encoded):
   def padding(window):
     it = batching.TrainIterator(*encoded, batching='packed', batch_size=8, max_len=48,
