@@ -44,6 +44,9 @@ from model.transformer import shift_right  # noqa: E402
 
 # config fields added after runs had been trained -> their values before they existed
 FIELDS_ADDED_LATER = {'matmul_dtype': 'float32'}
+# eval.py flags that override a decoding constraint of the config (0: off)
+CONSTRAINT_FLAGS = {'min_len': 'min_decode_len', 'min_words': 'min_decode_words',
+                    'no_repeat_ngram': 'no_repeat_ngram_size'}
 
 
 class EvalError(ValueError):
@@ -95,14 +98,21 @@ def load_params(config, workdir: str, step=None, average_last: int = 1):
   return graphdef, averaged, rest, used
 
 
-def make_decode_fn(graphdef, rest, config, beam_size: int, alpha: float, use_cache=True):
+def constraints_tag(config) -> str:
+  """Output-file suffix naming the constraints in force, e.g. '.min2.norep2' ('' for none)."""
+  short = {'min_len': 'min', 'min_words': 'minw', 'no_repeat_ngram': 'norep'}
+  return ''.join(f'.{short[flag]}{config[field]}' for flag, field in CONSTRAINT_FLAGS.items()
+                 if config[field])
+
+
+def make_decode_fn(graphdef, rest, config, tok, beam_size: int, alpha: float, use_cache=True):
   """jit-compiled batch decoder: (params, inputs, max_len) -> token ids [batch, max_len]."""
+  options = train.decoding_options(config, tok)
+
   @functools.partial(jax.jit, static_argnames=('max_len',))
   def decode(params, inputs, max_len):
     model = nnx.merge(graphdef, params, rest)
-    kwargs = dict(max_len=max_len, len_a=config.max_decode_len_a,
-                  len_b=config.max_decode_len_b, use_cache=use_cache,
-                  min_len=config.min_decode_len)
+    kwargs = dict(max_len=max_len, use_cache=use_cache, **options)
     if beam_size == 1:
       return decoding.greedy_decode(model, inputs, **kwargs)
     return decoding.beam_search(model, inputs, beam_size=beam_size, alpha=alpha, **kwargs)[0]
@@ -177,7 +187,7 @@ def evaluate_split(config, tok, graphdef, params, rest, used_steps, split, beam_
           f'truncated', file=sys.stderr)
   mesh = train.make_mesh()
   sharding = NamedSharding(mesh, P('data'))
-  decode_fn = make_decode_fn(graphdef, rest, config, beam_size, alpha)
+  decode_fn = make_decode_fn(graphdef, rest, config, tok, beam_size, alpha)
   start = time.time()
   outputs = decode_all(sources, decode_fn, params, config, batch_size, sharding)
   seconds = time.time() - start
@@ -189,7 +199,7 @@ def evaluate_split(config, tok, graphdef, params, rest, used_steps, split, beam_
   tag = (f'{split}.step{used_steps[-1]}' + (f'.avg{len(used_steps)}' if len(used_steps) > 1
                                             else '') + f'.beam{beam_size}'
          + (f'.alpha{alpha:g}' if beam_size > 1 else '')
-         + (f'.min{config.min_decode_len}' if config.min_decode_len else ''))
+         + constraints_tag(config))
   out_dir = epath.Path(workdir) / 'eval'
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / f'{tag}.txt').write_text('\n'.join(hypotheses) + '\n')
@@ -201,7 +211,7 @@ def evaluate_split(config, tok, graphdef, params, rest, used_steps, split, beam_
 
 def translate_lines(config, tok, graphdef, params, rest, beam_size, alpha, batch_size, lines):
   """Decode user lines; an empty line gives an empty line, so outputs stay aligned."""
-  decode_fn = make_decode_fn(graphdef, rest, config, beam_size, alpha)
+  decode_fn = make_decode_fn(graphdef, rest, config, tok, beam_size, alpha)
   keep = [i for i, line in enumerate(lines) if line.strip()]
   sources = tok.encode([lines[i] for i in keep])
   for i, s in zip(keep, sources):
@@ -219,7 +229,7 @@ def attention_maps(config, tok, graphdef, params, rest, sentence, beam_size, alp
   """Decode `sentence`; return (source pieces, output pieces, encoder self-attention
   [layers][heads, src, src], cross-attention [layers][heads, out, src])."""
   source = batching.truncate(tok.encode([sentence])[0], config.max_eval_len)[None]
-  decode_fn = make_decode_fn(graphdef, rest, config, beam_size, alpha)
+  decode_fn = make_decode_fn(graphdef, rest, config, tok, beam_size, alpha)
   out = np.asarray(decode_fn(params, source, max_len=train.decode_length(config,
                                                                           source.shape[1])))[0]
   length = int(np.argmax(out == tokenizer_lib.EOS_ID)) + 1 if (
@@ -265,6 +275,10 @@ def define_flags():
   flags.DEFINE_float('alpha', None, 'GNMT length penalty (default: config.length_penalty).')
   flags.DEFINE_integer('min_len', None, 'Tokens before EOS at least (default: '
                        'config.min_decode_len).')
+  flags.DEFINE_integer('min_words', None, 'Words (word-initial subwords) before EOS at least '
+                       '(default: config.min_decode_words).')
+  flags.DEFINE_integer('no_repeat_ngram', None, 'n > 0: never output an n-gram of subwords '
+                       'twice (default: config.no_repeat_ngram_size).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
   flags.DEFINE_integer('average_last', 1, 'Average the parameters of the last K checkpoints.')
   flags.DEFINE_integer('batch_size', None, 'Sentences per batch (default: config.eval_batch_size).')
@@ -281,10 +295,12 @@ def main(argv):
     sys.exit('error: --workdir is required.')
   try:
     config, tok = load_run(FLAGS.workdir)
-    if FLAGS.min_len is not None:
-      if FLAGS.min_len < 0:
-        raise EvalError(f'--min_len={FLAGS.min_len} must be >= 0.')
-      config.min_decode_len = FLAGS.min_len
+    for flag, field in CONSTRAINT_FLAGS.items():
+      value = FLAGS[flag].value
+      if value is not None:
+        if value < 0:
+          raise EvalError(f'--{flag}={value} must be >= 0 (0: off).')
+        config[field] = value
     beam_size = FLAGS.beam_size or config.beam_size
     alpha = config.length_penalty if FLAGS.alpha is None else FLAGS.alpha
     batch_size = FLAGS.batch_size or config.eval_batch_size
@@ -315,8 +331,9 @@ def main(argv):
   except (EvalError, datasets.DataError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   averaged = f', average of {len(used)} checkpoints {used}' if len(used) > 1 else ''
-  min_len = f', min_len {config.min_decode_len}' if config.min_decode_len else ''
-  print(f'{split}: {report["num_examples"]} examples, beam {beam_size}, alpha {alpha}{min_len}, '
+  settings = ''.join(f', {flag} {config[field]}' for flag, field in CONSTRAINT_FLAGS.items()
+                     if config[field])
+  print(f'{split}: {report["num_examples"]} examples, beam {beam_size}, alpha {alpha}{settings}, '
         f'step {used[-1]}{averaged}; decoded in {report["decode_seconds"]:.1f} s')
   for key, value in report.items():
     if isinstance(value, float) and key not in ('alpha', 'decode_seconds'):

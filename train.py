@@ -94,8 +94,10 @@ def validate_training_config(config):
   require(0 <= config.label_smoothing < 1, 'label_smoothing', 'must be in [0, 1).')
   require(isinstance(config.loss_chunk_size, int) and config.loss_chunk_size >= 0,
           'loss_chunk_size', 'must be an integer >= 0 (0: plain logits path).')
-  require(isinstance(config.min_decode_len, int) and config.min_decode_len >= 0,
-          'min_decode_len', 'must be an integer >= 0 (0: no minimum).')
+  for field in ('min_decode_len', 'min_decode_words', 'no_repeat_ngram_size'):
+    value = config.get(field)
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, field,
+            'must be an integer >= 0 (0: off).')
   require(config.grad_clip_norm >= 0, 'grad_clip_norm', 'must be >= 0 (0 disables).')
   require(config.schedule in SCHEDULES, 'schedule', f'is unknown; use one of {SCHEDULES}.')
   require(config.optimizer in OPTIMIZERS, 'optimizer', f'is unknown; use one of {OPTIMIZERS}.')
@@ -353,12 +355,24 @@ def to_host(tree):
   return jax.tree.map(fetch, tree)
 
 
-def make_greedy_fn(graphdef, rest, config):
+def decoding_options(config, tok):
+  """The keyword arguments of decoding.greedy_decode / beam_search that the config sets: the
+  output length budget and the constraints on the output."""
+  options = dict(len_a=config.max_decode_len_a, len_b=config.max_decode_len_b,
+                 min_len=config.min_decode_len, min_words=config.min_decode_words,
+                 no_repeat_ngram=config.no_repeat_ngram_size)
+  if options['min_words']:
+    options['word_start'] = jnp.asarray(tok.word_starts())
+  return options
+
+
+def make_greedy_fn(graphdef, rest, config, tok):
+  options = decoding_options(config, tok)
+
   @functools.partial(jax.jit, static_argnames=('max_len',))
   def greedy(params, inputs, max_len):
     model = nnx.merge(graphdef, params, rest)
-    return decoding.greedy_decode(model, inputs, max_len=max_len, len_a=config.max_decode_len_a,
-                                  len_b=config.max_decode_len_b, min_len=config.min_decode_len)
+    return decoding.greedy_decode(model, inputs, max_len=max_len, **options)
   return greedy
 
 
@@ -528,7 +542,7 @@ def train_and_evaluate(config, workdir: str):
   step_fn = training.step_fn
   eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef, rest=rest),
                     in_shardings=(replicated, data_sharding), out_shardings=replicated)
-  greedy_fn = make_greedy_fn(graphdef, rest, config)
+  greedy_fn = make_greedy_fn(graphdef, rest, config, tok)
 
   stop_signal = []
   previous_handlers = {sig: signal.signal(sig, lambda signum, _: stop_signal.append(signum))

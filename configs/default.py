@@ -114,4 +114,6 @@ def get_config(size: str = 'tiny'):
   config.max_decode_len_a = 1.2        # max output length = a * source length + b
   config.max_decode_len_b = 10
   config.min_decode_len = 0            # at least this many tokens before EOS (summaries)
+  config.min_decode_words = 0          # at least this many words (word-initial subwords)
+  config.no_repeat_ngram_size = 0      # n > 0: never emit an n-gram (of subwords) twice
   return config

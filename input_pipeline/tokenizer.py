@@ -36,6 +36,12 @@ class Tokenizer:
       ids = ids[:ids.index(EOS_ID)]
     return self.sp.decode([i for i in ids if i not in (PAD_ID, BOS_ID)])
 
+  def word_starts(self) -> np.ndarray:
+    """[vocab_size] bool: the pieces that begin a word (SentencePiece's '\u2581' marker), the
+    words that min_decode_words counts; False for the control ids."""
+    return np.array([self.sp.id_to_piece(i).startswith('\u2581') and not self.sp.is_control(i)
+                     for i in range(self.vocab_size)])
+
   def pieces(self, ids):
     """Subword strings of ids (for attention-map labels)."""
     return [self.sp.id_to_piece(int(i)) for i in ids]

@@ -92,33 +92,76 @@ def _argmax(x):
   return jnp.min(jnp.where(x == top, index, x.shape[-1]), axis=-1)
 
 
-def _restrict(log_probs, t, limits, min_len):
-  """Never PAD or BOS; no EOS before min_len tokens; only EOS at a sequence's budget (limits,
-  which win over min_len). Works on logits too (the ranking within a row is the same)."""
+def _too_short(seqs, t, min_len: int, min_words: int, word_start):
+  """[...] bool: EOS not yet allowed, as seqs[..., :t] (the tokens so far; padding, id 0, after
+  them) has fewer than min_len tokens or fewer than min_words word-initial tokens (word_start:
+  [vocab] bool, SentencePiece pieces that begin with the word marker)."""
+  short = jnp.broadcast_to(t < min_len, seqs.shape[:-1])
+  if min_words:
+    short = short | (jnp.sum(word_start[seqs] & (seqs != PAD_ID), axis=-1) < min_words)
+  return short
+
+
+def _repeated_ngram_tokens(seqs, t, n: int, vocab_size: int):
+  """[..., vocab] bool: the tokens that would complete an n-gram already in seqs[..., :t] (the
+  token after each earlier occurrence of the last n - 1 tokens), to block as fairseq's
+  --no-repeat-ngram-size and Hugging Face's no_repeat_ngram_size do. n = 1: every token so far."""
+  m = n - 1
+  length = seqs.shape[-1]
+  # start i of an earlier n-gram: its last token i + m is already generated ...
+  match = jnp.broadcast_to(jnp.arange(length) + m < t, seqs.shape)
+  for j in range(m):  # ... and its first n - 1 tokens equal the last n - 1 tokens
+    last_j = jax.lax.dynamic_slice_in_dim(seqs, jnp.maximum(t - m + j, 0), 1, axis=-1)
+    match = match & (jnp.roll(seqs, -j, axis=-1) == last_j)
+  following = jnp.roll(seqs, -m, axis=-1).reshape(-1, length)  # token i + m
+  rows = jnp.arange(following.shape[0])[:, None]
+  hits = jnp.zeros((following.shape[0], vocab_size), jnp.int32).at[rows, following].add(
+      match.reshape(-1, length).astype(jnp.int32))
+  return (hits > 0).reshape(seqs.shape[:-1] + (vocab_size,))
+
+
+def _restrict(log_probs, t, limits, no_eos, banned=None):
+  """Never PAD or BOS; no EOS where no_eos ([...] bool: too short); no token that banned
+  ([..., vocab] bool) marks; only EOS at a sequence's budget (limits, which win over the rest).
+  Works on logits too (the ranking within a row is the same)."""
   vocab = jnp.arange(log_probs.shape[-1])
   log_probs = jnp.where((vocab == PAD_ID) | (vocab == BOS_ID), NEG_INF, log_probs)
+  if banned is not None:
+    log_probs = jnp.where(banned, NEG_INF, log_probs)
   at_budget = (t + 1 >= limits)[..., None]
-  log_probs = jnp.where((vocab == EOS_ID) & ~at_budget & (t < min_len), NEG_INF, log_probs)
+  log_probs = jnp.where((vocab == EOS_ID) & ~at_budget & no_eos[..., None], NEG_INF, log_probs)
   return jnp.where(at_budget & (vocab != EOS_ID), NEG_INF, log_probs)
 
 
+def _constrained(logits, seqs, t, limits, min_len, min_words, word_start, no_repeat_ngram):
+  """_restrict with the constraints on the sequences so far (seqs: [..., max_len])."""
+  banned = (_repeated_ngram_tokens(seqs, t, no_repeat_ngram, logits.shape[-1])
+            if no_repeat_ngram else None)
+  return _restrict(logits, t, limits, _too_short(seqs, t, min_len, min_words, word_start), banned)
+
+
 def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int = 10,
-                  use_cache: bool = True, allow_eos: bool = True, min_len: int = 0):
+                  use_cache: bool = True, allow_eos: bool = True, min_len: int = 0,
+                  min_words: int = 0, word_start=None, no_repeat_ngram: int = 0):
   """Argmax decoding: [batch, src_len] -> [batch, max_len] token ids (EOS, then padding).
 
-  allow_eos=False suppresses EOS until the length budget (fixed-length benchmarks); min_len:
-  at least this many tokens before EOS (within the budget).
+  allow_eos=False suppresses EOS until the length budget (fixed-length benchmarks). Within the
+  budget: min_len: at least this many tokens before EOS; min_words: at least this many words,
+  counted as tokens whose word_start ([vocab] bool) is set; no_repeat_ngram=n: no n-gram twice.
   """
   batch = inputs.shape[0]
   limits = max_lengths(inputs, len_a, len_b, max_len)
   min_len = min_len if allow_eos else max_len
+  if min_words and word_start is None:
+    raise ValueError('min_words needs word_start, the [vocab] mask of word-initial tokens.')
   state, step = _stepper(model, inputs, 1, max_len, use_cache)
 
   def body(carry):
     t, tokens, out, done, state = carry
     logits, state = step(state, tokens, t)
     # argmax of the logits = argmax of the log-probabilities: no softmax needed
-    next_tokens = _argmax(_restrict(logits, t, limits, min_len))
+    next_tokens = _argmax(_constrained(logits, out, t, limits, min_len, min_words, word_start,
+                                       no_repeat_ngram))
     next_tokens = jnp.where(done, PAD_ID, next_tokens)
     out = out.at[:, t].set(next_tokens)
     return t + 1, next_tokens, out, done | (next_tokens == EOS_ID), state
@@ -134,12 +177,15 @@ def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int
 
 def beam_search(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, max_len: int,
                 len_a: float = 1.2, len_b: int = 10, use_cache: bool = True,
-                allow_eos: bool = True, min_len: int = 0):
+                allow_eos: bool = True, min_len: int = 0, min_words: int = 0, word_start=None,
+                no_repeat_ngram: int = 0):
   """Beam search; returns the best finished hypothesis per example [batch, max_len] and its
   length-normalised score [batch]. Scores are log P(y|x) / length_penalty(|y|, alpha).
-  allow_eos and min_len as in `greedy_decode`."""
+  allow_eos and the constraints (min_len, min_words, no_repeat_ngram) as in `greedy_decode`."""
   batch, k = inputs.shape[0], beam_size
   min_len = min_len if allow_eos else max_len
+  if min_words and word_start is None:
+    raise ValueError('min_words needs word_start, the [vocab] mask of word-initial tokens.')
   limits = jnp.repeat(max_lengths(inputs, len_a, len_b, max_len)[:, None], k, axis=1)
   state, step = _stepper(model, inputs, k, max_len, use_cache)
 
@@ -154,7 +200,8 @@ def beam_search(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, max_le
     # 2k of the logits first, then the top 2k of those k x 2k candidates. Same result (and tie
     # order) as one top_k over all candidates, without building the [batch, k * vocab] array.
     per_beam = min(2 * k, logits.shape[-1])
-    restricted = _restrict(logits, t, limits, min_len)
+    restricted = _constrained(logits, seqs, t, limits, min_len, min_words, word_start,
+                              no_repeat_ngram)
     beam_top, beam_token = _top_k(restricted, per_beam)  # [batch, k, per_beam]
     beam_lp = jnp.where(beam_top <= NEG_INF, NEG_INF, beam_top - log_z)
     candidates = (alive_lp[:, :, None] + beam_lp).reshape(batch, k * per_beam)

@@ -77,6 +77,100 @@ def test_wide_beam_finds_the_exact_best_sequence(alpha):
   np.testing.assert_allclose(float(score[0]), best_score, rtol=1e-4)
 
 
+def has_repeated_ngram(tokens, n):
+  grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+  return len(set(grams)) < len(grams)
+
+
+class _Favouring:
+  """The model, with a bonus added to the logits of a few tokens at every step."""
+
+  def __init__(self, model, bonus):
+    self.model, self.bonus = model, bonus
+
+  def __getattr__(self, name):
+    return getattr(self.model, name)
+
+  def decode_step(self, *args):
+    logits, cache = self.model.decode_step(*args)
+    return logits + self.bonus, cache
+
+
+WORD_START = np.arange(7) % 2 == 0  # even ids begin a word (PAD 0 and BOS 2 never occur)
+
+
+@pytest.mark.parametrize('constraint,keep', [
+    (dict(no_repeat_ngram=1), lambda c: not has_repeated_ngram(c[:-1], 1)),
+    (dict(min_words=2, word_start=jnp.asarray(WORD_START)),
+     lambda c: WORD_START[c[:-1]].sum() >= 2 or len(c) == 3),  # at the budget: EOS
+    (dict(min_len=2, no_repeat_ngram=1), lambda c: len(c) == 3 and c[0] != c[1]),
+])
+def test_wide_beam_finds_the_best_sequence_that_meets_the_constraint(constraint, keep):
+  """As above, with token 5 (not word-initial) favoured so that the constraint binds, over only
+  the hypotheses that meet it (EOS excluded from it; the length budget wins over a minimum)."""
+  model = EncoderDecoder(tiny_config(vocab_size=7), rngs=nnx.Rngs(3))
+  bonus = jnp.zeros(7).at[5].set(3.0)
+  src = jnp.array([[4, 5, 6, 1]])
+  allowed = [t for t in range(7) if t not in (PAD_ID, BOS_ID, EOS_ID)]
+  candidates = [[EOS_ID]] + [[a, EOS_ID] for a in allowed] + [
+      [a, b, EOS_ID] for a, b in itertools.product(allowed, allowed)]
+
+  def score(c):
+    log_probs = jax.nn.log_softmax(model(src, shift_right(jnp.asarray([c])))[0] + bonus)
+    return float(sum(log_probs[i, t] for i, t in enumerate(c))) / decoding.length_penalty(
+        len(c), 0.6)
+  best_score, best = max((score(c), c) for c in candidates if keep(c))
+  kwargs = dict(beam_size=16, max_len=3, len_a=0.0, len_b=3)
+  unconstrained = decoding.beam_search(_Favouring(model, bonus), src, **kwargs)
+  out, out_score = decoding.beam_search(_Favouring(model, bonus), src, **kwargs, **constraint)
+  np.testing.assert_array_equal(np.asarray(out[0, :len(best)]), best)
+  np.testing.assert_allclose(float(out_score[0]), best_score, rtol=1e-4)
+  assert float(unconstrained[1][0]) > best_score  # the constraint did change the search
+
+
+def test_repeated_ngram_tokens_match_a_python_scan():
+  rng = np.random.default_rng(0)
+  seqs = rng.integers(3, 7, (5, 12))  # 4 token values: repeats everywhere
+  for n in (1, 2, 3):
+    for t in range(13):
+      prefix = np.where(np.arange(12) < t, seqs, PAD_ID)
+      banned = np.asarray(decoding._repeated_ngram_tokens(jnp.asarray(prefix), t, n, 9))
+      for row in range(5):
+        so_far = list(seqs[row, :t])
+        expect = np.zeros(9, bool)
+        for i in range(t - n + 1):
+          if so_far[i:i + n - 1] == so_far[t - n + 1:]:
+            expect[so_far[i + n - 1]] = True
+        np.testing.assert_array_equal(banned[row], expect, err_msg=f'n={n} t={t} row={row}')
+
+
+@pytest.mark.parametrize('n', [1, 2, 3])
+def test_greedy_without_repeated_ngrams_equals_a_teacher_forced_loop(model, n):
+  """Tokens 5 and 6 favoured (the model would repeat them); at each step the reference takes
+  the teacher-forced argmax over the tokens that would not repeat an n-gram."""
+  bonus = jnp.zeros(50).at[5].set(30.0).at[6].set(20.0).at[EOS_ID].set(-30.0)
+  favouring = _Favouring(model, bonus)
+  out = np.asarray(decoding.greedy_decode(favouring, SRC, max_len=10, len_a=0.0, len_b=10,
+                                          no_repeat_ngram=n))
+  for row in range(SRC.shape[0]):
+    tokens = []
+    while len(tokens) < 9:
+      logits = model(SRC[row:row + 1], shift_right(jnp.asarray([tokens + [0]])))[0, -1] + bonus
+      logits = np.asarray(logits).copy()
+      logits[[PAD_ID, BOS_ID]] = -np.inf
+      for i in range(len(tokens) - n + 1):
+        if tokens[i:i + n - 1] == tokens[len(tokens) - n + 1:]:
+          logits[tokens[i + n - 1]] = -np.inf
+      tokens.append(int(np.argmax(logits)))
+      if tokens[-1] == EOS_ID:
+        break
+    else:
+      tokens.append(EOS_ID)  # the budget: EOS at position 9
+    np.testing.assert_array_equal(out[row, :len(tokens)], tokens)
+    assert not has_repeated_ngram(tokens[:-1], n)
+    assert tokens[:2] == ([5, 6] if n == 1 else [5, 5])
+
+
 def test_outputs_stop_at_eos_within_the_length_budget(model):
   src = jnp.array([[5, 6, 1, 0, 0, 0], [5, 6, 7, 8, 9, 1]])
   limits = np.asarray(decoding.max_lengths(src, 1.0, 2, 16))
@@ -131,7 +225,7 @@ class _EosFirst:
 
 @pytest.mark.parametrize('beam_size', [1, 3])
 def test_min_len_delays_eos_to_exactly_min_len(model, beam_size):
-  eos_first = _EosFirst(model)
+  eos_first = _Favouring(model, jnp.zeros(50).at[EOS_ID].set(100.0))  # EOS best by far
   kwargs = dict(max_len=12, len_a=0.0, len_b=12)
 
   def decode(**extra):
@@ -147,3 +241,23 @@ def test_min_len_delays_eos_to_exactly_min_len(model, beam_size):
   short = np.asarray(decoding.greedy_decode(eos_first, SRC, max_len=12, len_a=0.0, len_b=3,
                                             min_len=6))
   assert (short[:, 2] == EOS_ID).all()
+
+
+@pytest.mark.parametrize('beam_size', [1, 3])
+def test_min_words_ends_right_after_the_third_word_initial_token(model, beam_size):
+  """EOS favoured most, then tokens 5, 6, 7, ... in that order, each used once (no_repeat 1);
+  even ids begin words. Greedy: 5 6 7 8 9 10 EOS, three words (6, 8, 10); the beam may reorder
+  tokens (the sum of bonuses is the same) but ends as soon as the third word has begun."""
+  bonus = jnp.zeros(50).at[EOS_ID].set(200.0).at[5:20].set(100.0 - 5.0 * jnp.arange(15))
+  favouring = _Favouring(model, bonus)
+  starts = jnp.arange(50) % 2 == 0
+  kwargs = dict(max_len=12, len_a=0.0, len_b=12, no_repeat_ngram=1, min_words=3,
+                word_start=starts)
+  out = (decoding.greedy_decode(favouring, SRC, **kwargs) if beam_size == 1 else
+         decoding.beam_search(favouring, SRC, beam_size=beam_size, **kwargs)[0])
+  out = np.asarray(out)
+  if beam_size == 1:
+    np.testing.assert_array_equal(out[:, :7], [[5, 6, 7, 8, 9, 10, EOS_ID]] * 2)
+  for row in out:
+    words = np.asarray(starts)[row[:list(row).index(EOS_ID)]]
+    assert words.sum() == 3 and words[-1]

@@ -11,6 +11,7 @@ from etils import epath
 
 import eval as eval_lib
 import train
+from input_pipeline import tokenizer as tokenizer_lib
 from test_train import ROOT, tiny_config
 
 
@@ -69,6 +70,26 @@ def test_user_lines_keep_empty_lines_and_warn_on_long_ones(run):
   assert 'line 3 has' in result.stderr and 'decoding its first 24' in result.stderr
 
 
+def test_decoding_constraints_in_the_config_hold_in_the_outputs(run):
+  config, tok = eval_lib.load_run(run)
+  graphdef, params, rest, _ = eval_lib.load_params(config, run)
+  sources = tok.encode(['a b c d', 'j i', 'e', 'c c c c c c'])
+  starts = tok.word_starts()
+
+  def outputs(**constraints):
+    constrained = config.copy_and_resolve_references()
+    constrained.update(constraints)
+    decode_fn = eval_lib.make_decode_fn(graphdef, rest, constrained, tok, beam_size=2, alpha=0.6)
+    outs = eval_lib.decode_all(sources, decode_fn, params, config, 8)
+    return [[int(i) for i in ids[:list(ids).index(tokenizer_lib.EOS_ID)]] for ids in outs]
+
+  def meets(ids):
+    return starts[ids].sum() >= 3 and len(set(ids)) == len(ids)
+  assert not all(meets(ids) for ids in outputs())  # the constraints bind
+  for ids in outputs(min_decode_words=3, no_repeat_ngram_size=1):
+    assert meets(ids) and len(tok.decode(ids).split()) >= 3
+
+
 def test_attention_plot_is_written(run, tmp_path):
   path = tmp_path / 'attn.png'
   result = run_eval(f'--workdir={run}', '--plot_attention=a b c d', f'--output={path}')
@@ -92,6 +113,7 @@ def test_attention_maps_are_distributions(run):
     (['--workdir={run}', '--split=test'], "unknown split 'test'; splits of files: ['train', "
                                           "'eval']"),
     (['--workdir={run}', '--step=7'], '--step=7 has no checkpoint; available: [10, 20, 30]'),
+    (['--workdir={run}', '--no_repeat_ngram=-1'], '--no_repeat_ngram=-1 must be >= 0 (0: off)'),
 ])
 def test_bad_requests_are_one_line_errors(run, args, message):
   result = run_eval(*[a.format(run=run) for a in args])

@@ -155,6 +155,16 @@ def test_tokenizer_round_trips_real_sentences(small_tokenizer, multi30k_config):
   assert (sp.pad_id(), sp.eos_id(), sp.bos_id(), sp.unk_id()) == (0, 1, 2, 3)
 
 
+def test_word_starts_count_the_whitespace_words(small_tokenizer, multi30k_config):
+  val, _ = datasets.load_examples(multi30k_config, 'val')
+  texts = [' '.join(e[side].split()) for e in val[:200] for side in ('source', 'target')]
+  starts = small_tokenizer.word_starts()
+  assert starts.shape == (small_tokenizer.vocab_size,)
+  assert not starts[[tokenizer_lib.PAD_ID, tokenizer_lib.EOS_ID, tokenizer_lib.BOS_ID]].any()
+  for text, ids in zip(texts, small_tokenizer.encode(texts)):
+    assert starts[ids].sum() == len(text.split())
+
+
 def test_tokenizer_is_reused_from_the_workdir(tmp_path, multi30k_train):
   config = default.get_config()
   config.vocab_size = 500
