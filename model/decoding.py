@@ -98,6 +98,8 @@ def _too_short(seqs, t, min_len: int, min_words: int, word_start):
   [vocab] bool, SentencePiece pieces that begin with the word marker)."""
   short = jnp.broadcast_to(t < min_len, seqs.shape[:-1])
   if min_words:
+    if word_start is None:
+      raise ValueError('min_words needs word_start, the [vocab] mask of word-initial tokens.')
     short = short | (jnp.sum(word_start[seqs] & (seqs != PAD_ID), axis=-1) < min_words)
   return short
 
@@ -152,8 +154,6 @@ def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int
   batch = inputs.shape[0]
   limits = max_lengths(inputs, len_a, len_b, max_len)
   min_len = min_len if allow_eos else max_len
-  if min_words and word_start is None:
-    raise ValueError('min_words needs word_start, the [vocab] mask of word-initial tokens.')
   state, step = _stepper(model, inputs, 1, max_len, use_cache)
 
   def body(carry):
@@ -184,8 +184,6 @@ def beam_search(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, max_le
   allow_eos and the constraints (min_len, min_words, no_repeat_ngram) as in `greedy_decode`."""
   batch, k = inputs.shape[0], beam_size
   min_len = min_len if allow_eos else max_len
-  if min_words and word_start is None:
-    raise ValueError('min_words needs word_start, the [vocab] mask of word-initial tokens.')
   limits = jnp.repeat(max_lengths(inputs, len_a, len_b, max_len)[:, None], k, axis=1)
   state, step = _stepper(model, inputs, k, max_len, use_cache)
 
