@@ -99,17 +99,19 @@ class _Favouring:
 WORD_START = np.arange(7) % 2 == 0  # even ids begin a word (PAD 0 and BOS 2 never occur)
 
 
-@pytest.mark.parametrize('constraint,keep', [
-    (dict(no_repeat_ngram=1), lambda c: not has_repeated_ngram(c[:-1], 1)),
+@pytest.mark.parametrize('constraint,keep,favoured', [
+    (dict(no_repeat_ngram=1), lambda c: not has_repeated_ngram(c[:-1], 1), {5: 5.0}),
     (dict(min_words=2, word_start=jnp.asarray(WORD_START)),
-     lambda c: WORD_START[c[:-1]].sum() >= 2 or len(c) == 3),  # at the budget: EOS
-    (dict(min_len=2, no_repeat_ngram=1), lambda c: len(c) == 3 and c[0] != c[1]),
+     lambda c: WORD_START[c[:-1]].sum() >= 2 or len(c) == 3,  # at the budget: EOS
+     {5: 3.0, EOS_ID: 3.0}),
+    (dict(min_len=2, no_repeat_ngram=1), lambda c: len(c) == 3 and c[0] != c[1], {5: 3.0}),
 ])
-def test_wide_beam_finds_the_best_sequence_that_meets_the_constraint(constraint, keep):
-  """As above, with token 5 (not word-initial) favoured so that the constraint binds, over only
-  the hypotheses that meet it (EOS excluded from it; the length budget wins over a minimum)."""
+def test_wide_beam_finds_the_best_sequence_that_meets_the_constraint(constraint, keep, favoured):
+  """As above, with tokens favoured (5, not word-initial; EOS) so that the constraint binds by a
+  clear margin, over only the hypotheses that meet it (EOS excluded from it; the length budget
+  wins over a minimum)."""
   model = EncoderDecoder(tiny_config(vocab_size=7), rngs=nnx.Rngs(3))
-  bonus = jnp.zeros(7).at[5].set(3.0)
+  bonus = jnp.zeros(7).at[jnp.asarray(list(favoured))].set(jnp.asarray(list(favoured.values())))
   src = jnp.array([[4, 5, 6, 1]])
   allowed = [t for t in range(7) if t not in (PAD_ID, BOS_ID, EOS_ID)]
   candidates = [[EOS_ID]] + [[a, EOS_ID] for a in allowed] + [
@@ -120,6 +122,7 @@ def test_wide_beam_finds_the_best_sequence_that_meets_the_constraint(constraint,
     return float(sum(log_probs[i, t] for i, t in enumerate(c))) / decoding.length_penalty(
         len(c), 0.6)
   best_score, best = max((score(c), c) for c in candidates if keep(c))
+  assert max(score(c) for c in candidates) > best_score + 0.1  # the constraint binds
   kwargs = dict(beam_size=16, max_len=3, len_a=0.0, len_b=3)
   unconstrained = decoding.beam_search(_Favouring(model, bonus), src, **kwargs)
   out, out_score = decoding.beam_search(_Favouring(model, bonus), src, **kwargs, **constraint)
