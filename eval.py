@@ -213,7 +213,7 @@ def translate_lines(config, tok, graphdef, params, rest, beam_size, alpha, batch
   """Decode user lines; an empty line gives an empty line, so outputs stay aligned."""
   decode_fn = make_decode_fn(graphdef, rest, config, tok, beam_size, alpha)
   keep = [i for i, line in enumerate(lines) if line.strip()]
-  sources = tok.encode([lines[i] for i in keep])
+  sources = tok.encode([datasets.model_text(config, lines[i]) for i in keep])
   for i, s in zip(keep, sources):
     if len(s) > config.max_eval_len:
       print(f'warning: line {i + 1} has {len(s)} tokens, more than max_eval_len='
@@ -228,7 +228,8 @@ def translate_lines(config, tok, graphdef, params, rest, beam_size, alpha, batch
 def attention_maps(config, tok, graphdef, params, rest, sentence, beam_size, alpha):
   """Decode `sentence`; return (source pieces, output pieces, encoder self-attention
   [layers][heads, src, src], cross-attention [layers][heads, out, src])."""
-  source = batching.truncate(tok.encode([sentence])[0], config.max_eval_len)[None]
+  source = batching.truncate(tok.encode([datasets.model_text(config, sentence)])[0],
+                             config.max_eval_len)[None]
   decode_fn = make_decode_fn(graphdef, rest, config, tok, beam_size, alpha)
   out = np.asarray(decode_fn(params, source, max_len=train.decode_length(config,
                                                                           source.shape[1])))[0]

@@ -59,10 +59,10 @@ def define_flags():
 
 SCHEDULES = ('rsqrt', 'cosine', 'constant')
 OPTIMIZERS = ('adam', 'adamw')
-# Fields that fix the parameters' shapes: a resumed run must not change them.
+# Fields that fix the parameters' shapes or the text they read: a resumed run keeps them.
 MODEL_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers', 'num_decoder_layers',
                 'mlp_dim', 'max_len', 'position_embedding', 'share_embeddings',
-                'tie_output_embedding', 'layer_norm', 'param_dtype', 'copy_attention')
+                'tie_output_embedding', 'layer_norm', 'param_dtype', 'copy_attention', 'lowercase')
 
 
 class ConfigError(ValueError):

@@ -217,6 +217,13 @@ def no_network() -> bool:
 # ----------------------------------------------------------------------------- entry point
 
 
+def model_text(config, text: str) -> str:
+  """A text as the model sees it: lowercased under config.lowercase (the Multi30k papers'
+  lowercased-data protocol, for tokenized lowercased BLEU; cased metrics then score the lowercase
+  output against the cased references), else unchanged."""
+  return text.lower() if config.get('lowercase', False) else text
+
+
 def splits_of(config):
   """Split names available for the configured dataset (for error messages and eval.py)."""
   if config.dataset == 'multi30k':
@@ -266,6 +273,8 @@ def load_examples(config, split: str):
       examples.append({'source': _text(record[src_key]), 'target': _text(record[tgt_key]),
                        'references': [_text(record[tgt_key])]})
   kept = [e for e in examples if e['source'].strip() and e['target'].strip()]
+  for e in kept:  # what the model reads and writes; 'references' stay as written, for scoring
+    e['source'], e['target'] = model_text(config, e['source']), model_text(config, e['target'])
   if not kept:
     raise DataError(f'split {split!r} of {config.dataset!r} has no examples.')
   return kept, len(examples) - len(kept)

@@ -47,6 +47,18 @@ def test_multi30k_split_counts_and_alignment(multi30k_config):
   assert [e['tok_reference'] for e in val] == tok_de
 
 
+def test_lowercase_changes_what_the_model_reads_but_not_the_references():
+  config = default.get_config()
+  config.lowercase = True
+  val, _ = datasets.load_examples(config, 'val')
+  raw_en = datasets.read_lines(f'{datasets.RAW_DIR}/multi30k/val.en')
+  raw_de = datasets.read_lines(f'{datasets.RAW_DIR}/multi30k/val.de')
+  assert [e['source'] for e in val] == [line.lower() for line in raw_en]
+  assert [e['target'] for e in val] == [line.lower() for line in raw_de]
+  assert [e['references'] for e in val] == [[line] for line in raw_de]  # scored as written
+  assert any(e['target'] != e['references'][0] for e in val)
+
+
 def test_multi30k_any_direction(multi30k_config):
   config = default.get_config()
   config.source_lang, config.target_lang = 'fr', 'de'
