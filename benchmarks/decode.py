@@ -30,13 +30,14 @@ FLAGS = flags.FLAGS
 
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import train  # noqa: E402
 from configs import default  # noqa: E402
 from model import decoding  # noqa: E402
-from model.transformer import EncoderDecoder  # noqa: E402
+from model.transformer import EncoderDecoder, resolve_matmul_dtype  # noqa: E402
 
 
 def main(argv):
@@ -75,7 +76,8 @@ def main(argv):
     return run
 
   print(f'== decoding, {label}: batch {FLAGS.batch}, source length {inputs.shape[1]}, '
-        f'{FLAGS.tokens} generated tokens, matmul_dtype {config.matmul_dtype}; '
+        f'{FLAGS.tokens} generated tokens, matmul_dtype {config.matmul_dtype} '
+        f'({jnp.dtype(resolve_matmul_dtype(config.matmul_dtype)).name}); '
         f'{jax.devices()[0].platform}, {os.cpu_count()} cores')
   modes = [True, False] if FLAGS.no_cache else [True]
   for beam in map(int, FLAGS.beams.split(',')):

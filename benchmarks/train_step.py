@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 
 import train  # noqa: E402
 from configs import default  # noqa: E402
+from model.transformer import resolve_matmul_dtype  # noqa: E402
 
 
 def matmul_peak_gflops(n=2048, reps=10, dtype=jnp.float32):
@@ -124,8 +125,9 @@ def main(argv):
   rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
   label = 'default config, real data' if FLAGS.real_data else (
       f'{FLAGS.shape}: batch {FLAGS.batch} x length {FLAGS.length}')
+  matmul_dtype = jnp.dtype(resolve_matmul_dtype(config.matmul_dtype))
   print(f'== train step, {label}, {jax.device_count()} {jax.devices()[0].platform} device(s), '
-        f'{os.cpu_count()} cores, matmul_dtype {config.matmul_dtype}, '
+        f'{os.cpu_count()} cores, matmul_dtype {config.matmul_dtype} ({matmul_dtype.name}), '
         f'overrides [{FLAGS.override}]')
   print(f'target tokens/s          {tgt_s:,.0f}   (median of {FLAGS.repeats} x {FLAGS.steps} '
         f'steps)')
@@ -133,9 +135,9 @@ def main(argv):
   print(f'model GFLOP/s            {gflops:.1f}')
   print(f'f32 matmul peak GFLOP/s  {peak:.1f}')
   print(f'MFU                      {100 * gflops / peak:.1f}%')
-  if config.matmul_dtype != 'float32':
-    low = matmul_peak_gflops(dtype=jnp.dtype(config.matmul_dtype))
-    print(f'{config.matmul_dtype + " peak GFLOP/s":25s}{low:.1f}')
+  if matmul_dtype != jnp.float32:
+    low = matmul_peak_gflops(dtype=matmul_dtype)
+    print(f'{matmul_dtype.name + " peak GFLOP/s":25s}{low:.1f}')
     print(f'MFU vs that peak         {100 * gflops / low:.1f}%')
   print(f'compile time             {compile_s:.1f} s')
   print(f'peak RSS                 {rss_gb:.2f} GB')

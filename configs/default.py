@@ -7,14 +7,15 @@ Command (a fresh clone, this repo's root):
       --alpha=1.5 --average_last=10
 
 Measured on a 2-core x86 CPU (AMD EPYC, AVX-512 with BF16), no GPU: 11000 steps of 32 packed
-rows in 55.2 min of training wall time (process start to exit), bfloat16 matmuls with float32
-sums, parameters, optimizer, softmax and loss; test_2016_flickr 40.59 tokenized lowercased BLEU,
+rows in 55.2 min of training wall time (process start to exit), bfloat16 matmuls (what
+matmul_dtype 'auto' picks on that CPU) with float32 sums, parameters, optimizer, softmax and loss; test_2016_flickr 40.59 tokenized lowercased BLEU,
 40.31 SacreBLEU, 65.23 chrF (beam 5, alpha 1.5, average of the last 10 checkpoints; all chosen on
 val, 42.80 there). Published reference: Wu et al. (ACL 2021) Transformer-tiny, 41.02 tokenized
 lowercased BLEU (not reached on test). Details, the other test sets and an ablation (batch 64 and
-16 rows, float32, greedy): README "Results". On a CPU without AVX512-BF16 pass
---config.matmul_dtype=float32 (exact float32, ~1.3x slower here: lower num_train_steps to fit an
-hour).
+16 rows, float32, greedy): README "Results". On a CPU without AVX512-BF16 or AMX, 'auto' picks exact float32 (bfloat16
+is emulated there and slower): on a 2-core Intel Ice Lake Xeon (2.8 GHz) the real-data step runs
+at ~3,270 target tokens/s against the EPYC's 6,420 (benchmarks/train_step.py --real_data), so
+lower num_train_steps (~5500) to fit an hour there.
 
 Variants are arguments of this one config: `--config=configs/default.py:base` (the paper's base
 shape, 6+6 layers, 512 wide, 8 heads, MLP 2048) or `:big` (6+6, 1024, 16 heads, 4096); every field
@@ -85,7 +86,8 @@ def get_config(size: str = 'tiny'):
   config.attention_kernel = 'einsum'   # einsum (own path) | jax (jax.nn.dot_product_attention)
   config.dtype = 'float32'             # activations: float32 | bfloat16
   config.param_dtype = 'float32'
-  config.matmul_dtype = 'bfloat16'     # matmul operands: bfloat16 (f32 sums) | float32 (exact)
+  config.matmul_dtype = 'auto'         # matmul operands: bfloat16 (f32 sums) | float32 (exact) |
+                                       # auto: bfloat16 where native (AVX512-BF16/AMX, GPU, TPU)
 
   # ---- training
   config.seed = 0

@@ -19,9 +19,37 @@ from model.attention import (KERNELS, MultiHeadAttention, combine_masks, dropout
 POSITION_TYPES = ('sinusoidal', 'learned')
 LAYER_NORM_TYPES = ('pre', 'post')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+MATMUL_DTYPES = (*DTYPES, 'auto')
+# x86 CPU flags of a native bfloat16 matmul; without them XLA:CPU emulates it, slower than float32
+BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def cpu_flags(cpuinfo: str = '/proc/cpuinfo') -> set:
+  """The CPU's feature flags as Linux lists them (empty where that file does not exist)."""
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        if line.startswith('flags'):
+          return set(line.split(':', 1)[1].split())
+  except OSError:
+    pass
+  return set()
+
+
+def resolve_matmul_dtype(name: str, backend: str | None = None, flags: set | None = None):
+  """config.matmul_dtype -> a dtype. 'auto' is bfloat16 where matmuls run natively in it
+  (GPUs, TPUs, x86 CPUs with AVX512-BF16 or AMX) and exact float32 elsewhere, where bfloat16 is
+  emulated and slower (README "Speed")."""
+  if name != 'auto':
+    return DTYPES[name]
+  if (backend or jax.default_backend()) != 'cpu':
+    return jnp.bfloat16
+  flags = cpu_flags() if flags is None else flags
+  return jnp.bfloat16 if flags & set(BF16_CPU_FLAGS) else jnp.float32
+
 
 
 def sinusoidal_positions(max_len: int, dim: int):
@@ -99,7 +127,7 @@ def validate_config(config):
       fail(field, 'must be in [0, 1).')
   for field, allowed in (('attention_kernel', KERNELS), ('position_embedding', POSITION_TYPES),
                          ('layer_norm', LAYER_NORM_TYPES), ('dtype', tuple(DTYPES)),
-                         ('param_dtype', tuple(DTYPES)), ('matmul_dtype', tuple(DTYPES))):
+                         ('param_dtype', tuple(DTYPES)), ('matmul_dtype', MATMUL_DTYPES)):
     if config.get(field) not in allowed:
       fail(field, f'is unknown; use one of {allowed}.')
   if not isinstance(config.get('copy_attention', False), bool):
@@ -154,13 +182,13 @@ def _attention(config, rngs, self_attention):
                             dropout_rate=config.attention_dropout_rate,
                             kernel=config.attention_kernel, dtype=DTYPES[config.dtype],
                             param_dtype=DTYPES[config.param_dtype],
-                            matmul_dtype=DTYPES[config.matmul_dtype])
+                            matmul_dtype=resolve_matmul_dtype(config.matmul_dtype))
 
 
 def _mlp(config, rngs):
   return MlpBlock(config.emb_dim, config.mlp_dim, config.dropout_rate, rngs=rngs,
                   dtype=DTYPES[config.dtype], param_dtype=DTYPES[config.param_dtype],
-                  matmul_dtype=DTYPES[config.matmul_dtype])
+                  matmul_dtype=resolve_matmul_dtype(config.matmul_dtype))
 
 
 class EncoderLayer(_Sublayers):
@@ -242,7 +270,7 @@ class EncoderDecoder(nnx.Module):
     self.config = config
     dim = config.emb_dim
     param_dtype, self.dtype = DTYPES[config.param_dtype], DTYPES[config.dtype]
-    self.matmul_dtype = DTYPES[config.matmul_dtype]
+    self.matmul_dtype = resolve_matmul_dtype(config.matmul_dtype)
     embed_init = nnx.initializers.normal(stddev=dim ** -0.5)
 
     def embedding():

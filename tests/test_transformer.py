@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from configs import default
-from model import attention as attn
+from model import attention as attn, transformer
 from model.transformer import (EncoderDecoder, EncoderLayer, count_params,
                                pointer_generator_log_probs, shift_right, sinusoidal_positions)
 
@@ -189,6 +189,22 @@ def test_big_config_builds_with_its_shape():
 def test_bad_config_values_raise_naming_the_field(field, value, message):
   with pytest.raises(ValueError, match=message):
     make_model(**{field: value})
+
+
+def test_auto_matmul_dtype_is_bfloat16_only_where_it_is_native(tmp_path):
+  cpuinfo = tmp_path / 'cpuinfo'
+  cpuinfo.write_text('processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n'
+                     'processor\t: 1\nflags\t\t: fpu avx2 avx512f avx512_bf16\n')
+  assert transformer.cpu_flags(str(cpuinfo)) == {'fpu', 'avx2', 'avx512f', 'avx512_bf16'}
+  assert transformer.cpu_flags(str(tmp_path / 'missing')) == set()
+  auto = transformer.resolve_matmul_dtype
+  assert auto('auto', 'cpu', {'avx512f', 'avx512_bf16'}) == jnp.bfloat16
+  assert auto('auto', 'cpu', {'amx_bf16'}) == jnp.bfloat16
+  assert auto('auto', 'cpu', {'avx2', 'avx512f', 'avx512_vnni'}) == jnp.float32  # emulated
+  assert auto('auto', 'gpu', set()) == auto('auto', 'tpu', set()) == jnp.bfloat16
+  assert auto('float32', 'gpu') == jnp.float32 and auto('bfloat16', 'cpu', set()) == jnp.bfloat16
+  # The model takes 'auto' and resolves it once, for this machine.
+  assert make_model(matmul_dtype='auto').matmul_dtype == auto('auto')
 
 
 def test_malformed_token_inputs_raise():
