@@ -5,6 +5,7 @@ Pre-LN by default (more stable for small data and short schedules), post-LN as i
 per row, told apart by segment ids (0 = padding) with positions restarting at 0 per example.
 """
 
+import functools
 import math
 from typing import Any
 
@@ -27,16 +28,17 @@ BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
 # ----------------------------------------------------------------------------- helpers
 
 
-def cpu_flags(cpuinfo: str = '/proc/cpuinfo') -> set:
+@functools.lru_cache
+def cpu_flags(cpuinfo: str = '/proc/cpuinfo') -> frozenset:
   """The CPU's feature flags as Linux lists them (empty where that file does not exist)."""
   try:
     with open(cpuinfo) as f:
       for line in f:
         if line.startswith('flags'):
-          return set(line.split(':', 1)[1].split())
+          return frozenset(line.split(':', 1)[1].split())
   except OSError:
     pass
-  return set()
+  return frozenset()
 
 
 def resolve_matmul_dtype(name: str, backend: str | None = None, flags: set | None = None):
@@ -49,7 +51,6 @@ def resolve_matmul_dtype(name: str, backend: str | None = None, flags: set | Non
     return jnp.bfloat16
   flags = cpu_flags() if flags is None else flags
   return jnp.bfloat16 if flags & set(BF16_CPU_FLAGS) else jnp.float32
-
 
 
 def sinusoidal_positions(max_len: int, dim: int):
