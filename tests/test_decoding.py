@@ -28,10 +28,13 @@ def sequence_log_prob(model, src_row, tokens):
 
 def test_greedy_follows_teacher_forced_argmax(model):
   out = np.asarray(decoding.greedy_decode(model, SRC, max_len=8))
+  # One compiled forward pass: prefixes are padded to one length (outputs are causal, tested).
+  forward = nnx.jit(lambda model, src, tgt: model(src, shift_right(tgt)))
   for row in range(SRC.shape[0]):
     prefix = []
     for _ in range(8):
-      logits = model(SRC[row:row + 1], shift_right(jnp.asarray([prefix + [EOS_ID]])))
+      padded = prefix + [EOS_ID] + [PAD_ID] * (8 - len(prefix))
+      logits = forward(model, SRC[row:row + 1], jnp.asarray([padded]))
       scores = np.array(logits[0, len(prefix)])
       scores[[PAD_ID, BOS_ID]] = -np.inf
       prefix.append(int(np.argmax(scores)))
