@@ -22,7 +22,7 @@ LAYER_NORM_TYPES = ('pre', 'post')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 MATMUL_DTYPES = (*DTYPES, 'auto')
 # x86 CPU flags of a native bfloat16 matmul; without them XLA:CPU emulates it, slower than float32
-BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
+BF16_CPU_FLAGS = frozenset({'avx512_bf16', 'amx_bf16'})
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -50,7 +50,7 @@ def resolve_matmul_dtype(name: str, backend: str | None = None, flags: set | Non
   if (backend or jax.default_backend()) != 'cpu':
     return jnp.bfloat16
   flags = cpu_flags() if flags is None else flags
-  return jnp.bfloat16 if flags & set(BF16_CPU_FLAGS) else jnp.float32
+  return jnp.bfloat16 if BF16_CPU_FLAGS & set(flags) else jnp.float32
 
 
 def sinusoidal_positions(max_len: int, dim: int):

@@ -203,7 +203,7 @@ def test_auto_matmul_dtype_is_bfloat16_only_where_it_is_native(tmp_path):
   assert auto('auto', 'cpu', {'avx2', 'avx512f', 'avx512_vnni'}) == jnp.float32  # emulated
   assert auto('auto', 'gpu', set()) == auto('auto', 'tpu', set()) == jnp.bfloat16
   assert auto('float32', 'gpu') == jnp.float32 and auto('bfloat16', 'cpu', set()) == jnp.bfloat16
-  # The model takes 'auto' and resolves it once, for this machine.
+  # The model takes 'auto' and resolves it for the machine it runs on.
   assert make_model(matmul_dtype='auto').matmul_dtype == auto('auto')
 
 
