@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/default.py
 WORKDIR ?= runs/default
 PYTEST_ARGS ?=
-TEST_WORKERS ?= auto  # pytest-xdist processes (auto: one per core); 0 runs in this process
+TEST_WORKERS ?= auto  # pytest-xdist processes (auto: one per core, at most 4); 0: this process
 
 .PHONY: setup train eval test test-fast clean
 
@@ -25,10 +25,10 @@ eval: setup
 	$(PY) eval.py --workdir=$(WORKDIR) --split=test_2016_flickr
 
 test: setup  ## the whole suite (CI runs this)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses=4 $(PYTEST_ARGS) tests
 
 test-fast: setup  ## skip the slow end-to-end tests
-	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses=4 -m "not slow" $(PYTEST_ARGS) tests
 
 clean:
 	rm -rf $(VENV)
