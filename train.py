@@ -100,6 +100,9 @@ def validate_training_config(config):
             'must be an integer >= 0 (0: off).')
   require(config.grad_clip_norm >= 0, 'grad_clip_norm', 'must be >= 0 (0 disables).')
   require(config.schedule in SCHEDULES, 'schedule', f'is unknown; use one of {SCHEDULES}.')
+  require(config.schedule != 'cosine' or max(config.warmup_steps, 1) < config.num_train_steps,
+          'warmup_steps', f'must be below config.num_train_steps={config.num_train_steps} for the '
+          'cosine schedule (it decays over the steps after warmup); lower it or train longer.')
   require(config.optimizer in OPTIMIZERS, 'optimizer', f'is unknown; use one of {OPTIMIZERS}.')
   require(config.batching in batching.BATCHINGS, 'batching',
           f'is unknown; use one of {batching.BATCHINGS}.')

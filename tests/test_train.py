@@ -269,6 +269,8 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
                             '--config.num_heads?'),
     ('--config.schedule=linear', "error: config.schedule='linear' is unknown"),
     ('--config.batch_size=0', 'error: config.batch_size=0 must be a positive integer.'),
+    ('--config.num_train_steps=400', 'error: config.warmup_steps=1500 must be below '
+                                     'config.num_train_steps=400 for the cosine schedule'),
     ('--config.min_decode_words=-2', 'error: config.min_decode_words=-2 must be an integer >= 0'),
 ])
 def test_bad_config_is_a_one_line_error_before_anything_runs(tmp_path, flag, message):
