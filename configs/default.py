@@ -14,9 +14,10 @@ alpha 1.5, average of the last 10 checkpoints; all chosen on val, 42.80 there). 
 reference: Wu et al. (ACL 2021) Transformer-tiny, 41.02 tokenized lowercased BLEU (not reached on
 test). Details, the other test sets and an ablation (batch 64 and 16 rows, float32, greedy):
 README "Results". On a CPU without AVX512-BF16 or AMX, 'auto' picks exact float32 (bfloat16 is
-emulated there and slower): on a 2-core Intel Ice Lake Xeon (2.8 GHz) the real-data step runs at
-~3,270 target tokens/s against the EPYC's 6,420 (benchmarks/train_step.py --real_data), so only
-about half the steps fit an hour there: lower num_train_steps accordingly.
+emulated there and slower): on a 2-core Intel Ice Lake Xeon (2.8 GHz) the real-data step ran at
+3,270-5,160 target tokens/s in two sessions against the EPYC's 6,420 (benchmarks/train_step.py
+--real_data), and these 11000 steps took 86 min there (lowercased text): for an hour, lower
+num_train_steps accordingly.
 
 Variants are arguments of this one config: `--config=configs/default.py:base` (the paper's base
 shape, 6+6 layers, 512 wide, 8 heads, MLP 2048) or `:big` (6+6, 1024, 16 heads, 4096); every field
