@@ -116,6 +116,13 @@ def validate_training_config(config):
   require(config.vocab_model_type in tokenizer_lib.MODEL_TYPES, 'vocab_model_type',
           f'is unknown; use one of {tokenizer_lib.MODEL_TYPES}.')
   require(config.vocab_size > 4, 'vocab_size', 'must exceed the 4 special tokens.')
+  alpha = config.subword_sampling_alpha
+  require(alpha >= 0 and (alpha < 1 or config.vocab_model_type == 'unigram'),
+          'subword_sampling_alpha', 'must be >= 0 (0: off), and below 1 for a BPE vocabulary '
+          '(there it is the merge-dropout probability).')
+  nbest = config.subword_sampling_nbest
+  require(isinstance(nbest, int) and (nbest == -1 or nbest > 1), 'subword_sampling_nbest',
+          'must be -1 (sample from all segmentations) or an integer > 1.')
   devices = jax.device_count()
   require(config.batch_size % devices == 0, 'batch_size',
           f'must be divisible by the {devices} devices.')
@@ -498,16 +505,27 @@ def load_data(config, workdir, log):
   if tok.vocab_size != config.vocab_size:
     raise ConfigError(f'config.vocab_size={config.vocab_size} but the tokenizer in {workdir} '
                       f'has {tok.vocab_size} pieces; use a new --workdir.')
-  sources = tok.encode([e['source'] for e in train_examples])
-  targets = tok.encode([e['target'] for e in train_examples])
-  if config.truncate_inputs:
-    sources = [batching.truncate(s, config.max_train_len) for s in sources]
+  texts = ([e['source'] for e in train_examples], [e['target'] for e in train_examples])
+
+  def tokenize(encode):
+    sources, targets = encode(texts[0]), encode(texts[1])
+    if config.truncate_inputs:
+      sources = [batching.truncate(s, config.max_train_len) for s in sources]
+    return sources, targets
+
+  def resample(epoch):  # every process draws the same segmentations
+    seed = int(np.random.default_rng([config.seed, epoch]).integers(1 << 31))
+    return tokenize(functools.partial(tok.sample_encode, alpha=config.subword_sampling_alpha,
+                                      nbest_size=config.subword_sampling_nbest, seed=seed))
+
+  sources, targets = tokenize(tok.encode)
   train_iter = batching.TrainIterator(
       sources, targets, batching=config.batching, batch_size=config.batch_size,
       max_len=config.max_train_len, max_tokens=config.max_tokens, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
       row_multiple=jax.local_device_count(), max_target_len=config.max_target_len or None,
-      pack_window=config.pack_window)
+      pack_window=config.pack_window,
+      resample=resample if config.subword_sampling_alpha > 0 else None)
   limits = f'max_train_len={config.max_train_len}' + (
       f', max_target_len={config.max_target_len}' if config.max_target_len else '')
   log(f'data: {config.dataset} {config.train_split}: {len(train_examples)} pairs '

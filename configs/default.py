@@ -59,6 +59,10 @@ def get_config(size: str = 'tiny'):
   config.vocab_size = 8000             # SentencePiece vocabulary (joint source+target)
   config.vocab_model_type = 'unigram'  # unigram | bpe
   config.vocab_max_chars = 10_000_000  # characters of training text used to fit the vocabulary
+  config.subword_sampling_alpha = 0.0  # > 0: each epoch re-tokenizes training pairs with sampled
+                                       # segmentations: unigram subword regularization (Kudo
+                                       # 2018, smoothing alpha) or BPE-dropout (probability)
+  config.subword_sampling_nbest = -1   # unigram: sample among the n best segmentations; -1: all
   config.max_len = 128                 # positions the model supports (source and target)
   config.max_train_len = 64            # longer training pairs are dropped (and counted)
   config.max_target_len = 0            # training targets' own row length; 0: max_train_len

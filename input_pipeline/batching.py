@@ -46,11 +46,19 @@ class TrainIterator:
   rows are max_target_len long (packed) or the target bucket that fits the batch's longest
   target (bucketed, where rows are then bucketed by source length alone): summarization's short
   targets then do not pay for the long sources' row length in the decoder.
+
+  `resample(epoch) -> (sources, targets)`, if given, re-tokenizes every pair (aligned with
+  `sources`/`targets`) for each epoch: subword regularization. A sampled pair that breaks the
+  length limits keeps its given tokens; pairs are kept or dropped by the given tokens. The new
+  tokens apply from the first batch that starts in the epoch on, to every example, including
+  those still waiting from the previous epoch (bucketed: they move to their new length
+  bucket); a batch is laid out with the tokens it started with. A resumed run re-tokenizes its
+  epoch, so it sees the same batches as an uninterrupted one.
   """
 
   def __init__(self, sources, targets, *, batching='packed', batch_size=64, max_len=64,
                max_tokens=4096, seed=0, process_index=0, process_count=1, row_multiple=1,
-               max_target_len=None, pack_window=1):
+               max_target_len=None, pack_window=1, resample=None):
     if batching not in BATCHINGS:
       raise ValueError(f'config.batching={batching!r} is unknown; use one of {BATCHINGS}.')
     self.separate_target_len = bool(max_target_len)
@@ -61,10 +69,10 @@ class TrainIterator:
       raise ValueError(f'no training pair fits config.max_train_len={max_len} (targets: '
                        f'{self.max_target_len}).')
     self.dropped = len(sources) - len(keep)
-    self.sources = [np.asarray(sources[i], np.int32) for i in keep]
-    self.targets = [np.asarray(targets[i], np.int32) for i in keep]
-    self.lengths = np.array([[len(s), len(t)] for s, t in zip(self.sources, self.targets)])
     self.row_limits = np.array([max_len, self.max_target_len])
+    self._keep, self._resample, self._tokens_epoch = keep, resample, None
+    self._given = (sources, targets)
+    self._set_tokens(sources, targets)
     self.batching, self.max_len, self.seed = batching, max_len, seed
     self.process_index, self.process_count = process_index, process_count
     multiple = row_multiple * process_count  # rows must split evenly over devices and hosts
@@ -72,7 +80,6 @@ class TrainIterator:
       if pack_window < 1:
         raise ValueError(f'config.pack_window={pack_window} must be at least 1 (1: next-fit).')
       self.pack_window = pack_window
-      self._pairs = [tuple(map(int, pair)) for pair in self.lengths]  # fast to scan
       if batch_size % multiple:
         raise ValueError(f'config.batch_size={batch_size} must be divisible by {multiple} '
                          f'(devices x processes).')
@@ -106,6 +113,33 @@ class TrainIterator:
     """Share of padding among all token slots produced so far (source and target)."""
     return 1.0 - self.real_tokens / max(self.total_tokens, 1)
 
+  # -- tokens
+
+  def _set_tokens(self, sources, targets):
+    """The kept pairs' tokens: `sources`/`targets` where within the limits, else the given."""
+    self.sources, self.targets = [], []
+    for i in self._keep:
+      source, target = sources[i], targets[i]
+      if not (len(source) <= self.row_limits[0] and len(target) <= self.row_limits[1]):
+        source, target = self._given[0][i], self._given[1][i]
+      self.sources.append(np.asarray(source, np.int32))
+      self.targets.append(np.asarray(target, np.int32))
+    self.lengths = np.array([[len(s), len(t)] for s, t in zip(self.sources, self.targets)])
+    self._pairs = [tuple(map(int, pair)) for pair in self.lengths]  # fast to scan
+
+  def _sync_tokens(self):
+    """Re-tokenize (resample) for the current epoch if not done yet."""
+    epoch = self.state['epoch']
+    if self._resample is None or self._tokens_epoch == epoch:
+      return
+    self._set_tokens(*self._resample(epoch))
+    self._tokens_epoch = epoch
+    if self.batching == 'bucketed':  # waiting examples move to their new length bucket
+      pending = [[] for _ in self.buckets]
+      for example in (e for bucket in self.state['pending'] for e in bucket):
+        pending[self._bucket_of(example)].append(example)
+      self.state['pending'] = pending
+
   # -- iteration
 
   def _permutation(self, epoch):
@@ -127,6 +161,7 @@ class TrainIterator:
     return self
 
   def __next__(self):
+    self._sync_tokens()
     if self.batching == 'packed':
       rows, lengths = self._packed_rows(), self.row_limits
     else:
@@ -174,10 +209,10 @@ class TrainIterator:
       example = self._next_example()
       bucket = self._bucket_of(example)
       pending[bucket].append(example)
-      if len(pending[bucket]) == self.bucket_rows[bucket]:
-        rows = [[e] for e in pending[bucket]]
-        pending[bucket] = []
-        return rows, self.buckets[bucket]
+      rows = self.bucket_rows[bucket]
+      if len(pending[bucket]) >= rows:  # more only after a resample moved examples here
+        batch, pending[bucket] = pending[bucket][:rows], pending[bucket][rows:]
+        return [[e] for e in batch], self.buckets[bucket]
 
 
 def _pack(rows, sources, targets, source_length, target_length):

@@ -187,6 +187,26 @@ def test_tokenizer_is_reused_from_the_workdir(tmp_path, multi30k_train):
   assert first.encode(['a dog']) == second.encode(['a dog'])
 
 
+@pytest.mark.parametrize('model_type,alpha', [('unigram', 0.3), ('bpe', 0.1)])
+def test_sampled_segmentations_spell_the_same_text_and_follow_the_seed(
+    multi30k_train, multi30k_config, tmp_path, model_type, alpha):
+  texts = [e[side] for e in multi30k_train[:3000] for side in ('source', 'target')]
+  tok = tokenizer_lib.train_tokenizer(texts, str(tmp_path / 'tok.model'), vocab_size=1000,
+                                      model_type=model_type)
+  val, _ = datasets.load_examples(multi30k_config, 'val')
+  texts = [' '.join(e[side].split()) for e in val[:200] for side in ('source', 'target')]
+  sampled = tok.sample_encode(texts, alpha=alpha, nbest_size=-1, seed=1)
+  assert sampled == tok.sample_encode(texts, alpha=alpha, nbest_size=-1, seed=1)
+  assert sampled != tok.sample_encode(texts, alpha=alpha, nbest_size=-1, seed=2)
+  assert [tok.decode(seq) for seq in sampled] == texts
+  assert all(seq[-1] == tokenizer_lib.EOS_ID and tokenizer_lib.EOS_ID not in seq[:-1]
+             for seq in sampled)
+  best = tok.encode(texts)
+  changed = sum(a != b for a, b in zip(sampled, best))
+  assert 0.1 * len(texts) < changed < len(texts)
+  assert sum(map(len, sampled)) > sum(map(len, best))  # the best segmentation is the shortest
+
+
 # ----------------------------------------------------------------------------- batching
 
 
@@ -393,3 +413,51 @@ def test_packed_pipeline_examples_do_not_see_each_other(encoded):
     tgt = row['targets'][0][where][None]
     alone = model(src, shift_right(tgt))
     np.testing.assert_allclose(logits[0][where], alone[0], atol=1e-4)
+
+
+@pytest.fixture(scope='module')
+def resample_600(small_tokenizer, multi30k_train):
+  """resample(epoch) for the `encoded` examples: unigram sampling seeded by the epoch."""
+  texts = [[e[side] for e in multi30k_train[:600]] for side in ('source', 'target')]
+  return lambda epoch: tuple(small_tokenizer.sample_encode(t, 0.2, -1, seed=epoch) for t in texts)
+
+
+@pytest.mark.parametrize('mode', batching.BATCHINGS)
+def test_resampled_epochs_resume_exactly(encoded, resample_600, mode):
+  kwargs = dict(batching=mode, batch_size=16, max_len=40, max_tokens=1024, seed=3,
+                pack_window=4, resample=resample_600)
+  it = batching.TrainIterator(*encoded, **kwargs)
+  take(it, 9)
+  state = json.loads(json.dumps(it.get_state()))
+  expected = take(it, 40)  # crosses an epoch boundary, where the tokens change
+  assert it.state['epoch'] >= 1
+  resumed = batching.TrainIterator(*encoded, **kwargs)
+  resumed.set_state(state)
+  for a, b in zip(expected, take(resumed, 40)):
+    for key in batching.KEYS:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_each_epoch_reads_its_sample_unless_it_breaks_the_length_limit(
+    encoded, resample_600, small_tokenizer):
+  limit = 24
+  it = batching.TrainIterator(*encoded, batching='packed', batch_size=8, max_len=limit,
+                              resample=resample_600)
+  kept = [i for i, (s, t) in enumerate(zip(*encoded)) if len(s) <= limit and len(t) <= limit]
+  seen_by_epoch = []
+  for epoch in range(2):
+    pairs = set()
+    while it.state['epoch'] == epoch:  # the batches that start in this epoch
+      pairs.update(unpack(next(it)))
+    sample = resample_600(epoch)
+    too_long = 0
+    for k, i in enumerate(kept):
+      fits = len(sample[0][i]) <= limit and len(sample[1][i]) <= limit
+      too_long += not fits
+      source, target = (sample[0][i], sample[1][i]) if fits else (encoded[0][i], encoded[1][i])
+      assert list(it.sources[k]) == source and list(it.targets[k]) == target
+    assert too_long > 0  # the fallback was exercised
+    seen_by_epoch.append(pairs)
+  assert len(seen_by_epoch[0] - seen_by_epoch[1]) > 100  # other segmentations
+  texts = {small_tokenizer.decode(list(s)) for s, _ in seen_by_epoch[1]}
+  assert texts <= {small_tokenizer.decode(s) for s in encoded[0]}

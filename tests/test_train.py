@@ -272,10 +272,12 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
     ('--config.num_train_steps=400', 'error: config.warmup_steps=1500 must be below '
                                      'config.num_train_steps=400 for the cosine schedule'),
     ('--config.min_decode_words=-2', 'error: config.min_decode_words=-2 must be an integer >= 0'),
+    ('--config.vocab_model_type=bpe --config.subword_sampling_alpha=1.0',
+     'error: config.subword_sampling_alpha=1.0 must be >= 0 (0: off), and below 1 for a BPE'),
 ])
 def test_bad_config_is_a_one_line_error_before_anything_runs(tmp_path, flag, message):
-  result = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path}/run', flag],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+  result = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path}/run',
+                           *flag.split()], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith(message)
   assert 'Traceback' not in result.stderr
