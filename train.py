@@ -10,6 +10,7 @@ Several processes (multi-host): pass --coordinator_address/--num_processes/--pro
 """
 
 import functools
+import io
 import json
 import math
 import os
@@ -493,6 +494,40 @@ def evaluate(params, eval_fn, greedy_fn, eval_data, tok, config, sharding, num_b
 # ----------------------------------------------------------------------------- main loop
 
 
+SAMPLES_DIR = 'subword_samples'
+
+
+def saved_samples(workdir: str, resample):
+  """Wraps `resample(epoch) -> (sources, targets)` so that each epoch's sampled segmentations
+  are drawn once, by process 0, and saved in <workdir>/subword_samples/: every process, and a
+  run resumed in that epoch or the next, reads the same tokens (SentencePiece's sampling cannot
+  be seeded across processes). Older epochs' files are deleted (~4 bytes per token)."""
+  directory = epath.Path(workdir) / SAMPLES_DIR
+
+  def read_or_draw(epoch):
+    path = directory / f'epoch_{epoch}.npz'
+    if jax.process_index() == 0 and not path.exists():
+      directory.mkdir(parents=True, exist_ok=True)
+      buffer = io.BytesIO()
+      np.savez(buffer, **{f'{side}_{part}': array for side, seqs in zip(
+          ('sources', 'targets'), resample(epoch)) for part, array in zip(
+              ('tokens', 'lengths'), (np.concatenate(seqs).astype(np.int32),
+                                      np.array([len(s) for s in seqs], np.int32)))})
+      partial = directory / (path.name + '.partial')  # write-then-rename, as checkpoints
+      partial.write_bytes(buffer.getvalue())
+      partial.replace(path)
+      for old in directory.glob('epoch_*.npz'):
+        if int(old.stem.split('_')[1]) < epoch - 1:
+          old.unlink()
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'subword samples of epoch {epoch}')
+    with np.load(io.BytesIO(path.read_bytes())) as saved:
+      return tuple(np.split(saved[f'{side}_tokens'], np.cumsum(saved[f'{side}_lengths'])[:-1])
+                   for side in ('sources', 'targets'))
+
+  return read_or_draw
+
+
 def load_data(config, workdir, log):
   """Training iterator, the run's tokenizer and tokenized validation data."""
   train_examples, skipped = datasets.load_examples(config, config.train_split)
@@ -513,10 +548,9 @@ def load_data(config, workdir, log):
       sources = [batching.truncate(s, config.max_train_len) for s in sources]
     return sources, targets
 
-  def resample(epoch):  # every process draws the same segmentations
-    seed = int(np.random.default_rng([config.seed, epoch]).integers(1 << 31))
+  def resample(epoch):
     return tokenize(functools.partial(tok.sample_encode, alpha=config.subword_sampling_alpha,
-                                      nbest_size=config.subword_sampling_nbest, seed=seed))
+                                      nbest_size=config.subword_sampling_nbest))
 
   sources, targets = tokenize(tok.encode)
   train_iter = batching.TrainIterator(
@@ -525,7 +559,7 @@ def load_data(config, workdir, log):
       process_index=jax.process_index(), process_count=jax.process_count(),
       row_multiple=jax.local_device_count(), max_target_len=config.max_target_len or None,
       pack_window=config.pack_window,
-      resample=resample if config.subword_sampling_alpha > 0 else None)
+      resample=saved_samples(workdir, resample) if config.subword_sampling_alpha > 0 else None)
   limits = f'max_train_len={config.max_train_len}' + (
       f', max_target_len={config.max_target_len}' if config.max_target_len else '')
   log(f'data: {config.dataset} {config.train_split}: {len(train_examples)} pairs '

@@ -61,7 +61,8 @@ def get_config(size: str = 'tiny'):
   config.vocab_max_chars = 10_000_000  # characters of training text used to fit the vocabulary
   config.subword_sampling_alpha = 0.0  # > 0: each epoch re-tokenizes training pairs with sampled
                                        # segmentations: unigram subword regularization (Kudo
-                                       # 2018, smoothing alpha) or BPE-dropout (probability)
+                                       # 2018, smoothing alpha) or BPE-dropout (probability);
+                                       # draws are saved in the workdir (README "Data")
   config.subword_sampling_nbest = -1   # unigram: sample among the n best segmentations; -1: all
   config.max_len = 128                 # positions the model supports (source and target)
   config.max_train_len = 64            # longer training pairs are dropped (and counted)

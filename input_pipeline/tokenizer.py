@@ -2,7 +2,6 @@
 
 import os
 import tempfile
-import threading
 
 import numpy as np
 import sentencepiece as spm
@@ -31,30 +30,17 @@ class Tokenizer:
     """list of str -> list of int lists, each ending with EOS."""
     return [ids + [EOS_ID] for ids in self.sp.encode(list(texts))]
 
-  def sample_encode(self, texts, alpha: float, nbest_size: int, seed: int):
+  def sample_encode(self, texts, alpha: float, nbest_size: int = -1):
     """Like `encode`, but each text gets a segmentation sampled by SentencePiece: subword
     regularization (Kudo 2018) for a unigram model (from the `nbest_size` best segmentations,
     -1: all, with probabilities sharpened by `alpha`), BPE-dropout (Provilkov et al. 2020) with
-    merge-dropout probability `alpha` for a BPE model. Deterministic in `seed`."""
-    result = []
+    merge-dropout probability `alpha` for a BPE model.
 
-    def sample():
-      # SentencePiece keeps one random generator per thread, seeded from the global seed when
-      # the thread first samples: a fresh thread, encoding serially, makes `seed` determine
-      # every segmentation.
-      try:
-        spm.set_random_generator_seed(seed)
-        result.append(self.sp.encode(list(texts), enable_sampling=True, alpha=alpha,
-                                     nbest_size=nbest_size, num_threads=1))
-      except Exception as e:  # pylint: disable=broad-except  (re-raised in the caller)
-        result.append(e)
-
-    thread = threading.Thread(target=sample)
-    thread.start()
-    thread.join()
-    if isinstance(result[0], Exception):
-      raise result[0]
-    return [ids + [EOS_ID] for ids in result[0]]
+    Not reproducible: SentencePiece (0.2.3) samples from abseil's generator, which mixes
+    per-process entropy into any seed. train.py saves each epoch's samples in the workdir.
+    """
+    return [ids + [EOS_ID] for ids in self.sp.encode(
+        list(texts), enable_sampling=True, alpha=alpha, nbest_size=nbest_size)]
 
   def decode(self, ids) -> str:
     ids = [int(i) for i in ids]

@@ -6,6 +6,7 @@ subprocesses with timeouts; the rest call train.train_and_evaluate in-process.
 import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -198,6 +199,26 @@ def test_sigkill_then_rerun_ends_with_the_same_parameters(tmp_path):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6, rtol=0)
   assert losses(straight)[-1] == losses(killed)[-1]
+
+
+def test_subword_samples_saved_in_the_workdir_make_a_resumed_run_exact(tmp_path):
+  """SentencePiece samples differ in every process; a resume reads its epoch's from the workdir."""
+  config = tiny_config(tmp_path, num_train_steps=80, subword_sampling_alpha=0.5)
+  straight = tmp_path / 'straight'
+  train.train_and_evaluate(config, str(straight))
+  samples = sorted(os.listdir(straight / train.SAMPLES_DIR))
+  assert len(samples) == 2 and 'epoch_0.npz' not in samples  # the last two epochs of ~4
+  for name, keep_samples in (('resumed', True), ('resampled', False)):
+    shutil.copytree(straight, tmp_path / name)
+    shutil.rmtree(tmp_path / name / 'checkpoints' / '80')  # resumes from step 70
+    if not keep_samples:
+      shutil.rmtree(tmp_path / name / train.SAMPLES_DIR)
+    train.train_and_evaluate(config, str(tmp_path / name))
+  leaves = [jax.tree.leaves(final_params(tmp_path / name))
+            for name in ('straight', 'resumed', 'resampled')]
+  for x, y in zip(leaves[0], leaves[1]):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert any(not np.array_equal(x, y) for x, y in zip(leaves[0], leaves[2]))
 
 
 @pytest.mark.slow
