@@ -260,10 +260,11 @@ def free_port():
 
 @pytest.mark.slow
 def test_two_processes_give_the_same_losses_as_one(tmp_path):
-  config = tiny_config(tmp_path, num_train_steps=15, checkpoint_every_steps=15)
+  """With subword sampling: both processes read process 0's draw, which the one-process run
+  then reuses (a process that drew its own would pack other rows)."""
+  config = tiny_config(tmp_path, num_train_steps=15, checkpoint_every_steps=15,
+                       subword_sampling_alpha=0.5)
   config_file = write_config_file(config, tmp_path / 'cfg.py')
-  single = run_train(config_file, tmp_path / 'single')
-  assert single.returncode == 0, single.stderr[-2000:]
   address = f'127.0.0.1:{free_port()}'
   workdir = tmp_path / 'multi'
   processes = [subprocess.Popen(
@@ -278,6 +279,9 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
   for p, (_, err) in zip(processes, outputs):
     assert p.returncode == 0, err[-3000:]
   assert '2 devices (cpu), 2 processes' in outputs[0][0]
+  shutil.copytree(workdir / train.SAMPLES_DIR, tmp_path / 'single' / train.SAMPLES_DIR)
+  single = run_train(config_file, tmp_path / 'single')
+  assert single.returncode == 0, single.stderr[-2000:]
   np.testing.assert_allclose(losses(workdir), losses(tmp_path / 'single'), rtol=1e-5)
 
 
