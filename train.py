@@ -507,12 +507,13 @@ def saved_samples(workdir: str, resample):
   def read_or_draw(epoch):
     path = directory / f'epoch_{epoch}.npz'
     if jax.process_index() == 0 and not path.exists():
-      directory.mkdir(parents=True, exist_ok=True)
+      arrays = {}
+      for side, seqs in zip(('sources', 'targets'), resample(epoch)):
+        arrays[f'{side}_tokens'] = np.concatenate(seqs).astype(np.int32)
+        arrays[f'{side}_lengths'] = np.array([len(s) for s in seqs], np.int32)
       buffer = io.BytesIO()
-      np.savez(buffer, **{f'{side}_{part}': array for side, seqs in zip(
-          ('sources', 'targets'), resample(epoch)) for part, array in zip(
-              ('tokens', 'lengths'), (np.concatenate(seqs).astype(np.int32),
-                                      np.array([len(s) for s in seqs], np.int32)))})
+      np.savez(buffer, **arrays)
+      directory.mkdir(parents=True, exist_ok=True)
       partial = directory / (path.name + '.partial')  # write-then-rename, as checkpoints
       partial.write_bytes(buffer.getvalue())
       partial.replace(path)
@@ -549,6 +550,7 @@ def load_data(config, workdir, log):
     return sources, targets
 
   def resample(epoch):
+    del epoch  # every call draws anew; saved_samples keeps each epoch's draw
     return tokenize(functools.partial(tok.sample_encode, alpha=config.subword_sampling_alpha,
                                       nbest_size=config.subword_sampling_nbest))
 
