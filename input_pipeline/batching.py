@@ -52,8 +52,9 @@ class TrainIterator:
   length limits keeps its given tokens; pairs are kept or dropped by the given tokens. The new
   tokens apply from the first batch that starts in the epoch on, to every example, including
   those still waiting from the previous epoch (bucketed: they move to their new length
-  bucket); a batch is laid out with the tokens it started with. A resumed run re-tokenizes its
-  epoch, so it sees the same batches as an uninterrupted one.
+  bucket); a batch is laid out with the tokens it started with. A resumed run calls
+  `resample` for its epoch again: if that returns the same tokens (train.py reads them back from
+  the workdir), it sees the same batches as an uninterrupted run.
   """
 
   def __init__(self, sources, targets, *, batching='packed', batch_size=64, max_len=64,

@@ -355,7 +355,7 @@ def test_same_seed_same_order_other_seed_other_order(encoded, mode):
 
 @pytest.fixture(scope='module')
 def resample_600(small_tokenizer, multi30k_train):
-  """resample(epoch) for the `encoded` examples: unigram sampling seeded by the epoch."""
+  """resample(epoch) for the `encoded` examples: one unigram draw per epoch, kept."""
   texts = [[e[side] for e in multi30k_train[:600]] for side in ('source', 'target')]
   drawn = {}  # an epoch's draw is kept, as train.py keeps it in the workdir
 

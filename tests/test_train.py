@@ -202,7 +202,7 @@ def test_sigkill_then_rerun_ends_with_the_same_parameters(tmp_path):
 
 
 def test_subword_samples_saved_in_the_workdir_make_a_resumed_run_exact(tmp_path):
-  """SentencePiece samples differ in every process; a resume reads its epoch's from the workdir."""
+  """A draw cannot be redone from a seed; a resume reads its epoch's draw from the workdir."""
   config = tiny_config(tmp_path, num_train_steps=80, subword_sampling_alpha=0.5)
   straight = tmp_path / 'straight'
   train.train_and_evaluate(config, str(straight))
