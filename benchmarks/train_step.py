@@ -2,6 +2,7 @@ r"""Training-step throughput on fixed shapes: tokens/s, GFLOP/s, MFU, compile ti
 
   .venv/bin/python benchmarks/train_step.py [--shape=tiny|small] [--steps=20] [--repeats=3]
   .venv/bin/python benchmarks/train_step.py --real_data   # default config's real pipeline
+  .venv/bin/python benchmarks/train_step.py --profile_ops=25  # also: where the step's time goes
 
 Shapes (issue 6): batch 128 pairs, source and target length 32, vocab 10000, tied embeddings,
 dropout 0.1, Adam. MFU is against a jit-compiled float32 2048x2048 matmul measured in the same
@@ -28,6 +29,8 @@ flags.DEFINE_integer('batch', 128, 'Sentence pairs per batch.')
 flags.DEFINE_integer('length', 32, 'Source and target length.')
 flags.DEFINE_bool('real_data', False, 'Use the default config and its real input pipeline.')
 flags.DEFINE_string('override', '', 'Comma-separated config overrides, e.g. dtype=bfloat16.')
+flags.DEFINE_integer('profile_ops', 0, 'N > 0: also trace --steps steps and print the N ops '
+                     'that take the most time (benchmarks/op_profile.py).')
 FLAGS = flags.FLAGS
 
 import jax  # noqa: E402
@@ -35,6 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import train  # noqa: E402
+from benchmarks import op_profile  # noqa: E402
 from configs import default  # noqa: E402
 from model.transformer import resolve_matmul_dtype  # noqa: E402
 
@@ -141,6 +145,17 @@ def main(argv):
     print(f'MFU vs that peak         {100 * gflops / low:.1f}%')
   print(f'compile time             {compile_s:.1f} s')
   print(f'peak RSS                 {rss_gb:.2f} GB')
+  if FLAGS.profile_ops:
+    batch = train.global_batch(next(batches), data_sharding)
+    box = [state]  # the step donates its state, so each call takes the previous call's result
+
+    def step():
+      box[0], step_metrics = compiled(box[0], batch)
+      return box[0], step_metrics
+
+    times = op_profile.op_times(step, FLAGS.steps)
+    op_profile.print_op_table(times, op_profile.op_sources(compiled.as_text()), FLAGS.steps,
+                              top=FLAGS.profile_ops)
 
 
 if __name__ == '__main__':
