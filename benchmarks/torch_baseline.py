@@ -45,6 +45,16 @@ class Seq2Seq(nn.Module):
     return h @ self.embed.weight.T
 
 
+def cpu_name():
+  """The CPU's model name from /proc/cpuinfo ('' where there is none)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')),
+                  '')
+  except OSError:
+    return ''
+
+
 def matmul_peak_gflops(n=2048, reps=10):
   x = torch.ones(n, n)
   x @ x
@@ -100,7 +110,7 @@ def main():
   rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
   mode = 'torch.compile' if args.compile else 'eager'
   print(f'== PyTorch {torch.__version__} nn.Transformer, {mode}, {args.shape}: batch {args.batch}'
-        f' x length {args.length}, {torch.get_num_threads()} threads')
+        f' x length {args.length}, {torch.get_num_threads()} threads, {cpu_name()}')
   print(f'target tokens/s          {statistics.median(rates):,.0f}   (median of {args.repeats} x '
         f'{args.steps} steps)')
   print(f'f32 matmul peak GFLOP/s  {peak:.1f}')
