@@ -29,17 +29,17 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 def op_times(run, calls: int):
   """Calls `run()` `calls` times under the profiler; {hlo op name: (seconds, events)}."""
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
-  directory = tempfile.mkdtemp(prefix='op_profile_')
-  with jax.profiler.trace(directory):
-    for _ in range(calls):
-      jax.block_until_ready(run())
   space = xplane_pb2.XSpace()
-  with open(glob.glob(f'{directory}/**/*.xplane.pb', recursive=True)[0], 'rb') as f:
-    space.ParseFromString(f.read())
+  with tempfile.TemporaryDirectory(prefix='op_profile_') as directory:
+    with jax.profiler.trace(directory):
+      for _ in range(calls):
+        jax.block_until_ready(run())
+    with open(glob.glob(f'{directory}/**/*.xplane.pb', recursive=True)[0], 'rb') as f:
+      space.ParseFromString(f.read())
   totals = collections.defaultdict(lambda: [0.0, 0])
   for plane in space.planes:
-    hlo_op_stat = [k for k, m in plane.stat_metadata.items() if m.name == 'hlo_op']
-    if not hlo_op_stat:
+    hlo_op_stat = next((k for k, m in plane.stat_metadata.items() if m.name == 'hlo_op'), None)
+    if hlo_op_stat is None:
       continue
     for line in plane.lines:
       for event in line.events:
@@ -47,7 +47,7 @@ def op_times(run, calls: int):
         if name.startswith(_SKIP_PREFIXES):
           continue
         op = next((plane.stat_metadata[s.ref_value].name if s.ref_value else s.str_value
-                   for s in event.stats if s.metadata_id == hlo_op_stat[0]), None)
+                   for s in event.stats if s.metadata_id == hlo_op_stat), None)
         if op is None:
           continue
         totals[op][0] += event.duration_ps * 1e-12
