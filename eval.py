@@ -138,10 +138,11 @@ def decode_all(sources, decode_fn, params, config, batch_size, sharding=None):
 
 
 def moses_tok_lc(lines, lang: str):
-  """Lowercase, normalise punctuation and Moses-tokenise, as Multi30k's tok/ references."""
+  """Lowercase, normalise punctuation and Moses-tokenise, as Multi30k's tok/ references: with
+  tokenizer.perl's XML escapes (" -> &quot;, ' -> &apos;), which those files carry."""
   from sacremoses import MosesPunctNormalizer, MosesTokenizer  # pylint: disable=g-import-not-at-top
   normalizer, tokenizer = MosesPunctNormalizer(lang), MosesTokenizer(lang)
-  return [tokenizer.tokenize(normalizer.normalize(line.lower()), escape=False, return_str=True)
+  return [tokenizer.tokenize(normalizer.normalize(line.lower()), escape=True, return_str=True)
           for line in lines]
 
 

@@ -11,6 +11,7 @@ from etils import epath
 
 import eval as eval_lib
 import train
+from input_pipeline import datasets
 from input_pipeline import tokenizer as tokenizer_lib
 from test_train import ROOT, tiny_config
 
@@ -131,6 +132,15 @@ def test_translation_scores_against_hand_computed_values():
   cased = eval_lib.translation_scores(['ein hund läuft .', 'zwei männer reden .'], examples,
                                       'de')
   assert cased['tok_lc_bleu'] == pytest.approx(100) and cased['bleu'] < 60
+
+
+@pytest.mark.parametrize('split', ['test_2016_flickr', 'test_2017_flickr', 'test_2017_mscoco'])
+def test_tokenizing_raw_references_reproduces_the_shipped_tokenized_ones(split):
+  """Hypotheses go through moses_tok_lc; on the raw German references it must give Multi30k's
+  own tok/ files (entities such as &quot; included), so tok-lc BLEU compares like with like."""
+  raw = datasets.read_lines(f'{datasets.RAW_DIR}/multi30k/{split}.de')
+  tokenized = datasets.read_lines(f'{datasets.RAW_DIR}/multi30k/tok/{split}.lc.norm.tok.de')
+  assert [line.strip() for line in eval_lib.moses_tok_lc(raw, 'de')] == tokenized
 
 
 def test_rouge_takes_the_best_reference_and_reports_mean_and_target_only():
