@@ -41,7 +41,7 @@ from tensorboard.summary.writer.record_writer import RecordWriter
 
 from input_pipeline import batching, datasets, tokenizer as tokenizer_lib
 from model import decoding
-from model.losses import cross_entropy_sums, fused_cross_entropy_sums
+from model.losses import cross_entropy_sums, fused_cross_entropy_sums, rdrop_cross_entropy_sums
 from model.transformer import EncoderDecoder, count_params, shift_right, validate_config
 
 FLAGS = flags.FLAGS
@@ -93,6 +93,10 @@ def validate_training_config(config):
   require(config.warmup_steps >= 0, 'warmup_steps', 'must be >= 0.')
   require(config.learning_rate > 0, 'learning_rate', 'must be positive.')
   require(0 <= config.label_smoothing < 1, 'label_smoothing', 'must be in [0, 1).')
+  require(config.rdrop_alpha >= 0, 'rdrop_alpha', 'must be >= 0 (0: off).')
+  require(not config.rdrop_alpha or config.dropout_rate > 0 or config.attention_dropout_rate > 0,
+          'rdrop_alpha', 'needs dropout (config.dropout_rate or attention_dropout_rate > 0): '
+          'without it the two passes are identical; set rdrop_alpha=0.')
   require(isinstance(config.loss_chunk_size, int) and config.loss_chunk_size >= 0,
           'loss_chunk_size', 'must be an integer >= 0 (0: plain logits path).')
   for field in ('min_decode_len', 'min_decode_words', 'no_repeat_ngram_size'):
@@ -202,22 +206,35 @@ def _forward(model, batch, dropout_rng=None, return_features=False):
                return_features=return_features)
 
 
-def loss_and_grads(params, batch, rng, *, graphdef, rest, label_smoothing, loss_chunk_size=0):
+def loss_and_grads(params, batch, rng, *, graphdef, rest, label_smoothing, loss_chunk_size=0,
+                   rdrop_alpha=0.0):
   """((mean loss, (NLL sum, correct sum, token count)), grads) of a batch, dropout from rng.
 
   loss_chunk_size > 0 takes the fused, chunked loss (model/losses.py), 0 the plain logits path;
-  both give the same loss and gradients (tests/test_train.py).
+  both give the same loss and gradients (tests/test_train.py). rdrop_alpha > 0 runs every row
+  twice (two dropout masks) and adds R-Drop's KL term (`rdrop_cross_entropy_sums`).
   """
   weights = (batch['targets_segmentation'] > 0).astype(jnp.float32)
   num_tokens = jnp.maximum(jnp.sum(weights), 1.0)
+  model_batch = batch
+  if rdrop_alpha:  # rows 2i and 2i + 1 are row i's two passes
+    model_batch = {k: jnp.repeat(v, 2, axis=0) for k, v in batch.items()}
+
+  def pairs(x):  # rdrop: [2 * batch, length, ...] -> [batch, length, 2, ...]
+    return jnp.swapaxes(x.reshape(-1, 2, *x.shape[1:]), 1, 2) if rdrop_alpha else x
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, rest)
     if loss_chunk_size:
       kernel, bias = model.output_projection()
       loss_sum, nll_sum, correct = fused_cross_entropy_sums(
-          _forward(model, batch, rng, return_features=True), kernel, bias, batch['targets'],
-          weights, label_smoothing, loss_chunk_size, model.matmul_dtype)
+          pairs(_forward(model, model_batch, rng, return_features=True)), kernel, bias,
+          batch['targets'], weights, label_smoothing, loss_chunk_size, model.matmul_dtype,
+          rdrop_alpha)
+    elif rdrop_alpha:
+      loss_sum, nll_sum, correct = rdrop_cross_entropy_sums(
+          pairs(_forward(model, model_batch, rng)), batch['targets'], weights, label_smoothing,
+          rdrop_alpha)
     else:
       loss_sum, nll_sum, correct = cross_entropy_sums(_forward(model, batch, rng),
                                                       batch['targets'], weights, label_smoothing)
@@ -227,12 +244,13 @@ def loss_and_grads(params, batch, rng, *, graphdef, rest, label_smoothing, loss_
 
 
 def train_step(state, batch, *, graphdef, rest, tx, schedule, label_smoothing, dropout_key,
-               loss_chunk_size=0):
+               loss_chunk_size=0, rdrop_alpha=0.0):
   """One optimizer step on a global batch; returns (new state, metrics)."""
   step = state['step']
   (loss, (nll_sum, correct, num_tokens)), grads = loss_and_grads(
       state['params'], batch, jax.random.fold_in(dropout_key, step), graphdef=graphdef,
-      rest=rest, label_smoothing=label_smoothing, loss_chunk_size=loss_chunk_size)
+      rest=rest, label_smoothing=label_smoothing, loss_chunk_size=loss_chunk_size,
+      rdrop_alpha=rdrop_alpha)
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   metrics = {'loss': loss, 'nll': nll_sum / num_tokens, 'accuracy': correct / num_tokens,
@@ -331,7 +349,8 @@ def create_training(config, mesh) -> Training:
                         label_smoothing=config.label_smoothing,
                         dropout_key=jax.random.key(config.seed + 1),
                         # the fused loss needs plain logits; copy attention mixes in copies
-                        loss_chunk_size=0 if config.copy_attention else config.loss_chunk_size),
+                        loss_chunk_size=0 if config.copy_attention else config.loss_chunk_size,
+                        rdrop_alpha=config.rdrop_alpha),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=0)
   return Training(graphdef, rest, tx, state, step_fn, replicated, data_sharding)

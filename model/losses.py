@@ -33,8 +33,26 @@ def cross_entropy_sums(logits, targets, weights, label_smoothing: float):
   return (jnp.sum(loss * weights), jnp.sum(nll * weights), jnp.sum(correct * weights))
 
 
+def rdrop_cross_entropy_sums(logits, targets, weights, label_smoothing: float, alpha: float):
+  """R-Drop (Liang et al. 2021) sums from two dropout passes' logits [..., 2, vocab].
+
+  Per target token the loss is the paper's CE(p₁) + CE(p₂) + α/2 (KL(p₁‖p₂) + KL(p₂‖p₁)) halved,
+  i.e. the two passes' mean smoothed cross-entropy + α/4 of the symmetric KL, so that α = 0
+  gives `cross_entropy_sums` of either pass and α means what it means in the paper. NLL and
+  correct predictions are the means over the two passes.
+  """
+  logits = logits.astype(jnp.float32)
+  pair_targets = jnp.broadcast_to(targets[..., None], logits.shape[:-1])
+  pair_weights = jnp.broadcast_to(weights[..., None], logits.shape[:-1]) * 0.5
+  loss, nll, correct = cross_entropy_sums(logits, pair_targets, pair_weights, label_smoothing)
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  diff = log_p[..., 0, :] - log_p[..., 1, :]  # [..., vocab]
+  sym_kl = jnp.sum((jnp.exp(log_p[..., 0, :]) - jnp.exp(log_p[..., 1, :])) * diff, axis=-1)
+  return loss + 0.25 * alpha * jnp.sum(sym_kl * weights), nll, correct
+
+
 def fused_cross_entropy_sums(features, kernel, bias, targets, weights, label_smoothing: float,
-                             chunk_size: int = 512, matmul_dtype=None):
+                             chunk_size: int = 512, matmul_dtype=None, rdrop_alpha: float = 0.0):
   """`cross_entropy_sums` of logits = features · kernelᵀ + bias, without building the logits.
 
   Args:
@@ -46,13 +64,19 @@ def fused_cross_entropy_sums(features, kernel, bias, targets, weights, label_smo
     chunk_size: target tokens per chunk (the token count is padded up to a multiple of it).
     matmul_dtype: operand dtype of the three matmuls (logits, and the two gradient matmuls),
       accumulated in float32; None: the features' dtype. See `model.attention.matmul`.
+    rdrop_alpha: > 0: `rdrop_cross_entropy_sums` instead; the features are then [..., 2, d]
+      (two dropout passes per target token) and the chunks hold whole pairs (an odd chunk_size
+      is rounded up).
 
   Returns (loss_sum, nll_sum, correct_sum). Only loss_sum is differentiable; the other two are
   metrics and carry no gradient (stop_gradient).
   """
   d = features.shape[-1]
-  h = features.reshape(-1, d)
+  h = features.reshape(-1, d)  # rdrop: the two passes of a token are neighbouring rows
   t, w = targets.reshape(-1), weights.reshape(-1).astype(jnp.float32)
+  if rdrop_alpha:  # each pass carries half the token's weight
+    t, w = jnp.repeat(t, 2), jnp.repeat(w, 2) * 0.5
+    chunk_size += chunk_size % 2
   pad = -h.shape[0] % chunk_size
   if pad:  # padded rows get weight 0 and so add nothing to the sums or the gradients
     h = jnp.pad(h, ((0, pad), (0, 0)))
@@ -60,30 +84,30 @@ def fused_cross_entropy_sums(features, kernel, bias, targets, weights, label_smo
   has_bias = bias is not None
   b = bias if has_bias else jnp.zeros((kernel.shape[0],), jnp.float32)
   operand_dtype = jnp.dtype(matmul_dtype or h.dtype)
-  loss, metrics = _fused(float(label_smoothing), int(chunk_size), has_bias, operand_dtype, h,
-                         kernel, b, t, w)
+  loss, metrics = _fused((float(label_smoothing), float(rdrop_alpha)), int(chunk_size), has_bias,
+                         operand_dtype, h, kernel, b, t, w)
   nll, correct = jax.lax.stop_gradient(metrics)
   return loss, nll, correct
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _fused(label_smoothing, chunk_size, has_bias, operand_dtype, h, kernel, bias, targets,
+def _fused(coefficients, chunk_size, has_bias, operand_dtype, h, kernel, bias, targets,
            weights):
-  loss, metrics, _ = _fused_forward_and_grads(label_smoothing, chunk_size, has_bias,
+  loss, metrics, _ = _fused_forward_and_grads(coefficients, chunk_size, has_bias,
                                               operand_dtype, h, kernel, bias, targets, weights)
   return loss, metrics
 
 
-def _fused_fwd(label_smoothing, chunk_size, has_bias, operand_dtype, h, kernel, bias, targets,
+def _fused_fwd(coefficients, chunk_size, has_bias, operand_dtype, h, kernel, bias, targets,
                weights):
-  loss, metrics, grads = _fused_forward_and_grads(label_smoothing, chunk_size, has_bias,
+  loss, metrics, grads = _fused_forward_and_grads(coefficients, chunk_size, has_bias,
                                                   operand_dtype, h, kernel, bias, targets,
                                                   weights)
   return (loss, metrics), grads
 
 
-def _fused_bwd(label_smoothing, chunk_size, has_bias, operand_dtype, residuals, cotangents):
-  del label_smoothing, chunk_size, has_bias, operand_dtype
+def _fused_bwd(coefficients, chunk_size, has_bias, operand_dtype, residuals, cotangents):
+  del coefficients, chunk_size, has_bias, operand_dtype
   dh, dkernel, dbias = residuals
   scale = cotangents[0]  # the metrics' cotangents are zero: they are stop_gradient-ed outside
   return (dh * scale.astype(dh.dtype), dkernel * scale.astype(dkernel.dtype),
@@ -93,11 +117,15 @@ def _fused_bwd(label_smoothing, chunk_size, has_bias, operand_dtype, residuals, 
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def _fused_forward_and_grads(label_smoothing, chunk_size, has_bias, operand_dtype, h, kernel,
+def _fused_forward_and_grads(coefficients, chunk_size, has_bias, operand_dtype, h, kernel,
                              bias, targets, weights):
-  """Loss sums and d(loss_sum)/d(h, kernel, bias), one [chunk, vocab] block at a time."""
+  """Loss sums and d(loss_sum)/d(h, kernel, bias), one [chunk, vocab] block at a time.
+
+  coefficients: (label smoothing epsilon, R-Drop alpha); with alpha > 0 rows 2i and 2i + 1 are
+  the two passes of one token, each weighted by 1/2 (the weights arrive repeated per pass).
+  """
   vocab, d = kernel.shape
-  eps = label_smoothing
+  eps, alpha = coefficients
   # XLA:CPU runs a bfloat16 dot as such only in some layouts (others in float32): the logits
   # take the kernel pre-transposed and the kernel gradient a transposed copy of g (README, Speed)
   w_in = kernel.astype(operand_dtype)  # [vocab, d]
@@ -121,9 +149,21 @@ def _fused_forward_and_grads(label_smoothing, chunk_size, has_bias, operand_dtyp
     loss = (1.0 - eps) * nll + eps * (log_z - mean_logit)
     correct = target_logit >= top
     # d loss / d logits = w * (softmax - (1 - eps) * onehot - eps / V)
+    log_p = logits - log_z[:, None]
+    probs = jnp.exp(log_p)
     onehot = jnp.arange(vocab)[None, :] == tc[:, None]
-    g = wc[:, None] * (jnp.exp(logits - log_z[:, None]) - jnp.where(onehot, 1.0 - eps, 0.0)
-                       - eps / vocab)
+    g = probs - jnp.where(onehot, 1.0 - eps, 0.0) - eps / vocab
+    if alpha:  # + alpha/4 (KL(p||q) + KL(q||p)) of each pair (p, q), split over its two rows
+      sign = jnp.array([1.0, -1.0])[None, :, None]  # [1, 2, 1]: row p, row q
+      p = probs.reshape(-1, 2, vocab)
+      diff = sign * (log_p[0::2] - log_p[1::2])[:, None, :]  # [pairs, 2, vocab]: log p - log q
+      kl = jnp.sum(p * diff, axis=-1)  # [pairs, 2]: KL(p||q), KL(q||p)
+      # d KL(p||q) / d logits_p = p (log p - log q - KL(p||q)); d KL(q||p) / d logits_p = p - q
+      kl_grad = p * (diff - kl[..., None]) + sign * (p[:, 0] - p[:, 1])[:, None, :]
+      # each row carries half the pair's weight: row sums give alpha/4 w KL_sym and its gradient
+      g = g + 0.5 * alpha * kl_grad.reshape(-1, vocab)
+      loss = loss + 0.25 * alpha * jnp.repeat(jnp.sum(kl, axis=-1), 2)
+    g = wc[:, None] * g
     if has_bias:
       dbias = dbias + jnp.sum(g, axis=0)
     dh = jnp.dot(g.astype(operand_dtype), w_in, preferred_element_type=jnp.float32)

@@ -131,27 +131,51 @@ def test_tiny_model_learns_to_reverse_sequences(tmp_path):
   assert metrics['eval/bleu'] > 90
 
 
-@pytest.mark.parametrize('tie', [True, False])
-def test_fused_loss_equals_plain_loss_with_gradients(tmp_path, tie):
-  """loss_chunk_size > 0 (fused chunked loss) and 0 (plain logits): same loss and gradients."""
-  rng = np.random.default_rng(0)
+def random_batch(rows=8, length=12, seed=0):
+  """A packed-format batch of random tokens, the last 3 positions padding."""
+  rng = np.random.default_rng(seed)
   batch = {}
   for side in ('inputs', 'targets'):
-    tokens = rng.integers(4, 24, size=(8, 12)).astype(np.int32)
-    tokens[:, 9:] = 0
+    tokens = rng.integers(4, 24, size=(rows, length)).astype(np.int32)
+    tokens[:, length - 3:] = 0
     batch[side] = tokens
-    batch[f'{side}_position'] = np.tile(np.arange(12, dtype=np.int32), (8, 1))
+    batch[f'{side}_position'] = np.tile(np.arange(length, dtype=np.int32), (rows, 1))
     batch[f'{side}_segmentation'] = (tokens != 0).astype(np.int32)
-  config = tiny_config(tmp_path, tie_output_embedding=tie, dropout_rate=0.2)
+  return batch
+
+
+def loss_and_grads(config, chunk, rdrop_alpha=0.0):
   graphdef, params, rest = train.create_model(config, 0)
-  results = [jax.jit(functools.partial(
+  return jax.jit(functools.partial(
       train.loss_and_grads, graphdef=graphdef, rest=rest, label_smoothing=0.1,
-      loss_chunk_size=chunk))(params, batch, jax.random.key(3)) for chunk in (0, 16)]
-  (value_a, grads_a), (value_b, grads_b) = results
+      loss_chunk_size=chunk, rdrop_alpha=rdrop_alpha))(params, random_batch(), jax.random.key(3))
+
+
+def assert_same_loss_and_grads(result_a, result_b):
+  (value_a, grads_a), (value_b, grads_b) = result_a, result_b
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), value_a, value_b)
   scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads_a))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale),
                grads_a, grads_b)
+
+
+@pytest.mark.parametrize('tie,rdrop_alpha', [(True, 0.0), (False, 0.0), (True, 5.0)])
+def test_fused_loss_equals_plain_loss_with_gradients(tmp_path, tie, rdrop_alpha):
+  """loss_chunk_size > 0 (fused chunked loss) and 0 (plain logits): same loss and gradients,
+  with and without R-Drop."""
+  config = tiny_config(tmp_path, tie_output_embedding=tie, dropout_rate=0.2)
+  assert_same_loss_and_grads(*[loss_and_grads(config, chunk, rdrop_alpha) for chunk in (0, 16)])
+
+
+def test_rdrop_without_dropout_is_the_plain_loss(tmp_path):
+  """Without dropout both passes of a row are the same, so R-Drop's KL and its gradient vanish:
+  the batch doubling pairs each row with its own copy."""
+  config = tiny_config(tmp_path, dropout_rate=0.0)
+  assert_same_loss_and_grads(loss_and_grads(config, 16), loss_and_grads(config, 16, 5.0))
+  # with dropout the two passes differ and the KL term raises the loss
+  config = tiny_config(tmp_path, dropout_rate=0.2)
+  (rdrop, _), (plain, _) = loss_and_grads(config, 16, 5.0), loss_and_grads(config, 16, 0.0)
+  assert rdrop[0] > plain[0]
 
 
 @pytest.mark.parametrize('copy', [False, True])
@@ -297,6 +321,7 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
     ('--config.num_train_steps=400', 'error: config.warmup_steps=1500 must be below '
                                      'config.num_train_steps=400 for the cosine schedule'),
     ('--config.min_decode_words=-2', 'error: config.min_decode_words=-2 must be an integer >= 0'),
+    ('--config.rdrop_alpha=5 --config.dropout_rate=0', 'error: config.rdrop_alpha=5.0 needs dropout'),
     ('--config.vocab_model_type=bpe --config.subword_sampling_alpha=1.0',
      'error: config.subword_sampling_alpha=1.0 must be >= 0 (0: off), and below 1 for a BPE'),
 ])
