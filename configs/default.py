@@ -6,21 +6,21 @@ Command (a fresh clone, this repo's root):
   .venv/bin/python eval.py --workdir=runs/default --split=test_2016_flickr --beam_size=5 \
       --alpha=1.5 --average_last=10
 
-Measured on a 2-core x86 CPU (AMD EPYC, AVX-512 with BF16), no GPU: 11000 steps of 32 packed rows
-in 55.2 min of training wall time (process start to exit), bfloat16 matmuls (what matmul_dtype
-'auto' picks on that CPU) with float32 sums, parameters, optimizer, softmax and loss;
-test_2016_flickr 40.59 tokenized lowercased BLEU, 40.31 SacreBLEU, 65.23 chrF (beam 5, alpha 1.5,
-average of the last 10 checkpoints; all chosen on val, 42.80 there). Published reference: Wu et al.
-(ACL 2021) Transformer-tiny, 41.02 tokenized lowercased BLEU (not reached on test; four seeds: val
-42.80 / 41.71 / 41.79 / 40.85, test_2016_flickr 40.59 / 39.50 / 40.59 / 39.52). A slower host of
-the same EPYC model took 74.8 min for the same steps (seed 2); a faster one (Zen 5) 37.8 min (seed
-3), and it ran 16000 steps in 55.8 min (`--config.num_train_steps=16000`: val 42.24, test 40.56, so
-more steps do not help). Details, the other test sets and an ablation (batch 64 and 16 rows,
-float32, greedy): README "Results". On a CPU without AVX512-BF16 or AMX, 'auto' picks exact float32
-(bfloat16 is emulated there and slower): on a 2-core Intel Ice Lake Xeon (2.8 GHz) the real-data
-step ran at 3,270-5,160 target tokens/s in two sessions against the EPYC's 6,420
-(benchmarks/train_step.py --real_data), and these 11000 steps took 86 min there (lowercased text):
-for an hour, lower num_train_steps accordingly.
+Measured on a 2-core x86 CPU (AMD EPYC, AVX-512 with BF16), no GPU: 11000 steps of 32 packed rows in
+55.2 min of training wall time (process start to exit), bfloat16 matmuls (what matmul_dtype 'auto'
+picks on that CPU) with float32 sums, parameters, optimizer, softmax and loss; test_2016_flickr
+40.59 tokenized lowercased BLEU, 40.31 SacreBLEU, 65.23 chrF (beam 5, alpha 1.5, average of the last
+10 checkpoints; all chosen on val, 42.80 there). Published reference: Wu et al. (ACL 2021)
+Transformer-tiny, 41.02 tokenized lowercased BLEU (not reached on test; four seeds: val 42.80 /
+41.71 / 41.79 / 40.85, test_2016_flickr 40.59 / 39.50 / 40.59 / 39.52). A slower host of the same
+EPYC model took 74.8 min for the same steps (seed 2); a faster one (Zen 5) 37.8 min (seed 3), and it
+ran 16000 steps in 55.8 min (`--config.num_train_steps=16000`: val 42.24, test 40.56, so more steps
+do not help; nor do they with dropout 0.3: val 41.84; nor R-Drop: val 39.73). Details, the other
+test sets and an ablation (batch 64 and 16 rows, float32, greedy): README "Results". On a CPU
+without AVX512-BF16 or AMX, 'auto' picks exact float32 (bfloat16 is emulated there and slower): on a
+2-core Intel Ice Lake Xeon (2.8 GHz) the real-data step ran at 3,270-5,160 target tokens/s in two
+sessions against the EPYC's 6,420 (benchmarks/train_step.py --real_data), and these 11000 steps took
+86 min there (lowercased text): for an hour, lower num_train_steps accordingly.
 
 Variants are arguments of this one config: `--config=configs/default.py:base` (the paper's base
 shape, 6+6 layers, 512 wide, 8 heads, MLP 2048) or `:big` (6+6, 1024, 16 heads, 4096); every field
