@@ -114,7 +114,7 @@ def get_config(size: str = 'tiny'):
   config.grad_clip_norm = 1.0          # 0 disables
   config.label_smoothing = 0.1
   config.rdrop_alpha = 0.0             # > 0: R-Drop (Liang et al. 2021): each row runs twice (two
-                                       # dropout masks, ~2x the step's cost) and the loss adds
+                                       # dropout masks, ~2.3x the step time) and the loss adds
                                        # alpha/4 x the two passes' symmetric KL (paper: 5 for IWSLT)
   config.loss_chunk_size = 512         # fused chunked loss over this many tokens; 0: plain logits
 
