@@ -115,7 +115,9 @@ def make_decode_fn(graphdef, rest, config, tok, beam_size: int, alpha: float, us
     kwargs = dict(max_len=max_len, use_cache=use_cache, **options)
     if beam_size == 1:
       return decoding.greedy_decode(model, inputs, **kwargs)
-    return decoding.beam_search(model, inputs, beam_size=beam_size, alpha=alpha, **kwargs)[0]
+    return decoding.beam_search(model, inputs, beam_size=beam_size, alpha=alpha,
+                                groups=decoding.auto_beam_groups(config.beam_groups),
+                                **kwargs)[0]
   return decode
 
 

@@ -99,6 +99,9 @@ def validate_training_config(config):
           'without it the two passes are identical; set rdrop_alpha=0.')
   require(isinstance(config.loss_chunk_size, int) and config.loss_chunk_size >= 0,
           'loss_chunk_size', 'must be an integer >= 0 (0: plain logits path).')
+  require(isinstance(config.beam_groups, int) and not isinstance(config.beam_groups, bool)
+          and config.beam_groups >= 0, 'beam_groups',
+          'must be an integer >= 0 (0: auto, 2 on one CPU device, else 1).')
   for field in ('min_decode_len', 'min_decode_words', 'no_repeat_ngram_size'):
     value = config.get(field)
     require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, field,

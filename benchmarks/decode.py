@@ -72,7 +72,9 @@ def main(argv):
                     allow_eos=False)
       if beam == 1:
         return decoding.greedy_decode(model, inputs, **kwargs)
-      return decoding.beam_search(model, inputs, beam_size=beam, alpha=0.6, **kwargs)[0]
+      return decoding.beam_search(model, inputs, beam_size=beam, alpha=0.6,
+                                  groups=decoding.auto_beam_groups(config.beam_groups),
+                                  **kwargs)[0]
     return run
 
   print(f'== decoding, {label}: batch {FLAGS.batch}, source length {inputs.shape[1]}, '

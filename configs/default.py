@@ -133,4 +133,6 @@ def get_config(size: str = 'tiny'):
   config.min_decode_len = 0            # at least this many tokens before EOS (summaries)
   config.min_decode_words = 0          # at least this many words (word-initial subwords)
   config.no_repeat_ngram_size = 0      # n > 0: never emit an n-gram (of subwords) twice
+  config.beam_groups = 0               # beam search as this many concurrent sub-batch searches
+                                       # (same outputs); 0 = auto: 2 on one CPU device, else 1
   return config

@@ -28,12 +28,13 @@ def max_lengths(inputs, a: float, b: int, limit: int):
 def _stepper(model, inputs, batch_repeat: int, max_len: int, use_cache: bool):
   """Returns (init_state, step(state, tokens [n], t) -> (logits [n, V] float32, state))."""
   encoded = model.encode(inputs)
+  if use_cache:  # per source: the beams of one source share its keys and values
+    cross_kv = model.cross_kv(encoded, heads_major=True)
   if batch_repeat > 1:
     encoded = jnp.repeat(encoded, batch_repeat, axis=0)
     inputs = jnp.repeat(inputs, batch_repeat, axis=0)
   n = inputs.shape[0]
   if use_cache:
-    cross_kv = model.cross_kv(encoded, heads_major=True)
 
     def step(cache, tokens, t):
       del t
@@ -175,13 +176,40 @@ def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int
   return jax.lax.while_loop(cond, body, init)[2]
 
 
-def beam_search(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, max_len: int,
-                len_a: float = 1.2, len_b: int = 10, use_cache: bool = True,
-                allow_eos: bool = True, min_len: int = 0, min_words: int = 0, word_start=None,
-                no_repeat_ngram: int = 0):
+def auto_beam_groups(groups: int = 0) -> int:
+  """config.beam_groups -> sub-batches for `beam_search`; 0 (auto): 2 where the whole batch is on
+  one CPU device (XLA:CPU then runs the two searches on two cores at once), else 1."""
+  if groups:
+    return groups
+  return 2 if jax.default_backend() == 'cpu' and jax.device_count() == 1 else 1
+
+
+def beam_search(model, inputs, *, groups: int = 1, **kwargs):
   """Beam search; returns the best finished hypothesis per example [batch, max_len] and its
   length-normalised score [batch]. Scores are log P(y|x) / length_penalty(|y|, alpha).
-  allow_eos and the constraints (min_len, min_words, no_repeat_ngram) as in `greedy_decode`."""
+
+  Keyword arguments as `beam_search_loop`. groups > 1 splits the batch into that many
+  contiguous sub-batches, each searched by its own loop: the loops share no data, so XLA:CPU
+  runs them on different cores at the same time (a beam step's many small ops leave a core idle
+  otherwise; README "Speed"). Each example is searched as in one loop: the same outputs, with
+  scores equal up to float32 rounding (a sub-batch's matmuls may sum in another order, as any
+  change of batch size can make them).
+  """
+  batch = inputs.shape[0]
+  groups = min(groups, batch)
+  if groups <= 1:
+    return beam_search_loop(model, inputs, **kwargs)
+  bounds = [batch * i // groups for i in range(groups + 1)]
+  parts = [beam_search_loop(model, inputs[a:b], **kwargs) for a, b in zip(bounds, bounds[1:])]
+  return tuple(jnp.concatenate(arrays) for arrays in zip(*parts))
+
+
+def beam_search_loop(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, max_len: int,
+                     len_a: float = 1.2, len_b: int = 10, use_cache: bool = True,
+                     allow_eos: bool = True, min_len: int = 0, min_words: int = 0,
+                     word_start=None, no_repeat_ngram: int = 0):
+  """Beam search over the whole batch in one loop (see `beam_search`). allow_eos and the
+  constraints (min_len, min_words, no_repeat_ngram) as in `greedy_decode`."""
   batch, k = inputs.shape[0], beam_size
   min_len = min_len if allow_eos else max_len
   limits = jnp.repeat(max_lengths(inputs, len_a, len_b, max_len)[:, None], k, axis=1)

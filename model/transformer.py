@@ -241,13 +241,22 @@ class DecoderLayer(_Sublayers):
 
     def cross_attend(h):
       q = self.cross_attention.project_q(h)
+      batch, length = q.shape[:2]
+      # Rows of x that are the `group` beams of one source (decoding with cross_kv computed per
+      # source, see `EncoderDecoder.decode_step`) attend as that source's group x length queries:
+      # one batched matmul per source over its own keys and values, not one per beam over copies.
+      group = batch // cross_kv[0].shape[0]
+      q = q.reshape(batch // group, group * length, *q.shape[2:])
       if weights is None:
-        return self.cross_attention.attend(q, *cross_kv, cross_mask, _fold(rng, 2),
-                                           kv_heads_major=heads_major)
+        out = self.cross_attention.attend(q, *cross_kv, cross_mask, _fold(rng, 2),
+                                          kv_heads_major=heads_major)
+        return out.reshape(batch, length, -1)
       out, w = self.cross_attention.attend(q, *cross_kv, cross_mask, return_weights=True,
                                            kv_heads_major=heads_major)
-      weights.append(w)
-      return out
+      # [sources, heads, group x length, src_len] -> [batch, heads, length, src_len]
+      w = w.reshape(w.shape[0], w.shape[1], group, length, w.shape[-1])
+      weights.append(jnp.swapaxes(w, 1, 2).reshape(batch, w.shape[1], length, w.shape[-1]))
+      return out.reshape(batch, length, -1)
 
     x = self.residual(x, self.norm1, self_attend, _fold(rng, 1))
     x = self.residual(x, self.norm2, cross_attend, _fold(rng, 3))
@@ -431,13 +440,20 @@ class EncoderDecoder(nnx.Module):
   def decode_step(self, tokens, cache, cross_kv, inputs):
     """One decoding step: tokens [batch] at position cache index -> logits [batch, vocab].
 
-    cross_kv: from `cross_kv(encoded, heads_major=True)`; inputs: [batch, src_len] source token
-    ids (0 = padding). Returns (logits float32, new cache); with copy attention the logits are
-    the mixture's log-probabilities, as in `decode`.
+    cross_kv: from `cross_kv(encoded, heads_major=True)`, either per row or, for beam search,
+    per source: of batch // group sources whose group beams are consecutive rows (rows
+    i * group .. i * group + group - 1 decode source i), so that the beams read one copy of
+    their source's keys and values. inputs: [batch, src_len] source token ids per row (0 =
+    padding). Returns (logits float32, new cache); with copy attention the logits are the
+    mixture's log-probabilities, as in `decode`.
     """
     index = cache[0]['index']
     x = self._embed(self.target_embed, tokens[:, None], jnp.reshape(index, (1, 1)), None)
-    cross_mask = (inputs != 0)[:, None, None, :]
+    sources = cross_kv[0][0].shape[0]
+    if tokens.shape[0] % sources:
+      raise ValueError(f'{tokens.shape[0]} rows do not split into groups of beams of '
+                       f'{sources} sources (cross_kv).')
+    cross_mask = (inputs[::tokens.shape[0] // sources] != 0)[:, None, None, :]
     weights = [] if self.copy_gate is not None else None
     new_cache = []
     for layer, kv, layer_cache in zip(self.decoder_layers, cross_kv, cache):

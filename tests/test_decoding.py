@@ -52,7 +52,12 @@ def test_beam_size_one_equals_greedy(model):
 
 
 @pytest.mark.parametrize('beam_size', [1, 3])
-def test_cached_decoding_equals_recomputing_the_prefix(model, beam_size):
+@pytest.mark.parametrize('copy_attention', [False, True])
+def test_cached_decoding_equals_recomputing_the_prefix(model, beam_size, copy_attention):
+  # The cached path reads one copy of a source's cross-attention keys and values for all its
+  # beams (and, with copy attention, splits their weights back per beam); recomputing repeats them.
+  if copy_attention:
+    model = EncoderDecoder(tiny_config(copy_attention=True), rngs=nnx.Rngs(0))
   kwargs = dict(max_len=10, alpha=0.6, beam_size=beam_size)
   cached, cached_scores = decoding.beam_search(model, SRC, **kwargs)
   recomputed, scores = decoding.beam_search(model, SRC, use_cache=False, **kwargs)
@@ -60,6 +65,27 @@ def test_cached_decoding_equals_recomputing_the_prefix(model, beam_size):
   np.testing.assert_allclose(cached_scores, scores, rtol=1e-5)
   np.testing.assert_array_equal(decoding.greedy_decode(model, SRC, max_len=10),
                                 decoding.greedy_decode(model, SRC, max_len=10, use_cache=False))
+
+
+def test_beam_search_in_concurrent_groups_equals_one_search(model):
+  # Five sources of different lengths, so that the groups' loops stop at different steps; 3
+  # groups split them unevenly (1, 2, 2).
+  rng = np.random.default_rng(0)
+  src = np.zeros((5, 7), np.int32)
+  for row, length in enumerate([6, 2, 4, 5, 3]):
+    src[row, :length] = rng.integers(4, 50, length)
+    src[row, length] = EOS_ID
+  kwargs = dict(beam_size=3, alpha=0.6, max_len=14)
+  out, scores = decoding.beam_search(model, jnp.asarray(src), **kwargs)
+  assert len(set(np.argmax(np.asarray(out) == EOS_ID, axis=1))) > 1  # they end at different steps
+  for groups in (2, 3, 5, 8):
+    grouped, grouped_scores = decoding.beam_search(model, jnp.asarray(src), groups=groups,
+                                                   **kwargs)
+    np.testing.assert_array_equal(grouped, out)
+    # float32 rounding apart: matmul kernels may sum a smaller batch in another order
+    np.testing.assert_allclose(grouped_scores, scores, rtol=1e-6)
+  assert decoding.auto_beam_groups(3) == 3
+  assert decoding.auto_beam_groups(0) in (1, 2)
 
 
 @pytest.mark.parametrize('alpha', [0.0, 0.6, 2.0])
