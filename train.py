@@ -94,8 +94,9 @@ def validate_training_config(config):
   require(config.learning_rate > 0, 'learning_rate', 'must be positive.')
   require(0 <= config.label_smoothing < 1, 'label_smoothing', 'must be in [0, 1).')
   require(config.rdrop_alpha >= 0, 'rdrop_alpha', 'must be >= 0 (0: off).')
-  require(not config.rdrop_alpha or config.dropout_rate > 0 or config.attention_dropout_rate > 0,
-          'rdrop_alpha', 'needs dropout (config.dropout_rate or attention_dropout_rate > 0): '
+  require(not config.rdrop_alpha or config.dropout_rate > 0 or config.attention_dropout_rate > 0
+          or config.source_word_dropout > 0, 'rdrop_alpha',
+          'needs dropout (config.dropout_rate, attention_dropout_rate or source_word_dropout > 0): '
           'without it the two passes are identical; set rdrop_alpha=0.')
   require(isinstance(config.loss_chunk_size, int) and config.loss_chunk_size >= 0,
           'loss_chunk_size', 'must be an integer >= 0 (0: plain logits path).')

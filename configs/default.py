@@ -89,6 +89,8 @@ def get_config(size: str = 'tiny'):
   config.mlp_dim = mlp_dim             # inner width of the position-wise MLP
   config.dropout_rate = 0.2            # residual, embedding and MLP dropout (0.3: README)
   config.attention_dropout_rate = 0.0  # dropout on attention weights
+  config.source_word_dropout = 0.0     # drop whole source token embeddings (Sennrich and Zhang
+                                       # 2019's low-resource recipe: 0.1)
   config.layer_norm = 'pre'            # pre (stable default) | post (the paper)
   config.position_embedding = 'sinusoidal'  # sinusoidal | learned
   config.share_embeddings = True       # one embedding table for source and target

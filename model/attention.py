@@ -211,11 +211,12 @@ def _lowbias32(x):
   return x ^ (x >> 16)
 
 
-def dropout(x, rate: float, rng):
-  """Inverted dropout; identity when rng is None (evaluation) or rate is 0."""
+def dropout(x, rate: float, rng, whole_vectors: bool = False):
+  """Inverted dropout; identity when rng is None (evaluation) or rate is 0. whole_vectors: drop
+  (and rescale) each vector along the last axis as one, e.g. a whole token's embedding."""
   if rng is None or rate == 0.0:
     return x
-  keep = dropout_keep_mask(rng, rate, x.shape)
+  keep = dropout_keep_mask(rng, rate, x.shape[:-1] + (1,) if whole_vectors else x.shape)
   return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros_like(x))
 
 

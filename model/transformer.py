@@ -123,8 +123,8 @@ def validate_config(config):
       fail(field, 'must be a positive integer.')
   if config.emb_dim % config.num_heads:
     fail('num_heads', f'must divide config.emb_dim={config.emb_dim}.')
-  for field in ('dropout_rate', 'attention_dropout_rate'):
-    if not 0.0 <= config.get(field) < 1.0:
+  for field in ('dropout_rate', 'attention_dropout_rate', 'source_word_dropout'):
+    if not 0.0 <= config.get(field, 0.0) < 1.0:
       fail(field, 'must be in [0, 1).')
   for field, allowed in (('attention_kernel', KERNELS), ('position_embedding', POSITION_TYPES),
                          ('layer_norm', LAYER_NORM_TYPES), ('dtype', tuple(DTYPES)),
@@ -308,9 +308,13 @@ class EncoderDecoder(nnx.Module):
 
   # -- embeddings
 
-  def _embed(self, table, tokens, positions, rng):
+  def _embed(self, table, tokens, positions, rng, word_dropout: float = 0.0):
+    """Scaled token embeddings plus positions, then dropout. word_dropout (training, the
+    source): each token's embedding is dropped whole, before its position is added, and the
+    kept ones rescaled (Gal and Ghahramani 2016's word dropout, per token as in Nematus)."""
     dim = self.config.emb_dim
     x = table(tokens) * jnp.asarray(math.sqrt(dim), self.dtype)
+    x = dropout(x, word_dropout, _fold(rng, 1), whole_vectors=True)
     if positions is None:
       positions = jnp.arange(tokens.shape[1])[None, :]
     x = x + jnp.take(self.position_table[...], positions, axis=0).astype(self.dtype)
@@ -334,7 +338,8 @@ class EncoderDecoder(nnx.Module):
     else:
       mask = make_segment_mask(inputs_segmentation, inputs_segmentation)
     table = self.source_embed or self.target_embed
-    x = self._embed(table, inputs, inputs_positions, _fold(dropout_rng, 0))
+    x = self._embed(table, inputs, inputs_positions, _fold(dropout_rng, 0),
+                    self.config.get('source_word_dropout', 0.0))
     weights = [] if return_weights else None
     for i, layer in enumerate(self.encoder_layers):
       x = layer(x, mask, _fold(dropout_rng, 1, i), weights)

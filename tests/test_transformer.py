@@ -146,6 +146,27 @@ def test_dropout_is_random_in_training_and_off_in_evaluation():
   np.testing.assert_array_equal(model(SRC, TGT), model(SRC, TGT))
 
 
+def test_source_word_dropout_drops_whole_source_token_embeddings_only():
+  model = make_model(dropout_rate=0.0, source_word_dropout=0.5)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(1, 50, (8, 24)))
+  table = np.asarray(model.target_embed.embedding[...])  # shared source/target table
+  positions = np.asarray(model.position_table[...])[:24]
+  words = table[np.asarray(tokens)] * np.sqrt(16)  # [8, 24, 16], NumPy
+  np.testing.assert_allclose(model._embed(model.target_embed, tokens, None, None),
+                             words + positions, rtol=1e-6, atol=1e-6)
+  dropped = np.asarray(model._embed(model.target_embed, tokens, None, jax.random.key(0), 0.5))
+  dropped = dropped - positions
+  zero = np.all(dropped == 0, axis=-1)  # the whole vector or nothing: rest is 2x the embedding
+  np.testing.assert_allclose(dropped[~zero], 2 * words[~zero], rtol=1e-6, atol=1e-6)
+  assert 0.3 < zero.mean() < 0.7, zero.mean()  # 192 tokens at p = 0.5
+  # In the model: the encoder input only; the decoder's own embeddings keep every token.
+  key = jax.random.key(1)
+  encoded = model.encode(SRC)
+  assert not np.allclose(model.encode(SRC, dropout_rng=key), encoded)
+  np.testing.assert_array_equal(model.decode(encoded, SRC, shift_right(TGT), dropout_rng=key),
+                                model.decode(encoded, SRC, shift_right(TGT)))
+
+
 def test_weight_tying_shares_one_table():
   tied = count_params(make_model())
   untied = count_params(make_model(share_embeddings=False, tie_output_embedding=False))
@@ -183,6 +204,7 @@ def test_big_config_builds_with_its_shape():
     ('num_encoder_layers', -1, r'config.num_encoder_layers=-1'),
     ('attention_kernel', 'flash', r"config.attention_kernel='flash' is unknown"),
     ('dropout_rate', 1.5, r'config.dropout_rate=1.5 must be in'),
+    ('source_word_dropout', 1.0, r'config.source_word_dropout=1.0 must be in'),
     ('dtype', 'float8', r"config.dtype='float8' is unknown"),
     ('matmul_dtype', 'int8', r"config.matmul_dtype='int8' is unknown"),
 ])
