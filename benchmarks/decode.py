@@ -26,6 +26,8 @@ flags.DEFINE_string('beams', '1,4', 'Beam sizes to time (1 = greedy).')
 flags.DEFINE_bool('no_cache', True, 'Also time decoding that recomputes the prefix each step.')
 flags.DEFINE_string('workdir', None, 'Use this trained run and real Multi30k test sources.')
 flags.DEFINE_string('matmul_dtype', '', 'Override config.matmul_dtype (bfloat16: mixed precision).')
+flags.DEFINE_integer('beam_groups', 0, 'Concurrent beam search sub-batches (config.beam_groups; '
+                     '0: auto, 2 on one CPU device).')
 FLAGS = flags.FLAGS
 
 
@@ -64,6 +66,8 @@ def main(argv):
     graphdef = nnx.split(nnx.eval_shape(lambda: EncoderDecoder(config, rngs=nnx.Rngs(0))),
                          nnx.Param, ...)[0]
 
+  beam_groups = decoding.auto_beam_groups(FLAGS.beam_groups)
+
   def decoder(beam, use_cache):
     @jax.jit
     def run(params, inputs):
@@ -73,13 +77,14 @@ def main(argv):
       if beam == 1:
         return decoding.greedy_decode(model, inputs, **kwargs)
       return decoding.beam_search(model, inputs, beam_size=beam, alpha=0.6,
-                                  groups=decoding.auto_beam_groups(config.beam_groups),
+                                  groups=beam_groups,
                                   **kwargs)[0]
     return run
 
   print(f'== decoding, {label}: batch {FLAGS.batch}, source length {inputs.shape[1]}, '
         f'{FLAGS.tokens} generated tokens, matmul_dtype {config.matmul_dtype} '
-        f'({jnp.dtype(resolve_matmul_dtype(config.matmul_dtype)).name}); '
+        f'({jnp.dtype(resolve_matmul_dtype(config.matmul_dtype)).name}), beam search in '
+        f'{beam_groups} group(s); '
         f'{jax.devices()[0].platform}, {os.cpu_count()} cores')
   modes = [True, False] if FLAGS.no_cache else [True]
   for beam in map(int, FLAGS.beams.split(',')):
