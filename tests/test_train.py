@@ -322,6 +322,8 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
                                      'config.num_train_steps=400 for the cosine schedule'),
     ('--config.min_decode_words=-2', 'error: config.min_decode_words=-2 must be an integer >= 0'),
     ('--config.rdrop_alpha=5 --config.dropout_rate=0', 'error: config.rdrop_alpha=5.0 needs dropout'),
+    ('--config.beam_groups=-1', 'error: config.beam_groups=-1 must be an integer >= 0 (0: auto'),
+    ('--config.source_word_dropout=1.5', 'error: config.source_word_dropout=1.5 must be in [0, 1)'),
     ('--config.vocab_model_type=bpe --config.subword_sampling_alpha=1.0',
      'error: config.subword_sampling_alpha=1.0 must be >= 0 (0: off), and below 1 for a BPE'),
 ])
