@@ -76,8 +76,7 @@ def main(argv):
                     allow_eos=False)
       if beam == 1:
         return decoding.greedy_decode(model, inputs, **kwargs)
-      return decoding.beam_search(model, inputs, beam_size=beam, alpha=0.6,
-                                  groups=beam_groups,
+      return decoding.beam_search(model, inputs, beam_size=beam, alpha=0.6, groups=beam_groups,
                                   **kwargs)[0]
     return run
 

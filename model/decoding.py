@@ -28,24 +28,24 @@ def max_lengths(inputs, a: float, b: int, limit: int):
 def _stepper(model, inputs, batch_repeat: int, max_len: int, use_cache: bool):
   """Returns (init_state, step(state, tokens [n], t) -> (logits [n, V] float32, state))."""
   encoded = model.encode(inputs)
-  if use_cache:  # per source: the beams of one source share its keys and values
-    cross_kv = model.cross_kv(encoded, heads_major=True)
-  if batch_repeat > 1:
-    encoded = jnp.repeat(encoded, batch_repeat, axis=0)
-    inputs = jnp.repeat(inputs, batch_repeat, axis=0)
-  n = inputs.shape[0]
   if use_cache:
+    # Per source, not per beam: a source's beams read one copy of its keys and values.
+    cross_kv = model.cross_kv(encoded, heads_major=True)
+    inputs = jnp.repeat(inputs, batch_repeat, axis=0)
 
     def step(cache, tokens, t):
       del t
       return model.decode_step(tokens, cache, cross_kv, inputs)
-    return model.init_cache(n, max_len), step
+    return model.init_cache(inputs.shape[0], max_len), step
+
+  encoded = jnp.repeat(encoded, batch_repeat, axis=0)
+  inputs = jnp.repeat(inputs, batch_repeat, axis=0)
 
   def step_recompute(prefix, tokens, t):
     prefix = jax.lax.dynamic_update_slice_in_dim(prefix, tokens[:, None], t, axis=1)
     logits = model.decode(encoded, inputs, prefix)  # causal: position t sees prefix[:t + 1]
     return jax.lax.dynamic_index_in_dim(logits, t, 1, keepdims=False), prefix
-  return jnp.full((n, max_len), PAD_ID, jnp.int32), step_recompute
+  return jnp.full((inputs.shape[0], max_len), PAD_ID, jnp.int32), step_recompute
 
 
 def _reorder(tree, source_beam):
