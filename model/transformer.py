@@ -314,7 +314,8 @@ class EncoderDecoder(nnx.Module):
     kept ones rescaled (Gal and Ghahramani 2016's word dropout, per token as in Nematus)."""
     dim = self.config.emb_dim
     x = table(tokens) * jnp.asarray(math.sqrt(dim), self.dtype)
-    x = dropout(x, word_dropout, _fold(rng, 1), whole_vectors=True)
+    if word_dropout:
+      x = dropout(x, word_dropout, _fold(rng, 1), whole_vectors=True)
     if positions is None:
       positions = jnp.arange(tokens.shape[1])[None, :]
     x = x + jnp.take(self.position_table[...], positions, axis=0).astype(self.dtype)
