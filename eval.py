@@ -1,7 +1,7 @@
 r"""Evaluate a trained run: decode a split and score it, translate your own text, plot attention.
 
   python eval.py --workdir=runs/x --split=test_2016_flickr [--beam_size=4 --alpha=0.6]
-                 [--step=N | --average_last=K]
+                 [--step=N | --average_last=K] [--ema]
   python eval.py --workdir=runs/x --input=my_sentences.txt      # or --input=- (stdin)
   python eval.py --workdir=runs/x --plot_attention="A dog runs across the field." \
                  --output=attn.png
@@ -72,11 +72,15 @@ def load_run(workdir: str):
   return config, tokenizer_lib.Tokenizer(str(path / tokenizer_lib.FILENAME))
 
 
-def load_params(config, workdir: str, step=None, average_last: int = 1):
-  """Parameters of one checkpoint, or the mean of the last K (Vaswani et al.'s averaging).
+def load_params(config, workdir: str, step=None, average_last: int = 1, ema: bool = False):
+  """Parameters of one checkpoint, or the mean of the last K (Vaswani et al.'s averaging);
+  ema: their exponential moving average instead (a run with config.ema_decay > 0).
 
   Returns (graphdef, params, rest, the steps used).
   """
+  if ema and not config.ema_decay:
+    raise EvalError(f'--ema: {workdir} kept no moving average (its config.ema_decay is 0); '
+                    f'drop --ema, or train with --config.ema_decay=0.999.')
   graphdef, params, rest = train.create_model(config, 0)
   checkpoints = train.Checkpoints(workdir, keep=max(config.keep_checkpoints, average_last))
   steps = sorted(checkpoints.manager.all_steps())
@@ -90,10 +94,10 @@ def load_params(config, workdir: str, step=None, average_last: int = 1):
     raise EvalError(f'--average_last={average_last} must be >= 1.')
   used = steps[-average_last:]
   tx = train.create_optimizer(config, train.create_learning_rate_schedule(config))
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-      {'step': jnp.array(0, jnp.int32), 'params': params, 'opt_state': tx.init(params)})
-  restored = [checkpoints.restore_params(s, abstract) for s in used]
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          train.init_state(params, tx, config.ema_decay))
+  key = 'ema_params' if ema else 'params'
+  restored = [checkpoints.restore_params(s, abstract, key) for s in used]
   averaged = jax.tree.map(lambda *xs: sum(xs) / len(xs), *restored)
   return graphdef, averaged, rest, used
 
@@ -181,7 +185,7 @@ def rouge_scores(hypotheses, examples):
 
 
 def evaluate_split(config, tok, graphdef, params, rest, used_steps, split, beam_size, alpha,
-                   batch_size, workdir):
+                   batch_size, workdir, ema=False):
   examples, _ = datasets.load_examples(config, split)
   sources = tok.encode([e['source'] for e in examples])
   too_long = sum(len(s) > config.max_eval_len for s in sources)
@@ -200,13 +204,15 @@ def evaluate_split(config, tok, graphdef, params, rest, used_steps, split, beam_
   else:
     scores = translation_scores(hypotheses, examples, config.get('target_lang'))
   tag = (f'{split}.step{used_steps[-1]}' + (f'.avg{len(used_steps)}' if len(used_steps) > 1
-                                            else '') + f'.beam{beam_size}'
+                                            else '') + ('.ema' if ema else '')
+         + f'.beam{beam_size}'
          + (f'.alpha{alpha:g}' if beam_size > 1 else '')
          + constraints_tag(config))
   out_dir = epath.Path(workdir) / 'eval'
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / f'{tag}.txt').write_text('\n'.join(hypotheses) + '\n')
-  report = {'split': split, 'steps': used_steps, 'beam_size': beam_size, 'alpha': alpha,
+  report = {'split': split, 'steps': used_steps, 'ema': ema, 'beam_size': beam_size,
+            'alpha': alpha,
             'num_examples': len(examples), 'decode_seconds': seconds, **scores}
   (out_dir / f'{tag}.json').write_text(json.dumps(report, indent=2))
   return report, str(out_dir / f'{tag}.txt')
@@ -285,6 +291,8 @@ def define_flags():
                        'twice (default: config.no_repeat_ngram_size).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
   flags.DEFINE_integer('average_last', 1, 'Average the parameters of the last K checkpoints.')
+  flags.DEFINE_bool('ema', False, 'Decode with the moving average of the parameters (a run '
+                    'trained with config.ema_decay > 0).')
   flags.DEFINE_integer('batch_size', None, 'Sentences per batch (default: config.eval_batch_size).')
   flags.DEFINE_string('input', None, 'Translate/summarise lines of this file (- for stdin).')
   flags.DEFINE_string('plot_attention', None, 'Sentence whose attention maps to draw.')
@@ -314,7 +322,7 @@ def main(argv):
       if known is not None and split not in known:  # before restoring anything
         raise EvalError(f'unknown split {split!r}; splits of {config.dataset}: {known}.')
     graphdef, params, rest, used = load_params(config, FLAGS.workdir, FLAGS.step,
-                                               FLAGS.average_last)
+                                               FLAGS.average_last, FLAGS.ema)
     if FLAGS.input is not None:
       lines = (sys.stdin.read() if FLAGS.input == '-' else
                epath.Path(FLAGS.input).read_text()).split('\n')
@@ -331,10 +339,11 @@ def main(argv):
       print(f'output: {tok.sp.decode(maps[1])}\nattention maps written to {FLAGS.output}')
       return
     report, hyp_path = evaluate_split(config, tok, graphdef, params, rest, used, split,
-                                      beam_size, alpha, batch_size, FLAGS.workdir)
+                                      beam_size, alpha, batch_size, FLAGS.workdir, FLAGS.ema)
   except (EvalError, datasets.DataError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   averaged = f', average of {len(used)} checkpoints {used}' if len(used) > 1 else ''
+  averaged += ', moving average of the parameters' if FLAGS.ema else ''
   settings = ''.join(f', {flag} {config[field]}' for flag, field in CONSTRAINT_FLAGS.items()
                      if config[field])
   print(f'{split}: {report["num_examples"]} examples, beam {beam_size}, alpha {alpha}{settings}, '

@@ -94,6 +94,7 @@ def validate_training_config(config):
   require(config.learning_rate > 0, 'learning_rate', 'must be positive.')
   require(0 <= config.label_smoothing < 1, 'label_smoothing', 'must be in [0, 1).')
   require(config.rdrop_alpha >= 0, 'rdrop_alpha', 'must be >= 0 (0: off).')
+  require(0 <= config.ema_decay < 1, 'ema_decay', 'must be in [0, 1) (0: off; e.g. 0.999).')
   require(not config.rdrop_alpha or config.dropout_rate > 0 or config.attention_dropout_rate > 0
           or config.source_word_dropout > 0, 'rdrop_alpha',
           'needs dropout (config.dropout_rate, attention_dropout_rate or source_word_dropout > 0): '
@@ -247,8 +248,25 @@ def loss_and_grads(params, batch, rng, *, graphdef, rest, label_smoothing, loss_
   return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
 
+def init_state(params, tx, ema_decay: float = 0.0) -> dict:
+  """The training state: step, parameters, optimizer state and, with ema_decay > 0, an
+  exponential moving average of the parameters ('ema_params', starting from a copy)."""
+  state = {'step': jnp.array(0, jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+  if ema_decay:
+    state['ema_params'] = jax.tree.map(jnp.array, params)  # own buffers: the state is donated
+  return state
+
+
+def ema_step_size(step, ema_decay: float):
+  """1 - the decay applied after update `step` (0-based): the decay ramps up as
+  min(ema_decay, (1 + step) / (10 + step)) (TensorFlow's ExponentialMovingAverage with
+  num_updates), so early averages do not drag in the random initialisation."""
+  step = step.astype(jnp.float32)
+  return 1.0 - jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+
+
 def train_step(state, batch, *, graphdef, rest, tx, schedule, label_smoothing, dropout_key,
-               loss_chunk_size=0, rdrop_alpha=0.0):
+               loss_chunk_size=0, rdrop_alpha=0.0, ema_decay=0.0):
   """One optimizer step on a global batch; returns (new state, metrics)."""
   step = state['step']
   (loss, (nll_sum, correct, num_tokens)), grads = loss_and_grads(
@@ -260,7 +278,11 @@ def train_step(state, batch, *, graphdef, rest, tx, schedule, label_smoothing, d
   metrics = {'loss': loss, 'nll': nll_sum / num_tokens, 'accuracy': correct / num_tokens,
              'grad_norm': optax.global_norm(grads), 'learning_rate': schedule(step),
              'tokens': num_tokens}
-  return {'step': step + 1, 'params': params, 'opt_state': opt_state}, metrics
+  new_state = {'step': step + 1, 'params': params, 'opt_state': opt_state}
+  if ema_decay:
+    new_state['ema_params'] = optax.incremental_update(params, state['ema_params'],
+                                                       ema_step_size(step, ema_decay))
+  return new_state, metrics
 
 
 def eval_step(params, batch, *, graphdef, rest):
@@ -312,9 +334,10 @@ class Checkpoints:
         self.manager.reload()
     return None, None
 
-  def restore_params(self, step: int, abstract_state):
+  def restore_params(self, step: int, abstract_state, key: str = 'params'):
+    """The parameters ('params', or 'ema_params' for their moving average) at `step`."""
     return self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))['state']['params']
+        state=ocp.args.StandardRestore(abstract_state)))['state'][key]
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -346,15 +369,14 @@ def create_training(config, mesh) -> Training:
   schedule = create_learning_rate_schedule(config)
   tx = create_optimizer(config, schedule)
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  state = jax.device_put({'step': jnp.array(0, jnp.int32), 'params': params,
-                          'opt_state': tx.init(params)}, replicated)
+  state = jax.device_put(init_state(params, tx, config.ema_decay), replicated)
   step_fn = jax.jit(
       functools.partial(train_step, graphdef=graphdef, rest=rest, tx=tx, schedule=schedule,
                         label_smoothing=config.label_smoothing,
                         dropout_key=jax.random.key(config.seed + 1),
                         # the fused loss needs plain logits; copy attention mixes in copies
                         loss_chunk_size=0 if config.copy_attention else config.loss_chunk_size,
-                        rdrop_alpha=config.rdrop_alpha),
+                        rdrop_alpha=config.rdrop_alpha, ema_decay=config.ema_decay),
       in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
       donate_argnums=0)
   return Training(graphdef, rest, tx, state, step_fn, replicated, data_sharding)
@@ -484,9 +506,10 @@ def rouge(hypotheses, reference_lists, reduce: str = 'max'):
   return {name: 100 * result[name].mid.fmeasure for name in ('rouge1', 'rouge2', 'rougeLsum')}
 
 
-def evaluate(params, eval_fn, greedy_fn, eval_data, tok, config, sharding, num_bleu_batches):
+def evaluate(params, eval_fn, greedy_fn, eval_data, tok, config, sharding, num_bleu_batches,
+             prefix='eval'):
   """Validation NLL/accuracy over the whole split; BLEU (and ROUGE for summarization) on the
-  first greedy-decoded batches."""
+  first greedy-decoded batches; metric names '<prefix>/<name>'."""
   sources, targets, references = eval_data
   totals = {'nll_sum': 0.0, 'correct': 0.0, 'tokens': 0.0}
   hypotheses, refs = [], []
@@ -504,14 +527,13 @@ def evaluate(params, eval_fn, greedy_fn, eval_data, tok, config, sharding, num_b
           hypotheses.append(tok.decode(out[row]))
           refs.append(references[index])
   tokens = max(totals['tokens'], 1.0)
-  metrics = {'eval/nll': totals['nll_sum'] / tokens, 'eval/accuracy': totals['correct'] / tokens}
-  metrics['eval/perplexity'] = math.exp(min(metrics['eval/nll'], 50))
+  metrics = {'nll': totals['nll_sum'] / tokens, 'accuracy': totals['correct'] / tokens}
+  metrics['perplexity'] = math.exp(min(metrics['nll'], 50))
   if hypotheses:
-    metrics['eval/bleu'] = sacrebleu.corpus_bleu(hypotheses, [refs]).score
+    metrics['bleu'] = sacrebleu.corpus_bleu(hypotheses, [refs]).score
     if config.task == 'summarization':
-      scores = rouge(hypotheses, [[ref] for ref in refs])
-      metrics.update({f'eval/{name}': value for name, value in scores.items()})
-  return metrics
+      metrics.update(rouge(hypotheses, [[ref] for ref in refs]))
+  return {f'{prefix}/{name}': value for name, value in metrics.items()}
 
 
 # ----------------------------------------------------------------------------- main loop
@@ -696,10 +718,15 @@ def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoi
     if step % config.eval_every_steps == 0 or step == config.num_train_steps:
       eval_metrics = evaluate(state['params'], eval_fn, greedy_fn, eval_data, tok, config,
                               data_sharding, config.num_eval_bleu_batches)
+      if 'ema_params' in state:
+        eval_metrics.update(evaluate(state['ema_params'], eval_fn, greedy_fn, eval_data, tok,
+                                     config, data_sharding, config.num_eval_bleu_batches,
+                                     prefix='eval_ema'))
       log.write(step, eval_metrics)
       metrics.update(eval_metrics)
       log.print(f'eval at step {step} | ' + ' '.join(
-          f'{k.split("/")[1]} {v:.3f}' for k, v in eval_metrics.items()))
+          f'{k.replace("eval/", "").replace("eval_ema/", "ema_")} {v:.3f}'
+          for k, v in eval_metrics.items()))
       window_start = time.time()  # evaluation time does not count against training speed
   checkpoints.wait()
   if 'eval/bleu' in metrics:

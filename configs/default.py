@@ -116,6 +116,9 @@ def get_config(size: str = 'tiny'):
   config.weight_decay = 0.0            # adamw only
   config.grad_clip_norm = 1.0          # 0 disables
   config.label_smoothing = 0.1
+  config.ema_decay = 0.0               # > 0 (e.g. 0.999): also keep an exponential moving average
+                                       # of the parameters, checkpointed and validated beside
+                                       # them (eval_ema/); eval.py --ema decodes with it
   config.rdrop_alpha = 0.0             # > 0: R-Drop (Liang et al. 2021): each row runs twice (two
                                        # dropout masks, ~2.3x the step time) and the loss adds
                                        # alpha/4 x the two passes' symmetric KL (paper: 5 for IWSLT)

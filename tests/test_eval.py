@@ -39,6 +39,29 @@ def test_averaging_the_last_checkpoints_is_their_mean(run):
     np.testing.assert_allclose(a, (np.asarray(x) + np.asarray(y)) / 2, rtol=1e-6)
 
 
+def test_ema_run_validates_resumes_and_decodes_with_its_moving_average(tmp_path, run):
+  workdir = str(tmp_path / 'ema_run')
+  config = tiny_config(tmp_path, num_train_steps=20, eval_every_steps=20, ema_decay=0.9)
+  metrics = train.train_and_evaluate(config, workdir)
+  assert metrics['eval_ema/nll'] != metrics['eval/nll']  # both weights validated
+  # a rerun restores the state, moving average included, and has nothing left to do
+  assert 'eval/nll' not in train.train_and_evaluate(config, workdir)
+  config, _ = eval_lib.load_run(workdir)
+  _, params, _, _ = eval_lib.load_params(config, workdir)
+  _, ema, _, used = eval_lib.load_params(config, workdir, ema=True)
+  assert used == [20]
+  assert not np.allclose(jax.tree.leaves(ema)[0], jax.tree.leaves(params)[0])
+  result = run_eval(f'--workdir={workdir}', '--split=eval', '--beam_size=1', '--ema')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'moving average of the parameters' in result.stdout
+  assert os.path.exists(os.path.join(workdir, 'eval', 'eval.step20.ema.beam1.txt'))
+  # a run without the average says so in one line
+  result = run_eval(f'--workdir={run}', '--split=eval', '--ema')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f'error: --ema: {run} kept no moving average (its config.ema_decay is 0)')
+
+
 def test_a_run_from_before_a_config_field_existed_loads_with_its_default(run, tmp_path):
   old = tmp_path / 'old_run'
   old.mkdir()

@@ -178,6 +178,32 @@ def test_rdrop_without_dropout_is_the_plain_loss(tmp_path):
   assert rdrop[0] > plain[0]
 
 
+def test_ema_params_are_the_moving_average_and_leave_training_unchanged(tmp_path):
+  """With ema_decay the state also carries e_{t+1} = d_t e_t + (1 - d_t) p_{t+1} from e_0 = p_0,
+  d_t = min(ema_decay, (1 + t) / (10 + t)) (NumPy below), and the parameters themselves follow
+  exactly the steps of a run without it."""
+  ema_decay = 0.15  # the ramp (1 + t) / (10 + t) is 0.1 at t = 0, then the cap binds
+  batch = random_batch()
+  trajectories = {}
+  for decay in (0.0, ema_decay):
+    training = train.create_training(tiny_config(tmp_path, ema_decay=decay), train.make_mesh())
+    state = training.state
+    params = [train.to_host(state['params'])]
+    for _ in range(4):
+      state, _ = training.step_fn(state, batch)
+      params.append(train.to_host(state['params']))
+    trajectories[decay] = (params, train.to_host(state.get('ema_params')))
+  (plain, no_ema), (params, ema) = trajectories[0.0], trajectories[ema_decay]
+  assert no_ema is None
+  jax.tree.map(np.testing.assert_array_equal, params[-1], plain[-1])
+  expected = params[0]
+  for t in range(4):
+    d = min(ema_decay, (1 + t) / (10 + t))
+    expected = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, expected, params[t + 1])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ema, expected)
+  assert not np.allclose(jax.tree.leaves(ema)[0], jax.tree.leaves(params[-1])[0])
+
+
 @pytest.mark.parametrize('copy', [False, True])
 def test_summarization_runs_log_validation_rouge(tmp_path, copy):
   config = tiny_config(tmp_path, task='summarization', num_train_steps=10, eval_every_steps=10,
@@ -324,6 +350,7 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
     ('--config.rdrop_alpha=5 --config.dropout_rate=0', 'error: config.rdrop_alpha=5.0 needs dropout'),
     ('--config.beam_groups=-1', 'error: config.beam_groups=-1 must be an integer >= 0 (0: auto'),
     ('--config.source_word_dropout=1.5', 'error: config.source_word_dropout=1.5 must be in [0, 1)'),
+    ('--config.ema_decay=1', 'error: config.ema_decay=1.0 must be in [0, 1) (0: off'),
     ('--config.vocab_model_type=bpe --config.subword_sampling_alpha=1.0',
      'error: config.subword_sampling_alpha=1.0 must be >= 0 (0: off), and below 1 for a BPE'),
 ])
