@@ -159,7 +159,8 @@ def check_workdir(workdir: str):
 
 
 def save_or_check_config(config, workdir: str):
-  """Write config.json; on resume, refuse a config whose parameter shapes differ."""
+  """Write config.json; on resume, refuse a config whose parameter shapes differ, or that turns
+  the moving average of the parameters on or off (the checkpoints' structure)."""
   path = epath.Path(workdir) / 'config.json'
   if path.exists():
     saved = json.loads(path.read_text())
@@ -168,6 +169,12 @@ def save_or_check_config(config, workdir: str):
       field = changed[0]
       raise ConfigError(f'--workdir={workdir} holds a run with config.{field}={saved[field]!r}, '
                         f'not {config.get(field)!r}; use a new --workdir or the same value.')
+    saved_ema = saved.get('ema_decay', 0.0)  # on or off shapes the checkpoint; the value not
+    if bool(saved_ema) != bool(config.ema_decay):
+      raise ConfigError(f'--workdir={workdir} holds a run with config.ema_decay={saved_ema!r}, '
+                        f'not {config.ema_decay!r}; its checkpoints '
+                        f'{"keep" if saved_ema else "lack"} the moving average, so use a new '
+                        f'--workdir or keep ema_decay {"> 0" if saved_ema else "at 0"}.')
   if jax.process_index() == 0:  # write-then-rename: other processes never see half a file
     partial = path.parent / 'config.json.partial'
     partial.write_text(config.to_json_best_effort(indent=2, sort_keys=True))

@@ -204,6 +204,22 @@ def test_ema_params_are_the_moving_average_and_leave_training_unchanged(tmp_path
   assert not np.allclose(jax.tree.leaves(ema)[0], jax.tree.leaves(params[-1])[0])
 
 
+def test_resuming_with_the_moving_average_turned_on_or_off_is_refused(tmp_path):
+  """The average's presence shapes the checkpoints, so a resume may change its decay, not
+  switch it (a checkpoint that fails to restore would be set aside as corrupt)."""
+  for saved, resumed, ok in ((0.0, 0.999, False), (0.999, 0.0, False), (0.999, 0.9995, True)):
+    workdir = str(tmp_path / f'run_{saved}_{resumed}')
+    os.makedirs(workdir)
+    train.save_or_check_config(tiny_config(tmp_path, ema_decay=saved), workdir)
+    if ok:
+      train.save_or_check_config(tiny_config(tmp_path, ema_decay=resumed), workdir)
+      continue
+    with pytest.raises(train.ConfigError) as error:
+      train.save_or_check_config(tiny_config(tmp_path, ema_decay=resumed), workdir)
+    assert str(error.value).startswith(
+        f'--workdir={workdir} holds a run with config.ema_decay={saved!r}, not {resumed!r}')
+
+
 @pytest.mark.parametrize('copy', [False, True])
 def test_summarization_runs_log_validation_rouge(tmp_path, copy):
   config = tiny_config(tmp_path, task='summarization', num_train_steps=10, eval_every_steps=10,
