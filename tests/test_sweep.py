@@ -35,7 +35,8 @@ def test_sweep_runs_trials_reports_a_failure_and_skips_finished_ones(tmp_path):
   sweep_file.write_text("def get_sweep(hyper):\n"
                         "  return hyper.sweep('config.num_heads', [1, 2, 3])\n")
   command = [sys.executable, os.path.join(ROOT, 'sweep.py'), f'--config={config_file}',
-             f'--sweep={sweep_file}', f'--workdir={tmp_path}/sweep', '--eval_args=--beam_size=1']
+             f'--sweep={sweep_file}', f'--workdir={tmp_path}/sweep', '--eval_args=--beam_size=1',
+             '--parallel=2']
   first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert first.returncode == 0, first.stderr[-2000:]
   with open(tmp_path / 'sweep' / 'results.csv') as f:
