@@ -206,7 +206,7 @@ def test_ema_params_are_the_moving_average_and_leave_training_unchanged(tmp_path
 
 def test_resuming_with_the_moving_average_turned_on_or_off_is_refused(tmp_path):
   """The average's presence shapes the checkpoints, so a resume may change its decay, not
-  switch it (a checkpoint that fails to restore would be set aside as corrupt)."""
+  switch it (the checkpoints' structure would no longer match the state's)."""
   for saved, resumed, ok in ((0.0, 0.999, False), (0.999, 0.0, False), (0.999, 0.9995, True)):
     workdir = str(tmp_path / f'run_{saved}_{resumed}')
     os.makedirs(workdir)
