@@ -5,6 +5,8 @@ Every source yields plain dicts {'source': str, 'target': str, 'references': [st
 'tok_reference' holds the dataset's own tokenized lowercased reference where it ships one.
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -166,11 +168,34 @@ def project_data_dir(config) -> str:
   return config.data_dir or os.path.join(REPO, 'data', 'tfds')
 
 
+@contextlib.contextmanager
+def _exclusive(path: str):
+  """Holds an exclusive lock on the local file `path`: other processes and threads wait."""
+  with open(path, 'a') as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def prepared_builder(name: str, data_dir: str):
-  """The project's builder for `name`, preparing it (array_record, seconds) on first use."""
+  """The project's builder for `name`, preparing it (array_record, seconds) on first use.
+
+  Preparation in a local data_dir holds a lock file there, so concurrent first uses (test
+  workers, a parallel sweep on a fresh clone) prepare once instead of racing for the same
+  directory; a bucket data_dir has no file locks and is prepared unguarded."""
   builder = BUILDERS[name](data_dir=data_dir, file_format='array_record')
-  if not builder.is_prepared():
+  if builder.is_prepared():
+    return builder
+  if '://' in data_dir:
     builder.download_and_prepare()
+    return builder
+  os.makedirs(data_dir, exist_ok=True)
+  with _exclusive(os.path.join(data_dir, f'{name}.lock')):
+    builder = BUILDERS[name](data_dir=data_dir, file_format='array_record')  # may be ready now
+    if not builder.is_prepared():
+      builder.download_and_prepare()
   return builder
 
 

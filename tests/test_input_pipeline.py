@@ -1,6 +1,8 @@
 """The input pipeline: datasets, tokenizer, batching, resumable iteration and bad input."""
 import json
+import threading
 import time
+from concurrent import futures
 
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +47,22 @@ def test_multi30k_split_counts_and_alignment(multi30k_config):
   assert [e['source'] for e in val] == raw_en
   assert [e['target'] for e in val] == raw_de
   assert [e['tok_reference'] for e in val] == tok_de
+
+
+def test_concurrent_first_uses_prepare_a_dataset_once(tmp_path):
+  # Test workers or a parallel sweep on a fresh clone all find the dataset unprepared; without
+  # the lock the later one failed renaming its finished copy onto the first one's directory.
+  start = threading.Barrier(2)
+
+  def first_use(_):
+    start.wait()
+    source = datasets.prepared_builder('multi30k', str(tmp_path)).as_data_source(split='val')
+    return sorted(datasets._text(source[i]['en']) for i in range(len(source)))
+
+  with futures.ThreadPoolExecutor(2) as pool:
+    first, second = pool.map(first_use, range(2))
+  assert first == second == sorted(datasets.read_lines(f'{datasets.RAW_DIR}/multi30k/val.en'))
+  assert [p.name for p in (tmp_path / 'multi30k').iterdir() if p.is_dir()] == ['1.1.0']
 
 
 def test_lowercase_changes_what_the_model_reads_but_not_the_references():
