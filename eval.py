@@ -93,11 +93,12 @@ def load_params(config, workdir: str, step=None, average_last: int = 1, ema: boo
   if average_last < 1:
     raise EvalError(f'--average_last={average_last} must be >= 1.')
   used = steps[-average_last:]
-  tx = train.create_optimizer(config, train.create_learning_rate_schedule(config))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          train.init_state(params, tx, config.ema_decay))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
   key = 'ema_params' if ema else 'params'
-  restored = [checkpoints.restore_params(s, abstract, key) for s in used]
+  restored = [jax.tree.map(jnp.asarray, checkpoints.restore_params(s, abstract, key))
+              for s in used]
+  # The mean in float32 on the device, as the scores in the README were computed: summed and
+  # divided in NumPy instead, some parameters differ in the last bit, and so do a few beams.
   averaged = jax.tree.map(lambda *xs: sum(xs) / len(xs), *restored)
   return graphdef, averaged, rest, used
 

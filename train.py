@@ -341,10 +341,15 @@ class Checkpoints:
         self.manager.reload()
     return None, None
 
-  def restore_params(self, step: int, abstract_state, key: str = 'params'):
-    """The parameters ('params', or 'ema_params' for their moving average) at `step`."""
-    return self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))['state'][key]
+  def restore_params(self, step: int, abstract_params, key: str = 'params'):
+    """The parameters ('params', or 'ema_params' for their moving average) at `step`, as NumPy
+    arrays shaped like `abstract_params`. Only that subtree is read (a partial restore): not the
+    optimizer's moments, twice the parameters' size, nor the rest of the state. Use an instance
+    for this or for restore_latest, not both (orbax binds the restore type on first use)."""
+    item = {key: abstract_params}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True)))['state'][key]
 
   def wait(self):
     self.manager.wait_until_finished()

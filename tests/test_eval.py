@@ -37,6 +37,15 @@ def test_averaging_the_last_checkpoints_is_their_mean(run):
   _, p30, _, _ = eval_lib.load_params(config, run, step=30)
   for a, x, y in zip(*(jax.tree.leaves(t) for t in (averaged, p20, p30))):
     np.testing.assert_allclose(a, (np.asarray(x) + np.asarray(y)) / 2, rtol=1e-6)
+  # eval.py reads just the parameters (a partial restore); training restores the whole state
+  graphdef, params, rest = train.create_model(config, 0)
+  tx = train.create_optimizer(config, train.create_learning_rate_schedule(config))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          train.init_state(params, tx, config.ema_decay))
+  state, _ = train.Checkpoints(run, keep=10).restore_latest(abstract)
+  assert int(state['step']) == 30
+  for x, y in zip(jax.tree.leaves(state['params']), jax.tree.leaves(p30)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_ema_run_validates_resumes_and_decodes_with_its_moving_average(tmp_path, run):
