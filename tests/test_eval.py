@@ -6,6 +6,7 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
@@ -38,11 +39,9 @@ def test_averaging_the_last_checkpoints_is_their_mean(run):
   for a, x, y in zip(*(jax.tree.leaves(t) for t in (averaged, p20, p30))):
     np.testing.assert_allclose(a, (np.asarray(x) + np.asarray(y)) / 2, rtol=1e-6)
   # eval.py reads just the parameters (a partial restore); training restores the whole state
-  graphdef, params, rest = train.create_model(config, 0)
-  tx = train.create_optimizer(config, train.create_learning_rate_schedule(config))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          train.init_state(params, tx, config.ema_decay))
-  state, _ = train.Checkpoints(run, keep=10).restore_latest(abstract)
+  training_state = train.create_training(config, train.make_mesh()).state
+  state, _ = train.Checkpoints(run, keep=10).restore_latest(
+      jax.tree.map(ocp.utils.to_shape_dtype_struct, training_state))
   assert int(state['step']) == 30
   for x, y in zip(jax.tree.leaves(state['params']), jax.tree.leaves(p30)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
