@@ -114,6 +114,8 @@ def validate_training_config(config):
           'warmup_steps', f'must be below config.num_train_steps={config.num_train_steps} for the '
           'cosine schedule (it decays over the steps after warmup); lower it or train longer.')
   require(config.optimizer in OPTIMIZERS, 'optimizer', f'is unknown; use one of {OPTIMIZERS}.')
+  require(config.weight_decay >= 0 and (config.weight_decay == 0 or config.optimizer == 'adamw'),
+          'weight_decay', "must be >= 0, and needs config.optimizer='adamw' (adam has none).")
   require(config.batching in batching.BATCHINGS, 'batching',
           f'is unknown; use one of {batching.BATCHINGS}.')
   require(config.max_train_len <= config.max_len, 'max_train_len',
@@ -198,10 +200,18 @@ def create_learning_rate_schedule(config):
                                optax.constant_schedule(peak)], [warmup])
 
 
+def decays_weight(params):
+  """AdamW's mask: True for matrices (kernels, embedding tables), False for biases and norms."""
+  def decays(path, _):
+    name = str([k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1])
+    return name.endswith('kernel') or name == 'embedding'
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
 def create_optimizer(config, schedule):
   if config.optimizer == 'adamw':
     opt = optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                      weight_decay=config.weight_decay)
+                      weight_decay=config.weight_decay, mask=decays_weight)
   else:
     opt = optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
   if config.grad_clip_norm > 0:

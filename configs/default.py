@@ -115,7 +115,8 @@ def get_config(size: str = 'tiny'):
   config.adam_b1 = 0.9
   config.adam_b2 = 0.98
   config.adam_eps = 1e-9
-  config.weight_decay = 0.0            # adamw only
+  config.weight_decay = 0.0            # adamw only: decoupled decay (lr x this per step) of the
+                                       # kernels and embeddings, not of biases and norms
   config.grad_clip_norm = 1.0          # 0 disables
   config.label_smoothing = 0.1
   config.ema_decay = 0.0               # > 0 (e.g. 0.999): also keep an exponential moving average

@@ -204,6 +204,32 @@ def test_ema_params_are_the_moving_average_and_leave_training_unchanged(tmp_path
   assert not np.allclose(jax.tree.leaves(ema)[0], jax.tree.leaves(params[-1])[0])
 
 
+def test_adamw_decays_kernels_and_embeddings_but_not_biases_and_norms(tmp_path):
+  """One step of adamw is adam's step minus lr x weight_decay x the old value (decoupled decay,
+  Loshchilov and Hutter 2019) on kernels and the embedding table; biases and norm scales take
+  adam's step unchanged."""
+  lr, weight_decay, batch = 1e-3, 0.1, random_batch()
+  overrides = dict(learning_rate=lr, schedule='constant', warmup_steps=0)
+  after = {}
+  for optimizer, decay in (('adam', 0.0), ('adamw', weight_decay)):
+    config = tiny_config(tmp_path, optimizer=optimizer, weight_decay=decay, **overrides)
+    training = train.create_training(config, train.make_mesh())
+    state, metrics = training.step_fn(training.state, batch)  # warmup: step 0 has lr 0
+    before = train.to_host(state['params'])
+    state, metrics = training.step_fn(state, batch)
+    assert float(metrics['learning_rate']) == pytest.approx(lr)
+    after[optimizer] = train.to_host(state['params'])
+  decayed = []
+  for (path, old), adam, adamw in zip(jax.tree_util.tree_flatten_with_path(before)[0],
+                                      jax.tree.leaves(after['adam']), jax.tree.leaves(after['adamw'])):
+    name = jax.tree_util.keystr(path)
+    decays = 'kernel' in name or 'embedding' in name
+    decayed.append(decays)
+    expected = adam - lr * weight_decay * old if decays else adam
+    np.testing.assert_allclose(adamw, expected, rtol=1e-6, atol=1e-9, err_msg=name)
+  assert any(decayed) and not all(decayed)
+
+
 def test_resuming_with_the_moving_average_turned_on_or_off_is_refused(tmp_path):
   """The average's presence shapes the checkpoints, so a resume may change its decay, not
   switch it (the checkpoints' structure would no longer match the state's)."""
@@ -367,6 +393,8 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
     ('--config.beam_groups=-1', 'error: config.beam_groups=-1 must be an integer >= 0 (0: auto'),
     ('--config.source_word_dropout=1.5', 'error: config.source_word_dropout=1.5 must be in [0, 1)'),
     ('--config.ema_decay=1', 'error: config.ema_decay=1.0 must be in [0, 1) (0: off'),
+    ('--config.weight_decay=0.1', 'error: config.weight_decay=0.1 must be >= 0, and needs '
+                                  "config.optimizer='adamw'"),
     ('--config.vocab_model_type=bpe --config.subword_sampling_alpha=1.0',
      'error: config.subword_sampling_alpha=1.0 must be >= 0 (0: off), and below 1 for a BPE'),
 ])
