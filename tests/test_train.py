@@ -214,14 +214,15 @@ def test_adamw_decays_kernels_and_embeddings_but_not_biases_and_norms(tmp_path):
   for optimizer, decay in (('adam', 0.0), ('adamw', weight_decay)):
     config = tiny_config(tmp_path, optimizer=optimizer, weight_decay=decay, **overrides)
     training = train.create_training(config, train.make_mesh())
-    state, metrics = training.step_fn(training.state, batch)  # warmup: step 0 has lr 0
-    before = train.to_host(state['params'])
+    state, metrics = training.step_fn(training.state, batch)  # warmup: step 0 has lr 0,
+    before = train.to_host(state['params'])  # so both runs start step 1 from the same values
     state, metrics = training.step_fn(state, batch)
     assert float(metrics['learning_rate']) == pytest.approx(lr)
     after[optimizer] = train.to_host(state['params'])
   decayed = []
-  for (path, old), adam, adamw in zip(jax.tree_util.tree_flatten_with_path(before)[0],
-                                      jax.tree.leaves(after['adam']), jax.tree.leaves(after['adamw'])):
+  leaves = jax.tree_util.tree_flatten_with_path(before)[0]
+  for (path, old), adam, adamw in zip(leaves, jax.tree.leaves(after['adam']),
+                                      jax.tree.leaves(after['adamw'])):
     name = jax.tree_util.keystr(path)
     decays = 'kernel' in name or 'embedding' in name
     decayed.append(decays)
