@@ -2,6 +2,7 @@ r"""Evaluate a trained run: decode a split and score it, translate your own text
 
   python eval.py --workdir=runs/x --split=test_2016_flickr [--beam_size=4 --alpha=0.6]
                  [--step=N | --average_last=K] [--ema]
+  python eval.py --workdir=runs/x --ensemble=runs/y,runs/z --split=...  # 3 models as one
   python eval.py --workdir=runs/x --input=my_sentences.txt      # or --input=- (stdin)
   python eval.py --workdir=runs/x --plot_attention="A dog runs across the field." \
                  --output=attn.png
@@ -13,6 +14,9 @@ papers report (hypotheses lowercased, Moses-punctuation-normalised and Moses-tok
 references, then BLEU without further tokenisation, i.e. multi-bleu.perl);
 summarization: ROUGE-1/2/Lsum F1 (rouge-score, Porter stemming), best over all references, plus
 the mean over the references and the score against the target alone (suffixes _mean, _target).
+An ensemble (--ensemble) decodes with the mean of its members' next-token probabilities; the
+members share --workdir's vocabulary (train them from a copy of its tokenizer.model) and each
+restores its own --step / --average_last checkpoints; outputs go to --workdir's eval/.
 """
 
 import functools
@@ -44,6 +48,8 @@ from model.transformer import shift_right  # noqa: E402
 
 # config fields added after runs had been trained -> their values before they existed
 FIELDS_ADDED_LATER = {'matmul_dtype': 'float32'}
+# config fields an ensemble's members must share: they fix what text the models read and write
+SHARED_FIELDS = ('task', 'dataset', 'source_lang', 'target_lang', 'lowercase')
 # eval.py flags that override a decoding constraint of the config (0: off)
 CONSTRAINT_FLAGS = {'min_len': 'min_decode_len', 'min_words': 'min_decode_words',
                     'no_repeat_ngram': 'no_repeat_ngram_size'}
@@ -56,11 +62,11 @@ class EvalError(ValueError):
 # ----------------------------------------------------------------------------- restoring a run
 
 
-def load_run(workdir: str):
-  """(config, tokenizer) of a training run's workdir."""
+def load_run(workdir: str, flag: str = '--workdir'):
+  """(config, tokenizer) of a training run's workdir (named by `flag` in errors)."""
   path = epath.Path(workdir)
   if not path.exists():
-    raise EvalError(f'--workdir={workdir} does not exist; train first: python train.py '
+    raise EvalError(f'{flag}={workdir} does not exist; train first: python train.py '
                     f'--config=... --workdir={workdir}')
   if not (path / 'config.json').exists():
     raise EvalError(f'{workdir} holds no config.json: it is not a train.py workdir.')
@@ -88,7 +94,7 @@ def load_params(config, workdir: str, step=None, average_last: int = 1, ema: boo
     raise EvalError(f'no checkpoint in {workdir}/checkpoints; train (longer) first.')
   if step is not None:
     if step not in steps:
-      raise EvalError(f'--step={step} has no checkpoint; available: {steps}.')
+      raise EvalError(f'--step={step} has no checkpoint in {workdir}; available: {steps}.')
     steps = [s for s in steps if s <= step]
   if average_last < 1:
     raise EvalError(f'--average_last={average_last} must be >= 1.')
@@ -103,6 +109,36 @@ def load_params(config, workdir: str, step=None, average_last: int = 1, ema: boo
   return graphdef, averaged, rest, used
 
 
+def load_ensemble(config, tok, workdir, members, step=None, average_last=1, ema=False):
+  """`load_params` of --workdir and of each member workdir, after checking that the members
+  read and write the same text with the same vocabulary.
+
+  Returns lists (graphdefs, params, rests) in that order, and --workdir's steps used.
+  """
+  runs = [(config, workdir)]
+  for member in members:
+    member_config, member_tok = load_run(member, '--ensemble')
+    if member_tok.vocabulary() != tok.vocabulary():
+      raise EvalError(f'--ensemble: {member} has another vocabulary than {workdir}; members '
+                      f'share one: copy {workdir}/{tokenizer_lib.FILENAME} into a new workdir '
+                      f'before training it there.')
+    for field in SHARED_FIELDS:
+      if member_config.get(field) != config.get(field):
+        raise EvalError(f'--ensemble: {member} has config.{field}={member_config.get(field)!r}, '
+                        f'{workdir} {config.get(field)!r}; members must agree.')
+    runs.append((member_config, member))
+  loaded = [load_params(c, w, step, average_last, ema) for c, w in runs]
+  graphdefs, params, rests, used = zip(*loaded)
+  return list(graphdefs), list(params), list(rests), used[0]
+
+
+def merge(graphdef, params, rest):
+  """The model of nnx.split parts, or for lists of parts the `decoding.Ensemble` of them."""
+  if isinstance(graphdef, list):
+    return decoding.Ensemble([nnx.merge(*parts) for parts in zip(graphdef, params, rest)])
+  return nnx.merge(graphdef, params, rest)
+
+
 def constraints_tag(config) -> str:
   """Output-file suffix naming the constraints in force, e.g. '.min2.norep2' ('' for none)."""
   short = {'min_len': 'min', 'min_words': 'minw', 'no_repeat_ngram': 'norep'}
@@ -111,12 +147,13 @@ def constraints_tag(config) -> str:
 
 
 def make_decode_fn(graphdef, rest, config, tok, beam_size: int, alpha: float, use_cache=True):
-  """jit-compiled batch decoder: (params, inputs, max_len) -> token ids [batch, max_len]."""
+  """jit-compiled batch decoder: (params, inputs, max_len) -> token ids [batch, max_len];
+  graphdef, params and rest may be lists (an ensemble's members, see `merge`)."""
   options = train.decoding_options(config, tok)
 
   @functools.partial(jax.jit, static_argnames=('max_len',))
   def decode(params, inputs, max_len):
-    model = nnx.merge(graphdef, params, rest)
+    model = merge(graphdef, params, rest)
     kwargs = dict(max_len=max_len, use_cache=use_cache, **options)
     if beam_size == 1:
       return decoding.greedy_decode(model, inputs, **kwargs)
@@ -204,15 +241,18 @@ def evaluate_split(config, tok, graphdef, params, rest, used_steps, split, beam_
     scores = rouge_scores(hypotheses, examples)
   else:
     scores = translation_scores(hypotheses, examples, config.get('target_lang'))
+  members = len(graphdef) if isinstance(graphdef, list) else 1
   tag = (f'{split}.step{used_steps[-1]}' + (f'.avg{len(used_steps)}' if len(used_steps) > 1
                                             else '') + ('.ema' if ema else '')
+         + (f'.ens{members}' if members > 1 else '')
          + f'.beam{beam_size}'
          + (f'.alpha{alpha:g}' if beam_size > 1 else '')
          + constraints_tag(config))
   out_dir = epath.Path(workdir) / 'eval'
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / f'{tag}.txt').write_text('\n'.join(hypotheses) + '\n')
-  report = {'split': split, 'steps': used_steps, 'ema': ema, 'beam_size': beam_size,
+  report = {'split': split, 'steps': used_steps, 'ema': ema, 'members': members,
+            'beam_size': beam_size,
             'alpha': alpha,
             'num_examples': len(examples), 'decode_seconds': seconds, **scores}
   (out_dir / f'{tag}.json').write_text(json.dumps(report, indent=2))
@@ -292,6 +332,8 @@ def define_flags():
                        'twice (default: config.no_repeat_ngram_size).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
   flags.DEFINE_integer('average_last', 1, 'Average the parameters of the last K checkpoints.')
+  flags.DEFINE_list('ensemble', [], 'Workdirs of more runs to decode with --workdir\'s as one '
+                    'ensemble (mean of the next-token probabilities; the same vocabulary).')
   flags.DEFINE_bool('ema', False, 'Decode with the moving average of the parameters (a run '
                     'trained with config.ema_decay > 0).')
   flags.DEFINE_integer('batch_size', None, 'Sentences per batch (default: config.eval_batch_size).')
@@ -322,8 +364,14 @@ def main(argv):
       known = datasets.splits_of(config)
       if known is not None and split not in known:  # before restoring anything
         raise EvalError(f'unknown split {split!r}; splits of {config.dataset}: {known}.')
-    graphdef, params, rest, used = load_params(config, FLAGS.workdir, FLAGS.step,
-                                               FLAGS.average_last, FLAGS.ema)
+    if FLAGS.ensemble and FLAGS.plot_attention is not None:
+      raise EvalError('--plot_attention draws one model\'s attention; drop --ensemble.')
+    if FLAGS.ensemble:
+      graphdef, params, rest, used = load_ensemble(config, tok, FLAGS.workdir, FLAGS.ensemble,
+                                                   FLAGS.step, FLAGS.average_last, FLAGS.ema)
+    else:
+      graphdef, params, rest, used = load_params(config, FLAGS.workdir, FLAGS.step,
+                                                 FLAGS.average_last, FLAGS.ema)
     if FLAGS.input is not None:
       lines = (sys.stdin.read() if FLAGS.input == '-' else
                epath.Path(FLAGS.input).read_text()).split('\n')
@@ -345,6 +393,7 @@ def main(argv):
     sys.exit(f'error: {e}')
   averaged = f', average of {len(used)} checkpoints {used}' if len(used) > 1 else ''
   averaged += ', moving average of the parameters' if FLAGS.ema else ''
+  averaged += f', ensemble with {",".join(FLAGS.ensemble)}' if FLAGS.ensemble else ''
   settings = ''.join(f', {flag} {config[field]}' for flag, field in CONSTRAINT_FLAGS.items()
                      if config[field])
   print(f'{split}: {report["num_examples"]} examples, beam {beam_size}, alpha {alpha}{settings}, '

@@ -54,6 +54,11 @@ class Tokenizer:
     return np.array([self.sp.id_to_piece(i).startswith('\u2581') and not self.sp.is_control(i)
                      for i in range(self.vocab_size)])
 
+  def vocabulary(self):
+    """[(piece, score)] by id: two tokenizers with equal vocabularies segment text alike (the
+    model file also records where it was trained, so its bytes differ between runs)."""
+    return [(self.sp.id_to_piece(i), self.sp.get_score(i)) for i in range(self.vocab_size)]
+
   def pieces(self, ids):
     """Subword strings of ids (for attention-map labels)."""
     return [self.sp.id_to_piece(int(i)) for i in ids]

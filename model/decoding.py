@@ -1,4 +1,5 @@
-"""Greedy decoding and beam search (GNMT length penalty) over `EncoderDecoder.decode_step`.
+"""Greedy decoding and beam search (GNMT length penalty) over `EncoderDecoder.decode_step`, for
+one model or an `Ensemble` of several.
 
 Pure functions of a model and arrays; call them inside `jax.jit`. Each sequence stops at EOS or
 at its own maximum length `a * source_length + b` (EOS is forced there). With `use_cache=False`
@@ -25,6 +26,47 @@ def max_lengths(inputs, a: float, b: int, limit: int):
   return jnp.minimum(jnp.floor(a * source_len + b).astype(jnp.int32), limit)
 
 
+class Ensemble:
+  """Several models decoding as one (fairseq's and Marian's ensembles): at each step the
+  log of the mean of the members' next-token probabilities, log (1/M) sum_m softmax(logits_m).
+
+  Exposes the model methods the searches call (encode, cross_kv, init_cache, decode_step,
+  decode), each member with its own encoder output and cache, so `greedy_decode` and
+  `beam_search` take an Ensemble wherever they take a model. The members must share the
+  vocabulary (token ids) and may differ in anything else (width, depth, copy attention: a
+  member's log-probabilities are normalised again, which leaves normalised ones unchanged).
+  """
+
+  def __init__(self, models):
+    if not models:
+      raise ValueError('an Ensemble needs at least one model.')
+    self.models = tuple(models)
+
+  def _mean_probs(self, logits):
+    log_probs = jnp.stack([jax.nn.log_softmax(x, axis=-1) for x in logits])
+    return jax.nn.logsumexp(log_probs, axis=0) - jnp.log(len(self.models))
+
+  def encode(self, inputs):
+    return tuple(m.encode(inputs) for m in self.models)
+
+  def cross_kv(self, encoded, heads_major: bool = False):
+    return tuple(m.cross_kv(e, heads_major) for m, e in zip(self.models, encoded))
+
+  def init_cache(self, batch_size: int, max_len: int):
+    return tuple(m.init_cache(batch_size, max_len) for m in self.models)
+
+  def decode_step(self, tokens, cache, cross_kv, inputs):
+    """As `EncoderDecoder.decode_step`: (ensemble log-probabilities [batch, vocab], caches)."""
+    steps = [m.decode_step(tokens, c, kv, inputs)
+             for m, c, kv in zip(self.models, cache, cross_kv)]
+    return self._mean_probs([logits for logits, _ in steps]), tuple(c for _, c in steps)
+
+  def decode(self, encoded, inputs, decoder_inputs):
+    """As `EncoderDecoder.decode` (teacher forcing): ensemble log-probabilities."""
+    return self._mean_probs([m.decode(e, inputs, decoder_inputs)
+                             for m, e in zip(self.models, encoded)])
+
+
 def _stepper(model, inputs, batch_repeat: int, max_len: int, use_cache: bool):
   """Returns (init_state, step(state, tokens [n], t) -> (logits [n, V] float32, state))."""
   encoded = model.encode(inputs)
@@ -38,7 +80,7 @@ def _stepper(model, inputs, batch_repeat: int, max_len: int, use_cache: bool):
       return model.decode_step(tokens, cache, cross_kv, inputs)
     return model.init_cache(inputs.shape[0], max_len), step
 
-  encoded = jnp.repeat(encoded, batch_repeat, axis=0)
+  encoded = jax.tree.map(lambda x: jnp.repeat(x, batch_repeat, axis=0), encoded)  # (members)
   inputs = jnp.repeat(inputs, batch_repeat, axis=0)
 
   def step_recompute(prefix, tokens, t):

@@ -115,6 +115,68 @@ def test_wide_beam_finds_the_exact_best_sequence(alpha):
   np.testing.assert_allclose(float(score[0]), best_score, rtol=1e-4)
 
 
+# A second member unlike the first: other weights, width and depth, and (one variant) copy
+# attention, whose outputs are log-probabilities already.
+SECOND_MEMBERS = [dict(emb_dim=24, num_heads=3, num_decoder_layers=1),
+                  dict(copy_attention=True)]
+
+
+def ensemble_log_probs(models, src, targets):
+  """[batch, len, vocab] log of the members' mean teacher-forced probabilities (NumPy)."""
+  probs = [np.exp(np.asarray(jax.nn.log_softmax(forward(m, src, targets)), np.float64))
+           for m in models]
+  return np.log(np.mean(probs, axis=0))
+
+
+@pytest.mark.parametrize('second', SECOND_MEMBERS)
+def test_ensemble_greedy_follows_the_members_mean_probabilities(model, second):
+  members = [model, EncoderDecoder(tiny_config(**second), rngs=nnx.Rngs(1))]
+  out = np.asarray(decoding.greedy_decode(decoding.Ensemble(members), SRC, max_len=8))
+  for row in range(SRC.shape[0]):
+    prefix = []
+    for _ in range(8):
+      padded = prefix + [EOS_ID] + [PAD_ID] * (8 - len(prefix))
+      scores = ensemble_log_probs(members, SRC[row:row + 1], jnp.asarray([padded]))[0,
+                                                                                      len(prefix)]
+      scores[[PAD_ID, BOS_ID]] = -np.inf
+      prefix.append(int(np.argmax(scores)))
+      if prefix[-1] == EOS_ID:
+        break
+    if prefix[-1] != EOS_ID:  # budget reached: EOS is forced
+      prefix[-1] = EOS_ID
+    np.testing.assert_array_equal(out[row, :len(prefix)], prefix)
+  # the mean decides: on these sources it picks other tokens than either member alone
+  for member in members:
+    assert not np.array_equal(out, decoding.greedy_decode(member, SRC, max_len=8))
+
+
+@pytest.mark.parametrize('second', SECOND_MEMBERS)
+def test_ensemble_beam_scores_are_the_mean_probabilities_log_likelihood(model, second):
+  ensemble = decoding.Ensemble([model, EncoderDecoder(tiny_config(**second), rngs=nnx.Rngs(1))])
+  kwargs = dict(beam_size=3, alpha=0.6, max_len=10)
+  out, scores = decoding.beam_search(ensemble, SRC, **kwargs)
+  recomputed, recomputed_scores = decoding.beam_search(ensemble, SRC, use_cache=False, **kwargs)
+  np.testing.assert_array_equal(out, recomputed)
+  np.testing.assert_allclose(scores, recomputed_scores, rtol=1e-5)
+  out = np.asarray(out)
+  for row in range(SRC.shape[0]):
+    length = int(np.argmax(out[row] == EOS_ID)) + 1
+    log_probs = ensemble_log_probs(ensemble.models, SRC[row:row + 1], jnp.asarray(out[row:row + 1]))
+    expected = sum(log_probs[0, i, t] for i, t in enumerate(out[row, :length]))
+    np.testing.assert_allclose(float(scores[row]),
+                               expected / decoding.length_penalty(length, 0.6), rtol=1e-4)
+
+
+def test_an_ensemble_of_copies_of_one_model_is_that_model(model):
+  kwargs = dict(beam_size=3, alpha=0.6, max_len=10)
+  out, scores = decoding.beam_search(model, SRC, **kwargs)
+  for members in ([model], [model, model]):
+    ensemble_out, ensemble_scores = decoding.beam_search(decoding.Ensemble(members), SRC,
+                                                         **kwargs)
+    np.testing.assert_array_equal(ensemble_out, out)
+    np.testing.assert_allclose(ensemble_scores, scores, rtol=1e-5)
+
+
 def has_repeated_ngram(tokens, n):
   grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
   return len(set(grams)) < len(grams)

@@ -1,6 +1,7 @@
 """eval.py: restoring a run, averaging checkpoints, scoring, user input, attention maps."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -90,6 +91,51 @@ def test_split_evaluation_writes_hypotheses_and_scores(run):
   assert hyps.count('\n') == 32
 
 
+@pytest.fixture(scope='module')
+def member(run, tmp_path_factory):
+  """A second run for ensembles: the run's vocabulary, its checkpoints up to step 20."""
+  workdir = tmp_path_factory.mktemp('member') / 'run'
+  shutil.copytree(run, workdir, ignore=shutil.ignore_patterns('eval'))
+  shutil.rmtree(workdir / 'checkpoints' / '30')
+  return str(workdir)
+
+
+def test_an_ensemble_decodes_with_each_members_own_checkpoints(run, member):
+  result = run_eval(f'--workdir={run}', f'--ensemble={member}', '--split=eval', '--beam_size=2')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f'ensemble with {member}' in result.stdout
+  out = os.path.join(run, 'eval', 'eval.step30.ens2.beam2.alpha0.6')
+  assert json.load(open(out + '.json'))['members'] == 2
+  # the same decoding in-process, from the two runs' latest checkpoints: 30 and 20
+  config, tok = eval_lib.load_run(run)
+  graphdefs, params, rests, used = eval_lib.load_ensemble(config, tok, run, [member])
+  assert used == [30] and len(params) == 2
+  for leaf, expected in zip(jax.tree.leaves(params[1]),
+                            jax.tree.leaves(eval_lib.load_params(config, run, step=20)[1])):
+    np.testing.assert_array_equal(np.asarray(leaf), np.asarray(expected))
+  examples, _ = datasets.load_examples(config, 'eval')
+  decode_fn = eval_lib.make_decode_fn(graphdefs, rests, config, tok, beam_size=2, alpha=0.6)
+  outputs = eval_lib.decode_all(tok.encode([e['source'] for e in examples]), decode_fn, params,
+                                config, 8)
+  assert open(out + '.txt').read().split('\n')[:-1] == [tok.decode(o) for o in outputs]
+
+
+def test_ensemble_members_must_share_vocabulary_and_data(run, tmp_path):
+  config, tok = eval_lib.load_run(run)
+  fields = json.loads((epath.Path(run) / 'config.json').read_text())
+  other_vocab, other_lang = tmp_path / 'vocab', tmp_path / 'lang'
+  for workdir, changes in ((other_vocab, {}), (other_lang, {'target_lang': 'fr'})):
+    workdir.mkdir()
+    (workdir / 'config.json').write_text(json.dumps({**fields, **changes}))
+  shutil.copy(os.path.join(run, 'tokenizer.model'), other_lang / 'tokenizer.model')
+  tokenizer_lib.train_tokenizer(['m n o p q r', 's t u v w x'] * 60,
+                                str(other_vocab / 'tokenizer.model'), vocab_size=18)
+  with pytest.raises(eval_lib.EvalError, match='has another vocabulary than'):
+    eval_lib.load_ensemble(config, tok, run, [str(other_vocab)])
+  with pytest.raises(eval_lib.EvalError, match=r"has config.target_lang='fr', .* 'de'; members"):
+    eval_lib.load_ensemble(config, tok, run, [str(other_lang)])
+
+
 def test_user_lines_keep_empty_lines_and_warn_on_long_ones(run):
   long_line = ' '.join(['a b c d e f g h i j'] * 5)  # > max_eval_len=24 tokens
   result = run_eval(f'--workdir={run}', '--input=-', '--beam_size=1',
@@ -142,13 +188,17 @@ def test_attention_maps_are_distributions(run):
     (['--workdir=/no/such/run'], 'does not exist'),
     (['--workdir={run}', '--split=test'], "unknown split 'test'; splits of files: ['train', "
                                           "'eval']"),
-    (['--workdir={run}', '--step=7'], '--step=7 has no checkpoint; available: [10, 20, 30]'),
+    (['--workdir={run}', '--step=7'],
+     '--step=7 has no checkpoint in {run}; available: [10, 20, 30]'),
+    (['--workdir={run}', '--ensemble=/no/such/run'], '--ensemble=/no/such/run does not exist'),
+    (['--workdir={run}', '--ensemble={run}', '--plot_attention=a b'],
+     "--plot_attention draws one model's attention; drop --ensemble"),
     (['--workdir={run}', '--no_repeat_ngram=-1'], '--no_repeat_ngram=-1 must be >= 0 (0: off)'),
 ])
 def test_bad_requests_are_one_line_errors(run, args, message):
   result = run_eval(*[a.format(run=run) for a in args])
   assert result.returncode != 0
-  assert message in result.stderr.strip().splitlines()[-1]
+  assert message.format(run=run) in result.stderr.strip().splitlines()[-1]
 
 
 def test_translation_scores_against_hand_computed_values():
