@@ -3,6 +3,7 @@ r"""Decoding throughput: sentences/s and tokens/s for greedy and beam search, ca
   .venv/bin/python benchmarks/decode.py [--batch=64 --source_length=32 --tokens=40]
   .venv/bin/python benchmarks/decode.py --workdir=runs/default         # a trained model, real
                                                                        # Multi30k test sources
+  .venv/bin/python benchmarks/decode.py --members=2 --no_cache=false  # an ensemble of two
 
 Default shapes (issue 6): Transformer-tiny with random weights, vocab 10000, batch 64, source
 length 32, exactly `--tokens` generated tokens per sentence (EOS suppressed), beam 4 and greedy.
@@ -26,6 +27,8 @@ flags.DEFINE_string('beams', '1,4', 'Beam sizes to time (1 = greedy).')
 flags.DEFINE_bool('no_cache', True, 'Also time decoding that recomputes the prefix each step.')
 flags.DEFINE_string('workdir', None, 'Use this trained run and real Multi30k test sources.')
 flags.DEFINE_string('matmul_dtype', '', 'Override config.matmul_dtype (bfloat16: mixed precision).')
+flags.DEFINE_integer('members', 1, 'Random weights: decode with an ensemble of this many models '
+                     '(decoding.Ensemble, as eval.py --ensemble).')
 flags.DEFINE_integer('beam_groups', 0, 'Concurrent beam search sub-batches (config.beam_groups; '
                      '0: auto, 2 on one CPU device).')
 FLAGS = flags.FLAGS
@@ -36,6 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+import eval as eval_lib  # noqa: E402
 import train  # noqa: E402
 from configs import default  # noqa: E402
 from model import decoding  # noqa: E402
@@ -45,7 +49,9 @@ from model.transformer import EncoderDecoder, resolve_matmul_dtype  # noqa: E402
 def main(argv):
   del argv
   if FLAGS.workdir:
-    import eval as eval_lib  # pylint: disable=g-import-not-at-top
+    if FLAGS.members != 1:
+      raise app.UsageError('--members is for random weights; ensembles of runs: eval.py '
+                           '--ensemble.')
     from input_pipeline import batching, datasets  # pylint: disable=g-import-not-at-top
     config, tok = eval_lib.load_run(FLAGS.workdir)
     graphdef, params, rest, _ = eval_lib.load_params(config, FLAGS.workdir)
@@ -56,22 +62,27 @@ def main(argv):
   else:
     config = default.get_config('tiny')
     config.vocab_size = 10000
-    graphdef, params, rest = train.create_model(config, 0)
+    graphdef, params, rest = (list(parts) for parts in zip(
+        *[train.create_model(config, seed) for seed in range(FLAGS.members)]))
+    if FLAGS.members == 1:
+      graphdef, params, rest = graphdef[0], params[0], rest[0]
     rng = np.random.default_rng(0)
     inputs = rng.integers(4, config.vocab_size, (FLAGS.batch, FLAGS.source_length), np.int32)
     inputs[:, -1] = 1
-    label = 'tiny, random weights'
+    label = 'tiny, random weights' + (f', ensemble of {FLAGS.members}' if FLAGS.members > 1
+                                      else '')
   if FLAGS.matmul_dtype:  # the same parameters in a model whose matmuls take this dtype
     config.matmul_dtype = FLAGS.matmul_dtype
-    graphdef = nnx.split(nnx.eval_shape(lambda: EncoderDecoder(config, rngs=nnx.Rngs(0))),
-                         nnx.Param, ...)[0]
+    graphdef_one = nnx.split(nnx.eval_shape(lambda: EncoderDecoder(config, rngs=nnx.Rngs(0))),
+                             nnx.Param, ...)[0]
+    graphdef = [graphdef_one] * FLAGS.members if isinstance(graphdef, list) else graphdef_one
 
   beam_groups = decoding.auto_beam_groups(FLAGS.beam_groups)
 
   def decoder(beam, use_cache):
     @jax.jit
     def run(params, inputs):
-      model = nnx.merge(graphdef, params, rest)
+      model = eval_lib.merge(graphdef, params, rest)
       kwargs = dict(max_len=FLAGS.tokens, len_a=0.0, len_b=FLAGS.tokens, use_cache=use_cache,
                     allow_eos=False)
       if beam == 1:
