@@ -20,7 +20,8 @@ with AMX 45-46 min (label smoothing 0.2: val 41.44; source word dropout 0.1: val
 average of the parameters (`--config.ema_decay=0.999`, 51.9 min on a slower Zen 5) scored val 42.63
 against the same run's 42.81 with checkpoint averaging, and a BPE vocabulary val 41.08;
 AdamW weight decay 0.1 (`--config.optimizer=adamw --config.weight_decay=0.1`) validation NLL
-1.488 / 1.500 against 1.557, yet val BLEU 42.47 / 41.82 for seeds 0 / 1 against 42.80 / 41.71.
+1.488 / 1.500 against 1.557, yet val BLEU 42.47 / 41.82 for seeds 0 / 1 against 42.80 / 41.71;
+ensembles of two runs that fit the hour (`eval.py --ensemble`) val 40.81 and 42.04.
 Details, the other test sets and an ablation (batch 64 and 16 rows, float32, greedy): README
 "Results".
 On a CPU without AVX512-BF16 or AMX, 'auto' picks exact float32 (bfloat16 is emulated there and
