@@ -1,4 +1,5 @@
 """Greedy decoding and beam search against exhaustive search and teacher forcing."""
+import functools
 import itertools
 
 import jax
@@ -35,20 +36,26 @@ def sequence_log_probs(model, src_row, sequences, bonus=0.0):
           for row, c in enumerate(sequences)]
 
 
+def teacher_forced_greedy(scores, src, steps=8):
+  """Greedy decoding by teacher forcing: scores(src [1, len], targets [1, steps + 1]) gives
+  [1, steps + 1, vocab] next-token scores; returns the tokens up to EOS (forced at the budget)."""
+  prefix = []
+  for _ in range(steps):
+    padded = prefix + [EOS_ID] + [PAD_ID] * (steps - len(prefix))
+    next_scores = np.array(scores(src, jnp.asarray([padded]))[0, len(prefix)])
+    next_scores[[PAD_ID, BOS_ID]] = -np.inf
+    prefix.append(int(np.argmax(next_scores)))
+    if prefix[-1] == EOS_ID:
+      break
+  if prefix[-1] != EOS_ID:  # budget reached: EOS is forced
+    prefix[-1] = EOS_ID
+  return prefix
+
+
 def test_greedy_follows_teacher_forced_argmax(model):
   out = np.asarray(decoding.greedy_decode(model, SRC, max_len=8))
   for row in range(SRC.shape[0]):
-    prefix = []
-    for _ in range(8):
-      padded = prefix + [EOS_ID] + [PAD_ID] * (8 - len(prefix))
-      logits = forward(model, SRC[row:row + 1], jnp.asarray([padded]))
-      scores = np.array(logits[0, len(prefix)])
-      scores[[PAD_ID, BOS_ID]] = -np.inf
-      prefix.append(int(np.argmax(scores)))
-      if prefix[-1] == EOS_ID:
-        break
-    if prefix[-1] != EOS_ID:  # budget reached: EOS is forced
-      prefix[-1] = EOS_ID
+    prefix = teacher_forced_greedy(lambda src, tgt: forward(model, src, tgt), SRC[row:row + 1])
     np.testing.assert_array_equal(out[row, :len(prefix)], prefix)
 
 
@@ -133,17 +140,8 @@ def test_ensemble_greedy_follows_the_members_mean_probabilities(model, second):
   members = [model, EncoderDecoder(tiny_config(**second), rngs=nnx.Rngs(1))]
   out = np.asarray(decoding.greedy_decode(decoding.Ensemble(members), SRC, max_len=8))
   for row in range(SRC.shape[0]):
-    prefix = []
-    for _ in range(8):
-      padded = prefix + [EOS_ID] + [PAD_ID] * (8 - len(prefix))
-      scores = ensemble_log_probs(members, SRC[row:row + 1], jnp.asarray([padded]))[0,
-                                                                                      len(prefix)]
-      scores[[PAD_ID, BOS_ID]] = -np.inf
-      prefix.append(int(np.argmax(scores)))
-      if prefix[-1] == EOS_ID:
-        break
-    if prefix[-1] != EOS_ID:  # budget reached: EOS is forced
-      prefix[-1] = EOS_ID
+    prefix = teacher_forced_greedy(functools.partial(ensemble_log_probs, members),
+                                   SRC[row:row + 1])
     np.testing.assert_array_equal(out[row, :len(prefix)], prefix)
   # the mean decides: on these sources it picks other tokens than either member alone
   for member in members:
