@@ -108,6 +108,8 @@ def validate_training_config(config):
     value = config.get(field)
     require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, field,
             'must be an integer >= 0 (0: off).')
+  require(config.time_budget_minutes >= 0, 'time_budget_minutes',
+          'must be >= 0 (0: no budget, train config.num_train_steps).')
   require(config.grad_clip_norm >= 0, 'grad_clip_norm', 'must be >= 0 (0 disables).')
   require(config.schedule in SCHEDULES, 'schedule', f'is unknown; use one of {SCHEDULES}.')
   require(config.schedule != 'cosine' or max(config.warmup_steps, 1) < config.num_train_steps,
@@ -208,15 +210,20 @@ def decays_weight(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def create_optimizer(config, schedule):
+def create_optimizer(config):
+  """Adam or AdamW (decoupled decay of kernels and embeddings), after global-norm clipping,
+  without the learning rate: train_step scales the update by the schedule at the step's
+  position, which a time budget can move ahead of the step (TimeBudget). Step for step the same
+  update as optax.adam(w)(schedule) (tests/test_train.py)."""
+  adam = [optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)]
   if config.optimizer == 'adamw':
-    opt = optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                      weight_decay=config.weight_decay, mask=decays_weight)
-  else:
-    opt = optax.adam(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+    adam.append(optax.add_decayed_weights(config.weight_decay, mask=decays_weight))
+  # A unit scale in the learning rate's place: its state (a step count) keeps the checkpoint
+  # layout of optax.adam(w)(schedule), so runs checkpointed before this change resume.
+  adam = optax.chain(*adam, optax.scale_by_schedule(lambda count: 1.0))
   if config.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
-  return opt
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam)
+  return adam
 
 
 def _forward(model, batch, dropout_rng=None, return_features=False):
@@ -282,18 +289,23 @@ def ema_step_size(step, ema_decay: float):
   return 1.0 - jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
 
 
-def train_step(state, batch, *, graphdef, rest, tx, schedule, label_smoothing, dropout_key,
-               loss_chunk_size=0, rdrop_alpha=0.0, ema_decay=0.0):
-  """One optimizer step on a global batch; returns (new state, metrics)."""
+def train_step(state, batch, time_position, *, graphdef, rest, tx, schedule, label_smoothing,
+               dropout_key, loss_chunk_size=0, rdrop_alpha=0.0, ema_decay=0.0):
+  """One optimizer step on a global batch; returns (new state, metrics).
+
+  The learning rate is schedule(max(step, time_position)): time_position is 0 without a time
+  budget, else where the elapsed share of the budget puts the schedule (TimeBudget)."""
   step = state['step']
   (loss, (nll_sum, correct, num_tokens)), grads = loss_and_grads(
       state['params'], batch, jax.random.fold_in(dropout_key, step), graphdef=graphdef,
       rest=rest, label_smoothing=label_smoothing, loss_chunk_size=loss_chunk_size,
       rdrop_alpha=rdrop_alpha)
+  learning_rate = schedule(jnp.maximum(step.astype(jnp.float32), time_position))
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  updates = jax.tree.map(lambda u: -learning_rate * u, updates)
   params = optax.apply_updates(state['params'], updates)
   metrics = {'loss': loss, 'nll': nll_sum / num_tokens, 'accuracy': correct / num_tokens,
-             'grad_norm': optax.global_norm(grads), 'learning_rate': schedule(step),
+             'grad_norm': optax.global_norm(grads), 'learning_rate': learning_rate,
              'tokens': num_tokens}
   new_state = {'step': step + 1, 'params': params, 'opt_state': opt_state}
   if ema_decay:
@@ -375,7 +387,8 @@ def create_model(config, seed: int):
 
 
 class Training(NamedTuple):
-  """What a training loop needs: model structure, optimizer, state, step and shardings."""
+  """What a training loop needs: model structure, optimizer, state, step and shardings.
+  step_fn(state, batch, time_position) -> (state, metrics); time_position: see TimeBudget."""
   graphdef: Any
   rest: Any
   tx: Any
@@ -389,7 +402,7 @@ def create_training(config, mesh) -> Training:
   """Model, optimizer, replicated initial state and the jit-compiled, sharded train step."""
   graphdef, params, rest = create_model(config, config.seed)
   schedule = create_learning_rate_schedule(config)
-  tx = create_optimizer(config, schedule)
+  tx = create_optimizer(config)
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   state = jax.device_put(init_state(params, tx, config.ema_decay), replicated)
   step_fn = jax.jit(
@@ -399,8 +412,8 @@ def create_training(config, mesh) -> Training:
                         # the fused loss needs plain logits; copy attention mixes in copies
                         loss_chunk_size=0 if config.copy_attention else config.loss_chunk_size,
                         rdrop_alpha=config.rdrop_alpha, ema_decay=config.ema_decay),
-      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated),
-      donate_argnums=0)
+      in_shardings=(replicated, data_sharding, replicated),
+      out_shardings=(replicated, replicated), donate_argnums=0)
   return Training(graphdef, rest, tx, state, step_fn, replicated, data_sharding)
 
 
@@ -561,6 +574,48 @@ def evaluate(params, eval_fn, greedy_fn, eval_data, tok, config, sharding, num_b
 # ----------------------------------------------------------------------------- main loop
 
 
+class TimeBudget:
+  """config.time_budget_minutes: a cap on the run's wall time that the schedule follows.
+
+  Time counts from the start of train_and_evaluate (data, vocabulary and compilation included)
+  and carries over resumes (checkpoints store it); downtime between them does not count. The
+  learning-rate schedule runs at max(step, time position), where the time position is the
+  elapsed share of the budget times config.num_train_steps: on a machine fast enough for all the
+  steps the run is exactly the step-based one; on a slower one the schedule runs on wall time,
+  completes its decay when the budget is spent, and training stops there, short of
+  num_train_steps. The last evaluation's duration is held back for the final one. Processes agree
+  on process 0's clock (one broadcast per check), so they take the same rate and stop together.
+  """
+
+  clock = staticmethod(time.monotonic)  # tests substitute their own
+
+  def __init__(self, minutes: float, num_train_steps: int):
+    self.seconds = 60.0 * minutes
+    self.num_train_steps = num_train_steps
+    self.origin = self.clock()  # moved back by the time of earlier runs on resume
+    self.reserve = 0.0          # seconds of the last evaluation
+
+  def resume(self, elapsed_before: float):
+    self.origin -= elapsed_before
+
+  def check(self):
+    """(elapsed seconds, time position, whether the budget is spent), the same in every process."""
+    elapsed, reserve = self.clock() - self.origin, self.reserve
+    if jax.process_count() > 1:
+      elapsed, reserve = (float(v) for v in multihost_utils.broadcast_one_to_all(
+          np.array([elapsed, reserve], np.float32)))
+    return (elapsed, *budget_position(elapsed, reserve, self.seconds, self.num_train_steps))
+
+
+def budget_position(elapsed: float, reserve: float, budget: float, num_train_steps: int):
+  """(time position, spent) for `elapsed` seconds of a `budget` (0: none) of which `reserve` is
+  held back: the position is num_train_steps x the elapsed share of budget - reserve."""
+  if budget <= 0:
+    return 0.0, False
+  share = elapsed / max(budget - reserve, 1e-9)
+  return num_train_steps * min(share, 1.0), share >= 1.0
+
+
 SAMPLES_DIR = 'subword_samples'
 
 
@@ -643,6 +698,7 @@ def load_data(config, workdir, log):
 
 def train_and_evaluate(config, workdir: str):
   """Train `config` in `workdir`, resuming from its latest checkpoint; returns final metrics."""
+  budget = TimeBudget(config.time_budget_minutes, config.num_train_steps)
   validate_training_config(config)
   check_workdir(workdir)
   save_or_check_config(config, workdir)
@@ -660,6 +716,7 @@ def train_and_evaluate(config, workdir: str):
       jax.tree.map(ocp.utils.to_shape_dtype_struct, state), log.print)
   if restored is not None:
     state = jax.device_put(restored, replicated)
+    budget.resume(data_state.pop('elapsed_seconds', 0.0))  # absent in older checkpoints
     train_iter.set_state(data_state)
     log.print(f'resumed from step {int(to_host(state["step"]))} (data epoch '
               f'{data_state["epoch"]}, example {data_state["index"]})')
@@ -673,18 +730,30 @@ def train_and_evaluate(config, workdir: str):
                        for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
     return _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoints, log,
-                       tok, eval_data, data_sharding, stop_signal)
+                       tok, eval_data, data_sharding, stop_signal, budget, replicated)
   finally:
     for sig, handler in previous_handlers.items():
       signal.signal(sig, handler)
 
 
 def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoints, log, tok,
-                eval_data, data_sharding, stop_signal):
-  """Steps until config.num_train_steps or a stop signal; checkpoints, logs and evaluates."""
+                eval_data, data_sharding, stop_signal, budget, replicated):
+  """Steps until config.num_train_steps, the time budget or a stop signal; checkpoints, logs and
+  evaluates."""
   step = int(to_host(state['step']))
   pending, window_start, window_steps = [], time.time(), 0
   metrics = {}
+  elapsed, position, spent = budget.check()
+  time_position = jax.device_put(np.float32(position), replicated)
+  if budget.seconds:
+    log.print(f'time budget: {config.time_budget_minutes:g} min (config.time_budget_minutes; 0 '
+              f'turns it off), {elapsed / 60:.1f} used: training stops at step '
+              f'{config.num_train_steps} or when it is spent, the schedule following whichever '
+              f'comes first.')
+  if spent and step < config.num_train_steps:
+    log.print(f'the time budget was spent at step {step}: nothing to train. To go on, raise '
+              f'config.time_budget_minutes.')
+    return metrics
 
   def check_finite():
     """Raise naming the first step whose loss is NaN/Inf (the last good checkpoint stays)."""
@@ -698,18 +767,21 @@ def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoi
 
   def save(step):
     check_finite()
-    checkpoints.save(step, state, train_iter.get_state())
+    checkpoints.save(step, state, {**train_iter.get_state(),
+                                   'elapsed_seconds': budget.check()[0]})
 
-  while step < config.num_train_steps:
+  while step < config.num_train_steps and not spent:
     batch = global_batch(next(train_iter), data_sharding)
-    state, step_metrics = step_fn(state, batch)
+    state, step_metrics = step_fn(state, batch, time_position)
     step += 1
     pending.append((step, step_metrics))
     window_steps += 1
     if step % config.log_every_steps == 0 or step == config.num_train_steps or stop_signal:
       check_finite()
       fetched = to_host([m for _, m in pending])
-      elapsed = time.time() - window_start
+      elapsed, position, spent = budget.check()
+      time_position = jax.device_put(np.float32(position), replicated)
+      seconds = time.time() - window_start
       window_tokens = sum(m['tokens'] for m in fetched)
       last = fetched[-1]
       means = {k: float(np.mean([m[k] for m in fetched])) for k in ('loss', 'nll', 'accuracy',
@@ -717,11 +789,14 @@ def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoi
       metrics = {f'train/{k}': v for k, v in means.items()}
       metrics.update({'train/perplexity': math.exp(min(means['nll'], 50)),
                       'train/learning_rate': float(last['learning_rate']),
-                      'train/tokens_per_sec': window_tokens / elapsed,
-                      'train/steps_per_sec': window_steps / elapsed,
-                      'train/padding_fraction': train_iter.padding_fraction})
+                      'train/tokens_per_sec': window_tokens / seconds,
+                      'train/steps_per_sec': window_steps / seconds,
+                      'train/padding_fraction': train_iter.padding_fraction,
+                      'train/elapsed_minutes': elapsed / 60})
       log.write(step, metrics)
       eta = (config.num_train_steps - step) / max(metrics['train/steps_per_sec'], 1e-9)
+      if budget.seconds:
+        eta = min(eta, max(budget.seconds - budget.reserve - elapsed, 0.0))
       log.print(f'step {step}/{config.num_train_steps} | loss {means["loss"]:.3f} '
                 f'ppl {metrics["train/perplexity"]:.2f} acc {means["accuracy"]:.3f} | '
                 f'lr {metrics["train/learning_rate"]:.2e} gnorm {means["grad_norm"]:.2f} | '
@@ -735,15 +810,22 @@ def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoi
       log.print(f'received signal {stop_signal[0]}: saved checkpoint at step {step}; '
                 f'rerun the same command to resume.')
       return metrics
-    if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+    last_step = step == config.num_train_steps or spent
+    if spent and step < config.num_train_steps:
+      log.print(f'time budget of {config.time_budget_minutes:g} min spent at step {step} '
+                f'({elapsed / 60:.1f} min, the schedule at step {position:.0f} of '
+                f'{config.num_train_steps}): final checkpoint and validation.')
+    if step % config.checkpoint_every_steps == 0 or last_step:
       save(step)
-    if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+    if step % config.eval_every_steps == 0 or last_step:
+      eval_start = budget.clock()
       eval_metrics = evaluate(state['params'], eval_fn, greedy_fn, eval_data, tok, config,
                               data_sharding, config.num_eval_bleu_batches)
       if 'ema_params' in state:
         eval_metrics.update(evaluate(state['ema_params'], eval_fn, greedy_fn, eval_data, tok,
                                      config, data_sharding, config.num_eval_bleu_batches,
                                      prefix='eval_ema'))
+      budget.reserve = budget.clock() - eval_start
       log.write(step, eval_metrics)
       metrics.update(eval_metrics)
       log.print(f'eval at step {step} | ' + ' '.join(

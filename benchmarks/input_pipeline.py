@@ -60,12 +60,12 @@ def main(argv):
   training = train.create_training(config, train.make_mesh())
   state, step_fn, data_sharding = training.state, training.step_fn, training.data_sharding
   batches = [next(train_iter) for _ in range(FLAGS.train_steps + 1)]
-  state, metrics = step_fn(state, train.global_batch(batches[0], data_sharding))
+  state, metrics = step_fn(state, train.global_batch(batches[0], data_sharding), 0.0)
   jax.block_until_ready(state)
   start = time.perf_counter()
   consumed = 0
   for batch in batches[1:]:
-    state, metrics = step_fn(state, train.global_batch(batch, data_sharding))
+    state, metrics = step_fn(state, train.global_batch(batch, data_sharding), 0.0)
     consumed += int((batch['targets'] != 0).sum())
   jax.block_until_ready((state, metrics))
   step_tgt = consumed / (time.perf_counter() - start)

@@ -105,9 +105,9 @@ def main(argv):
   state, step_fn, data_sharding = training.state, training.step_fn, training.data_sharding
   first = train.global_batch(next(batches), data_sharding)
   t = time.perf_counter()
-  compiled = step_fn.lower(state, first).compile()
+  compiled = step_fn.lower(state, first, 0.0).compile()
   compile_s = time.perf_counter() - t
-  state, _ = compiled(state, first)
+  state, _ = compiled(state, first, 0.0)
   jax.block_until_ready(state)
 
   peak = matmul_peak_gflops()
@@ -121,7 +121,7 @@ def main(argv):
                                      b['targets'].shape[1]) for b in host)
     t = time.perf_counter()
     for b in host:
-      state, metrics = compiled(state, train.global_batch(b, data_sharding))
+      state, metrics = compiled(state, train.global_batch(b, data_sharding), 0.0)
     jax.block_until_ready((state, metrics))
     dt = time.perf_counter() - t
     results.append((tgt / dt, (src + tgt) / dt, flops / dt / 1e9))
@@ -150,7 +150,7 @@ def main(argv):
     box = [state]  # the step donates its state, so each call takes the previous call's result
 
     def step():
-      box[0], step_metrics = compiled(box[0], batch)
+      box[0], step_metrics = compiled(box[0], batch, 0.0)
       return box[0], step_metrics
 
     times = op_profile.op_times(step, FLAGS.steps)

@@ -61,6 +61,7 @@ def get_config():
   config.warmup_steps = 800
   config.copy_attention = True        # pointer-generator: copy names and topics from the body
   config.num_train_steps = 3000        # validation ROUGE peaked here (docstring)
+  config.time_budget_minutes = 120.0   # issue 7's limit for AESLC
   config.checkpoint_every_steps = 250
   config.eval_every_steps = 500
   config.beam_size = 4

@@ -15,6 +15,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 import eval as eval_lib
@@ -190,7 +191,7 @@ def test_ema_params_are_the_moving_average_and_leave_training_unchanged(tmp_path
     state = training.state
     params = [train.to_host(state['params'])]
     for _ in range(4):
-      state, _ = training.step_fn(state, batch)
+      state, _ = training.step_fn(state, batch, 0.0)
       params.append(train.to_host(state['params']))
     trajectories[decay] = (params, train.to_host(state.get('ema_params')))
   (plain, no_ema), (params, ema) = trajectories[0.0], trajectories[ema_decay]
@@ -214,9 +215,9 @@ def test_adamw_decays_kernels_and_embeddings_but_not_biases_and_norms(tmp_path):
   for optimizer, decay in (('adam', 0.0), ('adamw', weight_decay)):
     config = tiny_config(tmp_path, optimizer=optimizer, weight_decay=decay, **overrides)
     training = train.create_training(config, train.make_mesh())
-    state, metrics = training.step_fn(training.state, batch)  # warmup: step 0 has lr 0,
+    state, metrics = training.step_fn(training.state, batch, 0.0)  # warmup: step 0 has lr 0,
     before = train.to_host(state['params'])  # so both runs start step 1 from the same values
-    state, metrics = training.step_fn(state, batch)
+    state, metrics = training.step_fn(state, batch, 0.0)
     assert float(metrics['learning_rate']) == pytest.approx(lr)
     after[optimizer] = train.to_host(state['params'])
   decayed = []
@@ -229,6 +230,82 @@ def test_adamw_decays_kernels_and_embeddings_but_not_biases_and_norms(tmp_path):
     expected = adam - lr * weight_decay * old if decays else adam
     np.testing.assert_allclose(adamw, expected, rtol=1e-6, atol=1e-9, err_msg=name)
   assert any(decayed) and not all(decayed)
+
+
+@pytest.mark.parametrize('optimizer,weight_decay', [('adam', 0.0), ('adamw', 0.1)])
+def test_the_step_is_optax_adam_or_adamw_with_the_schedule(tmp_path, optimizer, weight_decay):
+  """train_step applies the learning rate itself (create_optimizer has none, see TimeBudget);
+  step for step its parameters are those of optax's own adam / adamw with the schedule after
+  global-norm clipping, fed the same gradients: the second code path."""
+  # adam_eps 1e-3: with the default 1e-9, Adam's first steps divide near-zero gradients by their
+  # own size, so rounding differences between the two programs' gradients change them wholesale
+  config = tiny_config(tmp_path, optimizer=optimizer, weight_decay=weight_decay,
+                       dropout_rate=0.0, warmup_steps=2, grad_clip_norm=0.5, adam_eps=1e-3)
+  training = train.create_training(config, train.make_mesh())
+  schedule = train.create_learning_rate_schedule(config)
+  hyper = dict(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+  reference = optax.chain(optax.clip_by_global_norm(0.5), optax.adamw(
+      schedule, weight_decay=weight_decay, mask=train.decays_weight, **hyper)
+      if optimizer == 'adamw' else optax.adam(schedule, **hyper))
+  grads_fn = jax.jit(functools.partial(
+      train.loss_and_grads, graphdef=training.graphdef, rest=training.rest,
+      label_smoothing=config.label_smoothing, loss_chunk_size=config.loss_chunk_size))
+  batch, state = random_batch(), training.state
+  params = jax.tree.map(np.array, train.to_host(state['params']))  # a copy: the step donates
+  reference_state = reference.init(params)
+  for _ in range(4):
+    _, grads = grads_fn(params, batch, jax.random.key(0))  # no dropout: the key is unused
+    updates, reference_state = reference.update(grads, reference_state, params)
+    params = optax.apply_updates(params, updates)
+    state, _ = training.step_fn(state, batch, 0.0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               train.to_host(state['params']), params)
+
+
+def test_the_time_position_moves_the_schedule_ahead_of_the_step(tmp_path):
+  """The learning rate is schedule(max(step, time_position))."""
+  config = tiny_config(tmp_path, num_train_steps=100, warmup_steps=10)
+  training = train.create_training(config, train.make_mesh())
+  schedule = train.create_learning_rate_schedule(config)
+  state, batch = training.state, random_batch()
+  for step, position, expected in ((0, 0.0, 0), (1, 50.0, 50), (2, 1.0, 2), (3, 99.5, 99.5)):
+    state, metrics = training.step_fn(state, batch, position)
+    assert float(metrics['learning_rate']) == pytest.approx(float(schedule(expected))), step
+  assert float(schedule(50)) > 0 and float(schedule(100)) == 0
+
+
+def test_budget_position_is_the_elapsed_share_of_the_budget_less_the_reserve():
+  assert train.budget_position(1e6, 0.0, 0.0, 1000) == (0.0, False)  # no budget
+  assert train.budget_position(30.0, 0.0, 60.0, 1000) == (500.0, False)
+  assert train.budget_position(30.0, 10.0, 60.0, 1000) == (600.0, False)
+  assert train.budget_position(50.0, 10.0, 60.0, 1000) == (1000.0, True)
+  assert train.budget_position(70.0, 0.0, 60.0, 1000) == (1000.0, True)
+
+
+def test_a_time_budget_stops_the_run_and_survives_a_resume(tmp_path, monkeypatch, capsys):
+  """On a clock that gains a second at every reading (one reading per logged step here), a
+  half-minute budget stops a 1000-step run after ~30 steps with a final checkpoint and
+  validation, the schedule having followed the clock to the end of its decay; a rerun finds
+  the budget spent (the elapsed time is checkpointed) and trains nothing."""
+  ticks = iter(range(10**6))
+  monkeypatch.setattr(train.TimeBudget, 'clock', staticmethod(lambda: float(next(ticks))))
+  config = tiny_config(tmp_path, num_train_steps=1000, warmup_steps=5, log_every_steps=1,
+                       checkpoint_every_steps=1000, time_budget_minutes=0.5)
+  workdir = str(tmp_path / 'run')
+  metrics = train.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    logged = [r for r in map(json.loads, f) if 'train/loss' in r]
+  stop = logged[-1]['step']
+  assert 20 < stop < 40 and 'eval/nll' in metrics
+  assert train.Checkpoints(workdir, 10).manager.latest_step() == stop
+  schedule = train.create_learning_rate_schedule(config)
+  assert logged[-1]['train/learning_rate'] < 0.02 * config.learning_rate < float(schedule(stop))
+  assert f'time budget of 0.5 min spent at step {stop}' in capsys.readouterr().out
+  train.train_and_evaluate(config, workdir)
+  assert f'the time budget was spent at step {stop}: nothing to train' in capsys.readouterr().out
+  assert train.Checkpoints(workdir, 10).manager.latest_step() == stop
+  with pytest.raises(train.ConfigError, match=r'time_budget_minutes=-1.0 must be >= 0'):
+    train.validate_training_config(tiny_config(tmp_path, time_budget_minutes=-1.0))
 
 
 def test_resuming_with_the_moving_average_turned_on_or_off_is_refused(tmp_path):
