@@ -579,12 +579,14 @@ class TimeBudget:
 
   Time counts from the start of train_and_evaluate (data, vocabulary and compilation included)
   and carries over resumes (checkpoints store it); downtime between them does not count. The
-  learning-rate schedule runs at max(step, time position), where the time position is the
-  elapsed share of the budget times config.num_train_steps: on a machine fast enough for all the
-  steps the run is exactly the step-based one; on a slower one the schedule runs on wall time,
-  completes its decay when the budget is spent, and training stops there, short of
-  num_train_steps. The last evaluation's duration is held back for the final one. Processes agree
-  on process 0's clock (one broadcast per check), so they take the same rate and stop together.
+  learning-rate schedule runs at max(step, time position): config.num_train_steps x the share
+  spent of the training time, which runs from the first logged step (so set-up and compilation
+  do not move the schedule, and the first steps take the schedule's first rates) to the end of
+  the budget less the last evaluation's duration (held back for the final one). On a machine
+  fast enough for all the steps the run is the step-based one; on a slower one the schedule runs
+  on wall time, completes its decay as the budget is spent, and training stops there, short of
+  num_train_steps. Processes agree on process 0's clock (one broadcast per check), so they take
+  the same rates and stop together.
   """
 
   clock = staticmethod(time.monotonic)  # tests substitute their own
@@ -594,26 +596,43 @@ class TimeBudget:
     self.num_train_steps = num_train_steps
     self.origin = self.clock()  # moved back by the time of earlier runs on resume
     self.reserve = 0.0          # seconds of the last evaluation
+    self.start = None           # elapsed seconds at the first logged step: the schedule's zero
 
-  def resume(self, elapsed_before: float):
-    self.origin -= elapsed_before
+  def resume(self, saved: dict):
+    """Take (and remove) what `to_save` put into a checkpoint's data state."""
+    self.origin -= saved.pop('elapsed_seconds', 0.0)  # absent in older checkpoints
+    self.start = saved.pop('schedule_clock_start', None)
 
-  def check(self):
-    """(elapsed seconds, time position, whether the budget is spent), the same in every process."""
+  def to_save(self) -> dict:
+    elapsed = self.check()[0]
+    return {'elapsed_seconds': elapsed,
+            **({} if self.start is None else {'schedule_clock_start': self.start})}
+
+  def check(self, training: bool = False):
+    """(elapsed seconds, time position, whether the budget is spent), the same in every process;
+    the first check with `training` starts the schedule's clock."""
     elapsed, reserve = self.clock() - self.origin, self.reserve
     if jax.process_count() > 1:
       elapsed, reserve = (float(v) for v in multihost_utils.broadcast_one_to_all(
           np.array([elapsed, reserve], np.float32)))
-    return (elapsed, *budget_position(elapsed, reserve, self.seconds, self.num_train_steps))
+    if training and self.start is None:
+      self.start = elapsed
+    return (elapsed, *budget_position(elapsed, self.start, reserve, self.seconds,
+                                      self.num_train_steps))
 
 
-def budget_position(elapsed: float, reserve: float, budget: float, num_train_steps: int):
-  """(time position, spent) for `elapsed` seconds of a `budget` (0: none) of which `reserve` is
-  held back: the position is num_train_steps x the elapsed share of budget - reserve."""
+def budget_position(elapsed: float, start, reserve: float, budget: float, num_train_steps: int):
+  """(time position, spent) at `elapsed` seconds of a `budget` (0: none) of which `reserve` is
+  held back, the schedule's clock having started at `start` (None: not yet, position 0): the
+  position is num_train_steps x (elapsed - start) / (budget - reserve - start), at most
+  num_train_steps, which it reaches as the budget is spent."""
   if budget <= 0:
     return 0.0, False
-  share = elapsed / max(budget - reserve, 1e-9)
-  return num_train_steps * min(share, 1.0), share >= 1.0
+  spent = elapsed + reserve >= budget
+  if start is None:
+    return 0.0, spent
+  share = (elapsed - start) / max(budget - reserve - start, 1e-9)
+  return num_train_steps * min(max(share, 0.0), 1.0), spent
 
 
 SAMPLES_DIR = 'subword_samples'
@@ -716,7 +735,7 @@ def train_and_evaluate(config, workdir: str):
       jax.tree.map(ocp.utils.to_shape_dtype_struct, state), log.print)
   if restored is not None:
     state = jax.device_put(restored, replicated)
-    budget.resume(data_state.pop('elapsed_seconds', 0.0))  # absent in older checkpoints
+    budget.resume(data_state)
     train_iter.set_state(data_state)
     log.print(f'resumed from step {int(to_host(state["step"]))} (data epoch '
               f'{data_state["epoch"]}, example {data_state["index"]})')
@@ -767,8 +786,7 @@ def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoi
 
   def save(step):
     check_finite()
-    checkpoints.save(step, state, {**train_iter.get_state(),
-                                   'elapsed_seconds': budget.check()[0]})
+    checkpoints.save(step, state, {**train_iter.get_state(), **budget.to_save()})
 
   while step < config.num_train_steps and not spent:
     batch = global_batch(next(train_iter), data_sharding)
@@ -779,7 +797,7 @@ def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoi
     if step % config.log_every_steps == 0 or step == config.num_train_steps or stop_signal:
       check_finite()
       fetched = to_host([m for _, m in pending])
-      elapsed, position, spent = budget.check()
+      elapsed, position, spent = budget.check(training=True)
       time_position = jax.device_put(np.float32(position), replicated)
       seconds = time.time() - window_start
       window_tokens = sum(m['tokens'] for m in fetched)

@@ -50,7 +50,8 @@ def tiny_config(tmp_path, **overrides):
       max_len=32, max_train_len=24, max_eval_len=24, batch_size=8, eval_batch_size=8,
       num_train_steps=20, warmup_steps=5, learning_rate=3e-3, log_every_steps=5,
       eval_every_steps=1000, checkpoint_every_steps=10, num_eval_bleu_batches=1,
-      matmul_dtype='float32')  # exact float32 comparisons between code paths
+      matmul_dtype='float32',  # exact float32 comparisons between code paths
+      time_budget_minutes=0.0)  # steps, not this machine's speed, set the schedule
   config.update(overrides)
   return config
 
@@ -274,12 +275,16 @@ def test_the_time_position_moves_the_schedule_ahead_of_the_step(tmp_path):
   assert float(schedule(50)) > 0 and float(schedule(100)) == 0
 
 
-def test_budget_position_is_the_elapsed_share_of_the_budget_less_the_reserve():
-  assert train.budget_position(1e6, 0.0, 0.0, 1000) == (0.0, False)  # no budget
-  assert train.budget_position(30.0, 0.0, 60.0, 1000) == (500.0, False)
-  assert train.budget_position(30.0, 10.0, 60.0, 1000) == (600.0, False)
-  assert train.budget_position(50.0, 10.0, 60.0, 1000) == (1000.0, True)
-  assert train.budget_position(70.0, 0.0, 60.0, 1000) == (1000.0, True)
+def test_budget_position_is_the_spent_share_of_the_training_time():
+  """Arguments: elapsed, the schedule clock's start, reserve, budget (seconds), steps."""
+  assert train.budget_position(1e6, 0.0, 0.0, 0.0, 1000) == (0.0, False)  # no budget
+  assert train.budget_position(30.0, None, 0.0, 60.0, 1000) == (0.0, False)  # clock not started
+  assert train.budget_position(70.0, None, 0.0, 60.0, 1000) == (0.0, True)
+  assert train.budget_position(30.0, 0.0, 0.0, 60.0, 1000) == (500.0, False)
+  assert train.budget_position(30.0, 0.0, 10.0, 60.0, 1000) == (600.0, False)
+  assert train.budget_position(30.0, 10.0, 10.0, 60.0, 1000) == (500.0, False)
+  assert train.budget_position(50.0, 10.0, 10.0, 60.0, 1000) == (1000.0, True)
+  assert train.budget_position(70.0, 0.0, 0.0, 60.0, 1000) == (1000.0, True)
 
 
 def test_a_time_budget_stops_the_run_and_survives_a_resume(tmp_path, monkeypatch, capsys):
@@ -431,9 +436,11 @@ def free_port():
 @pytest.mark.slow
 def test_two_processes_give_the_same_losses_as_one(tmp_path):
   """With subword sampling: both processes read process 0's draw, which the one-process run
-  then reuses (a process that drew its own would pack other rows)."""
+  then reuses (a process that drew its own would pack other rows). A time budget that never
+  binds: the processes agree on its clock at every logged step, and its position stays below
+  the step, so the rates are the step's."""
   config = tiny_config(tmp_path, num_train_steps=15, checkpoint_every_steps=15,
-                       subword_sampling_alpha=0.5)
+                       subword_sampling_alpha=0.5, time_budget_minutes=1e6)
   config_file = write_config_file(config, tmp_path / 'cfg.py')
   address = f'127.0.0.1:{free_port()}'
   workdir = tmp_path / 'multi'
