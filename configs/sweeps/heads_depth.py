@@ -23,6 +23,8 @@ def get_sweep(hyper):
       hyper.fixed('config.batch_size', 64),
       hyper.fixed('config.pack_window', 1),   # next-fit packing, as then
       hyper.fixed('config.warmup_steps', 250),
+      hyper.fixed('config.optimizer', 'adam'),
+      hyper.fixed('config.weight_decay', 0.0),
       hyper.fixed('config.eval_every_steps', 500),
       hyper.fixed('config.checkpoint_every_steps', 500),
   ])
