@@ -717,8 +717,8 @@ def load_data(config, workdir, log):
 
 def train_and_evaluate(config, workdir: str):
   """Train `config` in `workdir`, resuming from its latest checkpoint; returns final metrics."""
-  budget = TimeBudget(config.time_budget_minutes, config.num_train_steps)
   validate_training_config(config)
+  budget = TimeBudget(config.time_budget_minutes, config.num_train_steps)
   check_workdir(workdir)
   save_or_check_config(config, workdir)
   log = MetricsLog(workdir)
