@@ -478,7 +478,7 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
     ('--config.beam_groups=-1', 'error: config.beam_groups=-1 must be an integer >= 0 (0: auto'),
     ('--config.source_word_dropout=1.5', 'error: config.source_word_dropout=1.5 must be in [0, 1)'),
     ('--config.ema_decay=1', 'error: config.ema_decay=1.0 must be in [0, 1) (0: off'),
-    ('--config.optimizer=adam', 'error: config.weight_decay=0.1 must be >= 0, and needs '
+    ('--config.optimizer=adam', 'error: config.weight_decay=0.3 must be >= 0, and needs '
                                 "config.optimizer='adamw'"),
     ('--config.vocab_model_type=bpe --config.subword_sampling_alpha=1.0',
      'error: config.subword_sampling_alpha=1.0 must be >= 0 (0: off), and below 1 for a BPE'),
