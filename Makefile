@@ -7,7 +7,7 @@ WORKDIR ?= runs/default
 PYTEST_ARGS ?=
 TEST_WORKERS ?= auto  # pytest-xdist processes (auto: one per core, at most 4); 0: this process
 
-.PHONY: setup train eval test test-fast clean
+.PHONY: setup train train-ensemble eval test test-fast clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,39 @@ setup: $(VENV)/.installed  ## create .venv from requirements.txt when missing or
 train: setup  ## train the default config end to end, then evaluate it on the validation split
 	$(PY) train.py --config=$(CONFIG) --workdir=$(WORKDIR)
 	$(PY) eval.py --workdir=$(WORKDIR) --split=val
+
+# Issue 6's in-hour ensemble (README "Ensembles"): the runs train at once, the cores split among
+# them (taskset where present), each under the time budget, sharing the first run's vocabulary;
+# then eval.py decodes with all of them as one model. Logs: $(ENSEMBLE_DIR)/seed*/train.log.
+ENSEMBLE_DIR ?= runs/ensemble
+ENSEMBLE_SEEDS ?= 0 2
+ENSEMBLE_FLAGS ?= --config.time_budget_minutes=58 --config.checkpoint_every_steps=125
+ENSEMBLE_EVAL ?= --split=val --beam_size=5 --alpha=1.5 --average_last=10
+FIRST_SEED := $(firstword $(ENSEMBLE_SEEDS))
+FIRST_DIR := $(ENSEMBLE_DIR)/seed$(FIRST_SEED)
+comma := ,
+space := $() $()
+OTHER_DIRS := $(subst $(space),$(comma),$(strip \
+    $(patsubst %,$(ENSEMBLE_DIR)/seed%,$(wordlist 2,99,$(ENSEMBLE_SEEDS)))))
+
+train-ensemble: setup  ## train the runs of ENSEMBLE_SEEDS at once, then evaluate their ensemble
+	$(PY) train.py --config=$(CONFIG) --workdir=$(FIRST_DIR) --config.seed=$(FIRST_SEED) \
+	    $(ENSEMBLE_FLAGS) --prepare_only
+	@n=$$(nproc); k=$(words $(ENSEMBLE_SEEDS)); i=0; pids=; \
+	for s in $(ENSEMBLE_SEEDS); do \
+	  d=$(ENSEMBLE_DIR)/seed$$s; mkdir -p $$d; \
+	  test -e $$d/tokenizer.model || cp $(FIRST_DIR)/tokenizer.model $$d/; \
+	  pin=; if command -v taskset > /dev/null && [ $$n -ge $$k ]; then \
+	    pin="taskset -c $$((i * n / k))-$$(((i + 1) * n / k - 1))"; fi; \
+	  echo "seed $$s: $$pin train.py ... > $$d/train.log"; \
+	  $$pin $(PY) train.py --config=$(CONFIG) --workdir=$$d --config.seed=$$s \
+	      $(ENSEMBLE_FLAGS) > $$d/train.log 2>&1 & pids="$$pids $$!"; i=$$((i + 1)); \
+	done; \
+	failed=0; for p in $$pids; do wait $$p || failed=1; done; \
+	for s in $(ENSEMBLE_SEEDS); do tail -n 2 $(ENSEMBLE_DIR)/seed$$s/train.log; done; \
+	if [ $$failed = 1 ]; then echo "error: a run failed; see its train.log (rerun to resume)"; \
+	  exit 1; fi
+	$(PY) eval.py --workdir=$(FIRST_DIR) --ensemble=$(OTHER_DIRS) $(ENSEMBLE_EVAL)
 
 eval: setup
 	$(PY) eval.py --workdir=$(WORKDIR) --split=test_2016_flickr

@@ -56,6 +56,9 @@ def define_flags():
   flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
   flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
   flags.DEFINE_integer('process_id', None, 'Multi-process: this process (0-based).')
+  flags.DEFINE_bool('prepare_only', False, 'Check the config and data, build the vocabulary '
+                    '(tokenizer.model) and config.json in --workdir, and exit without training: '
+                    'runs that must share one vocabulary (an ensemble) copy it from there.')
 
 
 SCHEDULES = ('rsqrt', 'cosine', 'constant')
@@ -715,14 +718,19 @@ def load_data(config, workdir, log):
   return train_iter, tok, eval_data
 
 
-def train_and_evaluate(config, workdir: str):
-  """Train `config` in `workdir`, resuming from its latest checkpoint; returns final metrics."""
+def train_and_evaluate(config, workdir: str, prepare_only: bool = False):
+  """Train `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
+  `prepare_only`: stop once the config, data and vocabulary are checked and saved (no model)."""
   validate_training_config(config)
   budget = TimeBudget(config.time_budget_minutes, config.num_train_steps)
   check_workdir(workdir)
   save_or_check_config(config, workdir)
   log = MetricsLog(workdir)
   train_iter, tok, eval_data = load_data(config, workdir, log.print)
+  if prepare_only:
+    log.print(f'prepared {workdir}: config, data and vocabulary checked, nothing trained '
+              f'(--prepare_only); the same command without it trains.')
+    return {}
 
   training = create_training(config, make_mesh())
   graphdef, rest, state = training.graphdef, training.rest, training.state
@@ -866,7 +874,7 @@ def main(argv):
   if FLAGS.distributed or FLAGS.num_processes:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   try:
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.prepare_only)
   except (ConfigError, datasets.DataError, FloatingPointError) as e:
     sys.exit(f'error: {e}')
 

@@ -341,8 +341,12 @@ def test_summarization_runs_log_validation_rouge(tmp_path, copy):
 
 
 def test_same_config_and_seed_give_the_same_losses(tmp_path):
+  """Also with the second run prepared first (--prepare_only: config, data, vocabulary)."""
   config = tiny_config(tmp_path)
   train.train_and_evaluate(config, str(tmp_path / 'a'))
+  assert train.train_and_evaluate(config, str(tmp_path / 'b'), prepare_only=True) == {}
+  assert {'config.json', 'tokenizer.model'} <= set(os.listdir(tmp_path / 'b'))
+  assert not os.path.exists(tmp_path / 'b' / 'checkpoints')
   train.train_and_evaluate(config, str(tmp_path / 'b'))
   assert losses(tmp_path / 'a') == losses(tmp_path / 'b')
   other = tiny_config(tmp_path, seed=1)
@@ -460,6 +464,29 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
   single = run_train(config_file, tmp_path / 'single')
   assert single.returncode == 0, single.stderr[-2000:]
   np.testing.assert_allclose(losses(workdir), losses(tmp_path / 'single'), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_make_train_ensemble_trains_the_seeds_at_once_on_one_vocabulary(tmp_path):
+  config_file = write_config_file(tiny_config(tmp_path), tmp_path / 'tiny.py')
+  ensemble = tmp_path / 'ens'
+  result = subprocess.run(
+      ['make', '-o', '.venv/.installed', 'train-ensemble', f'PY={sys.executable}',
+       f'CONFIG={config_file}', f'ENSEMBLE_DIR={ensemble}', 'ENSEMBLE_SEEDS=0 2',
+       'ENSEMBLE_FLAGS=--config.num_train_steps=20',
+       'ENSEMBLE_EVAL=--split=eval --beam_size=2 --average_last=2'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  members = [ensemble / 'seed0', ensemble / 'seed2']
+  vocabularies = [train.tokenizer_lib.Tokenizer(str(m / 'tokenizer.model')).vocabulary()
+                  for m in members]
+  assert vocabularies[0] == vocabularies[1]
+  assert [json.load(open(m / 'config.json'))['seed'] for m in members] == [0, 2]
+  assert all(losses(m)[-1] < losses(m)[0] for m in members)
+  assert losses(members[0]) != losses(members[1])
+  (report,) = [f for f in os.listdir(members[0] / 'eval') if f.endswith('.json')]
+  with open(members[0] / 'eval' / report) as f:
+    assert json.load(f)['members'] == 2
 
 
 # ----------------------------------------------------------------------------- failures
