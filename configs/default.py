@@ -23,7 +23,11 @@ the default before that: val 42.80 / 41.71 / 41.79 / 40.85 (mean 41.79), test 40
 parameters (`--config.ema_decay=0.999`: 42.63 against the same run's 42.81 with checkpoint
 averaging), a BPE vocabulary (41.08), ensembles of two runs that fit the hour (`eval.py
 --ensemble`: 40.81 and 42.04). With AdamW 0.1, two runs at once under a 58-min time budget, one
-core each (README "Ensembles"): val 42.74, test_2016_flickr 40.81.
+core each (README "Ensembles"): val 42.74, test_2016_flickr 40.81. The best in-hour recipe by
+val is two runs of this config at once, decoded as an ensemble:
+  make train-ensemble   # seeds 0 and 2, one core each, 58-min budget; 61 min in all
+val 43.07 and 42.85, test_2016_flickr 41.28 and 40.70 (SacreBLEU 40.93 / 40.25) in two samples
+on the Zen 5 EPYC (8400 and 7100 steps in the hour): at the published 41.02, not reliably past.
 Details, the other test sets and an ablation (batch 64 and 16 rows, float32, greedy): README
 "Results".
 On a CPU without AVX512-BF16 or AMX, 'auto' picks exact float32 (bfloat16 is emulated there and
