@@ -127,7 +127,9 @@ def _fused_forward_and_grads(coefficients, chunk_size, has_bias, operand_dtype, 
   vocab, d = kernel.shape
   eps, alpha = coefficients
   # XLA:CPU runs a bfloat16 dot as such only in some layouts (others in float32): the logits
-  # take the kernel pre-transposed and the kernel gradient a transposed copy of g (README, Speed)
+  # take the kernel pre-transposed, and the kernel gradient is accumulated transposed, [d, vocab]
+  # = hᵀ g, transposed once after the loop (8% more training tokens/s on one core than gᵀ h,
+  # level on two; README, Speed)
   w_in = kernel.astype(operand_dtype)  # [vocab, d]
   w_t = kernel.T.astype(operand_dtype)  # [d, vocab]
   # mean_v logits = h · mean_v(kernel) + mean(bias): no pass over the logits needed
@@ -167,7 +169,7 @@ def _fused_forward_and_grads(coefficients, chunk_size, has_bias, operand_dtype, 
     if has_bias:
       dbias = dbias + jnp.sum(g, axis=0)
     dh = jnp.dot(g.astype(operand_dtype), w_in, preferred_element_type=jnp.float32)
-    dkernel = dkernel + jnp.dot(g.T.astype(operand_dtype), hc_in,
+    dkernel = dkernel + jnp.dot(hc_in.T, g.astype(operand_dtype),  # [d, vocab]
                                 preferred_element_type=jnp.float32)
     return (loss_sum + jnp.sum(loss * wc), nll_sum + jnp.sum(nll * wc),
             correct_sum + jnp.sum(correct * wc), dkernel, dbias), dh.astype(h.dtype)
@@ -176,7 +178,7 @@ def _fused_forward_and_grads(coefficients, chunk_size, has_bias, operand_dtype, 
   xs = (h.reshape(n, chunk_size, d), targets.reshape(n, chunk_size),
         weights.reshape(n, chunk_size))
   zero = jnp.zeros((), jnp.float32)
-  init = (zero, zero, zero, jnp.zeros((vocab, d), jnp.float32), jnp.zeros((vocab,), jnp.float32))
+  init = (zero, zero, zero, jnp.zeros((d, vocab), jnp.float32), jnp.zeros((vocab,), jnp.float32))
   (loss, nll, correct, dkernel, dbias), dh = jax.lax.scan(chunk, init, xs)
-  grads = (dh.reshape(h.shape), dkernel.astype(kernel.dtype), dbias.astype(bias.dtype))
+  grads = (dh.reshape(h.shape), dkernel.T.astype(kernel.dtype), dbias.astype(bias.dtype))
   return loss, (nll, correct), grads
