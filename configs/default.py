@@ -27,9 +27,9 @@ core each (README "Ensembles"): val 42.74, test_2016_flickr 40.81. The best in-h
 val is two runs of this config at once, decoded as an ensemble:
   make train-ensemble   # seeds 0 and 2, one core each, 58-min budget; 61 min in all
 val 43.07 / 42.85 / 42.24 / 42.23 / 42.06, test_2016_flickr 41.28 / 40.70 / 40.74 / 40.82 / 40.73
-(SacreBLEU 40.93 / 40.25 / 40.41 / 40.43 / 40.34) in five samples on 2-core EPYCs (Zen 5, the last Zen 4; 8400 /
-7100 / 6600 / 6700 / 6650 steps in the hour; the third with ENSEMBLE_SEEDS="1 3"): about the published
-41.02 (mean 40.85), past it once in five.
+(SacreBLEU 40.93 / 40.25 / 40.41 / 40.43 / 40.34) in five samples on 2-core EPYCs (Zen 5, the
+last Zen 4; 8400 / 7100 / 6600 / 6700 / 6650 steps in the hour; the third with
+ENSEMBLE_SEEDS="1 3"): about the published 41.02 (mean 40.85), past it once in five.
 Details, the other test sets and an ablation (batch 64 and 16 rows, float32, greedy): README
 "Results".
 On a CPU without AVX512-BF16 or AMX, 'auto' picks exact float32 (bfloat16 is emulated there and
