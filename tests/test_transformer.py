@@ -47,6 +47,39 @@ def test_shift_right_starts_every_packed_example_with_bos():
   np.testing.assert_array_equal(shift_right(targets, bos_id=2), [[2, 7, 8, 1, 9, 1]])
 
 
+def test_layer_norm_equals_numpy_and_its_gradients_equal_autodiff():
+  """transformer.LayerNorm: values against NumPy in float64 and against nnx.LayerNorm; the
+  hand-written backward pass against autodiff of the plain formula."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, 4, 16)) * 2.0 + 0.5
+  scale, bias = 1.0 + 0.3 * rng.normal(size=16), 0.2 * rng.normal(size=16)
+  norm = transformer.LayerNorm(16, epsilon=1e-6, rngs=nnx.Rngs(0))
+  norm.scale[...] = jnp.asarray(scale, jnp.float32)
+  norm.bias[...] = jnp.asarray(bias, jnp.float32)
+  x32 = jnp.asarray(x, jnp.float32)
+  ref = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6) * scale + bias
+  np.testing.assert_allclose(norm(x32), ref, atol=2e-5)
+  flax_norm = nnx.LayerNorm(16, epsilon=1e-6, rngs=nnx.Rngs(0))
+  flax_norm.scale[...], flax_norm.bias[...] = norm.scale[...], norm.bias[...]
+  np.testing.assert_allclose(norm(x32), flax_norm(x32), atol=2e-5)
+  ours_rngs, flax_rngs = nnx.Rngs(7), nnx.Rngs(7)  # draws the keys nnx.LayerNorm draws
+  transformer.LayerNorm(16, rngs=ours_rngs), nnx.LayerNorm(16, rngs=flax_rngs)
+  np.testing.assert_array_equal(jax.random.key_data(ours_rngs.params()),
+                                jax.random.key_data(flax_rngs.params()))
+
+  def plain(x, scale, bias):
+    centred = x - jnp.mean(x, -1, keepdims=True)
+    return centred / jnp.sqrt(jnp.mean(centred ** 2, -1, keepdims=True) + 1e-6) * scale + bias
+
+  cotangent = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  args = (x32, jnp.asarray(scale, jnp.float32), jnp.asarray(bias, jnp.float32))
+  ours = jax.grad(lambda *a: jnp.sum(transformer.layer_norm(*a, 1e-6) * cotangent),
+                  argnums=(0, 1, 2))(*args)
+  want = jax.grad(lambda *a: jnp.sum(plain(*a) * cotangent), argnums=(0, 1, 2))(*args)
+  for a, b in zip(ours, want):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize('overrides', VARIANTS)
 def test_future_tokens_do_not_change_past_outputs(overrides):
   model = make_model(**overrides)
