@@ -26,10 +26,11 @@ averaging), a BPE vocabulary (41.08), ensembles of two runs that fit the hour (`
 core each (README "Ensembles"): val 42.74, test_2016_flickr 40.81. The best in-hour recipe by
 val is two runs of this config at once, decoded as an ensemble:
   make train-ensemble   # seeds 0 and 2, one core each, 58-min budget; 61 min in all
-val 43.07 / 42.85 / 42.24 / 42.23 / 42.06, test_2016_flickr 41.28 / 40.70 / 40.74 / 40.82 / 40.73
-(SacreBLEU 40.93 / 40.25 / 40.41 / 40.43 / 40.34) in five samples on 2-core EPYCs (Zen 5, the
-last Zen 4; 8400 / 7100 / 6600 / 6700 / 6650 steps in the hour; the third with
-ENSEMBLE_SEEDS="1 3"): about the published 41.02 (mean 40.85), past it once in five.
+val 43.07 / 42.85 / 42.24 / 42.23 / 42.06 / 42.46, test_2016_flickr 41.28 / 40.70 / 40.74 / 40.82 /
+40.73 / 40.82 (SacreBLEU 40.93 / 40.25 / 40.41 / 40.43 / 40.34 / 40.42) in six samples on 2-core
+EPYCs (Zen 5, the last two Zen 4; 8400 / 7100 / 6600 / 6700 / 6650 / 8500 steps in the hour, the
+last with ~13% faster code; the third with ENSEMBLE_SEEDS="1 3"): about the published 41.02
+(mean 40.85), past it once in six.
 Details, the other test sets and an ablation (batch 64 and 16 rows, float32, greedy): README
 "Results".
 On a CPU without AVX512-BF16 or AMX, 'auto' picks exact float32 (bfloat16 is emulated there and
