@@ -165,21 +165,15 @@ def dot_product_attention(query, key, value, mask=None, *, kernel: str = 'einsum
   return (out, weights) if return_weights else out
 
 
-def masked_softmax(scores, mask=None):
+@jax.custom_vjp
+def masked_softmax(scores, mask):
   """softmax(scores) over the last axis, with exactly zero weight where `mask` (broadcastable to
-  scores) is False; a row with no True entry gets all-zero weights.
+  scores, or None) is False; a row with no True entry gets all-zero weights.
 
   Its gradient is the softmax's own, dscores = w * (dw - sum(dw * w)), from the stored weights
   w: a custom VJP, because autodiff of the softmax had XLA:CPU materialise a broadcast of the
   normaliser 1/sum(exp) for the backward pass (README, Speed).
   """
-  if mask is not None:
-    mask = jnp.broadcast_to(mask, scores.shape)
-  return _masked_softmax(scores, mask)
-
-
-@jax.custom_vjp
-def _masked_softmax(scores, mask):
   return _masked_softmax_fwd(scores, mask)[0]
 
 
@@ -197,7 +191,7 @@ def _masked_softmax_bwd(weights, g):
   return weights * (g - jnp.sum(g * weights, axis=-1, keepdims=True)), None
 
 
-_masked_softmax.defvjp(_masked_softmax_fwd, _masked_softmax_bwd)
+masked_softmax.defvjp(_masked_softmax_fwd, _masked_softmax_bwd)
 
 
 def _check_qkv(query, key, value):
