@@ -24,7 +24,9 @@ parameters (`--config.ema_decay=0.999`: 42.63 against the same run's 42.81 with 
 averaging), a BPE vocabulary (41.08), ensembles of two runs that fit the hour (`eval.py
 --ensemble`: 40.81 and 42.04). With AdamW 0.1, two runs at once under a 58-min time budget, one
 core each (README "Ensembles"): val 42.74, test_2016_flickr 40.81. Weight decay 0.5 (two seeds):
-val 41.70 / 41.56, final validation NLL 1.510 / 1.515 against 0.3's 1.470 / 1.466. The best in-hour recipe by
+val 41.70 / 41.56, final validation NLL 1.510 / 1.515 against 0.3's 1.470 / 1.466.
+Peak learning rate 2e-3 with decay 0.45 (the same decay per step, two seeds): val 41.60 / 41.56,
+NLL 1.502 / 1.511. The best in-hour recipe by
 val is two runs of this config at once, decoded as an ensemble:
   make train-ensemble   # seeds 0 and 2, one core each, 58-min budget; 61 min in all
 val 43.07 / 42.85 / 42.24 / 42.23 / 42.06 / 42.46, test_2016_flickr 41.28 / 40.70 / 40.74 / 40.82 /
