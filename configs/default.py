@@ -112,6 +112,8 @@ def get_config(size: str = 'tiny'):
   config.num_encoder_layers = enc_layers
   config.num_decoder_layers = dec_layers
   config.mlp_dim = mlp_dim             # inner width of the position-wise MLP
+  config.activation = 'relu'           # MLP: relu | gelu | silu | geglu | swiglu (gated; one
+                                       # more d x mlp_dim matrix, Shazeer 2020)
   config.dropout_rate = 0.2            # residual, embedding and MLP dropout (0.3: README)
   config.attention_dropout_rate = 0.0  # dropout on attention weights
   config.source_word_dropout = 0.0     # drop whole source token embeddings (Sennrich and Zhang

@@ -19,6 +19,15 @@ from model.attention import (KERNELS, MultiHeadAttention, combine_masks, dropout
 
 POSITION_TYPES = ('sinusoidal', 'learned')
 LAYER_NORM_TYPES = ('pre', 'post')
+# the MLP's nonlinearity; the 'glu' names are gated linear units (Shazeer 2020, "GLU Variants
+# Improve Transformer"): act(x W_gate) * (x W_in), one more d x mlp_dim matrix
+ACTIVATIONS = {
+    'relu': jax.nn.relu,                                      # Vaswani et al. 2017
+    'gelu': lambda x: jax.nn.gelu(x, approximate=False),      # Hendrycks and Gimpel 2016 (erf)
+    'silu': jax.nn.silu,                                      # x * sigmoid(x), a.k.a. swish
+    'geglu': lambda x: jax.nn.gelu(x, approximate=False),
+    'swiglu': jax.nn.silu,
+}
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 MATMUL_DTYPES = (*DTYPES, 'auto')
 # x86 CPU flags of a native bfloat16 matmul; without them XLA:CPU emulates it, slower than float32
@@ -128,8 +137,9 @@ def validate_config(config):
       fail(field, 'must be in [0, 1).')
   for field, allowed in (('attention_kernel', KERNELS), ('position_embedding', POSITION_TYPES),
                          ('layer_norm', LAYER_NORM_TYPES), ('dtype', tuple(DTYPES)),
+                         ('activation', tuple(ACTIVATIONS)),
                          ('param_dtype', tuple(DTYPES)), ('matmul_dtype', MATMUL_DTYPES)):
-    if config.get(field) not in allowed:
+    if config.get(field, 'relu' if field == 'activation' else None) not in allowed:
       fail(field, f'is unknown; use one of {allowed}.')
   if not isinstance(config.get('copy_attention', False), bool):
     fail('copy_attention', 'must be True or False.')
@@ -143,20 +153,29 @@ def validate_config(config):
 
 
 class MlpBlock(nnx.Module):
-  """Position-wise feed-forward network: Linear(d -> mlp_dim), ReLU, dropout, Linear(-> d)."""
+  """Position-wise feed-forward network: Linear(d -> mlp_dim), activation, dropout,
+  Linear(-> d); a gated activation ('geglu', 'swiglu') multiplies act(x W_gate) into x W_in."""
 
   def __init__(self, dim: int, mlp_dim: int, dropout_rate: float, *, rngs: nnx.Rngs,
-               dtype: Any, param_dtype: Any, matmul_dtype: Any = None):
+               dtype: Any, param_dtype: Any, matmul_dtype: Any = None,
+               activation: str = 'relu'):
     self.dropout_rate, self.dtype, self.matmul_dtype = dropout_rate, dtype, matmul_dtype
+    self.activation = activation
     self.wi = nnx.Linear(dim, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.wo = nnx.Linear(mlp_dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.wi_gate = (nnx.Linear(dim, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                    if activation.endswith('glu') else None)
 
   def _dense(self, layer, x):  # layer(x), its matmul in matmul_dtype
     kernel, bias = layer.kernel[...].astype(self.dtype), layer.bias[...].astype(self.dtype)
     return matmul('...i,io->...o', x.astype(self.dtype), kernel, self.matmul_dtype) + bias
 
   def __call__(self, x, dropout_rng=None):
-    hidden = jax.nn.relu(self._dense(self.wi, x))
+    act = ACTIVATIONS[self.activation]
+    if self.wi_gate is None:
+      hidden = act(self._dense(self.wi, x))
+    else:
+      hidden = act(self._dense(self.wi_gate, x)) * self._dense(self.wi, x)
     return self._dense(self.wo, dropout(hidden, self.dropout_rate, dropout_rng))
 
 
@@ -243,7 +262,8 @@ def _attention(config, rngs, self_attention):
 def _mlp(config, rngs):
   return MlpBlock(config.emb_dim, config.mlp_dim, config.dropout_rate, rngs=rngs,
                   dtype=DTYPES[config.dtype], param_dtype=DTYPES[config.param_dtype],
-                  matmul_dtype=resolve_matmul_dtype(config.matmul_dtype))
+                  matmul_dtype=resolve_matmul_dtype(config.matmul_dtype),
+                  activation=config.get('activation', 'relu'))
 
 
 class EncoderLayer(_Sublayers):

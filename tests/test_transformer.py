@@ -1,4 +1,6 @@
 """Properties of the encoder-decoder that follow from its definition."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +31,7 @@ TGT = jnp.array([[2, 11, 12, 13, 14], [2, 15, 16, 0, 0]])
 
 VARIANTS = [{}, {'layer_norm': 'post'}, {'position_embedding': 'learned'},
             {'share_embeddings': False, 'tie_output_embedding': False},
-            {'attention_kernel': 'jax'}, {'copy_attention': True}]
+            {'attention_kernel': 'jax'}, {'copy_attention': True}, {'activation': 'swiglu'}]
 
 
 def test_sinusoidal_positions_match_formula():
@@ -171,6 +173,43 @@ def test_bfloat16_matmuls_keep_float32_activations_and_gradients_close_to_float3
     assert np.vdot(g, w) >= 0.99 * np.linalg.norm(g) * np.linalg.norm(w)
 
 
+def _np_erf(x):
+  return np.vectorize(math.erf)(x)
+
+
+NP_ACTIVATIONS = {
+    'relu': lambda x: np.maximum(x, 0.0),
+    'gelu': lambda x: 0.5 * x * (1.0 + _np_erf(x / math.sqrt(2.0))),
+    'silu': lambda x: x / (1.0 + np.exp(-x)),
+}
+
+
+@pytest.mark.parametrize('activation', sorted(transformer.ACTIVATIONS))
+def test_mlp_block_equals_numpy_for_every_activation(activation):
+  config = tiny_config(activation=activation)
+  mlp = transformer._mlp(config, nnx.Rngs(3))
+  x = np.asarray(jax.random.normal(jax.random.key(1), (2, 5, 16)), np.float64)
+  w = lambda layer: (np.asarray(layer.kernel[...], np.float64),
+                     np.asarray(layer.bias[...], np.float64))
+  (wi, bi), (wo, bo) = w(mlp.wi), w(mlp.wo)
+  if activation.endswith('glu'):   # gated: act(x W_gate) * (x W_in)
+    assert mlp.wi_gate is not None
+    wg, bg = w(mlp.wi_gate)
+    base = {'geglu': 'gelu', 'swiglu': 'silu'}[activation]
+    hidden = NP_ACTIVATIONS[base](x @ wg + bg) * (x @ wi + bi)
+  else:
+    assert mlp.wi_gate is None
+    hidden = NP_ACTIVATIONS[activation](x @ wi + bi)
+  np.testing.assert_allclose(np.asarray(mlp(jnp.asarray(x, jnp.float32))), hidden @ wo + bo,
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_gated_activation_adds_one_input_matrix_per_mlp():
+  plain, gated = make_model(), make_model(activation='geglu')
+  layers = 2 + 2
+  assert count_params(gated) - count_params(plain) == layers * (16 * 32 + 32)
+
+
 def test_dropout_is_random_in_training_and_off_in_evaluation():
   model = make_model(dropout_rate=0.3)
   a = model(SRC, TGT, dropout_rng=jax.random.key(0))
@@ -240,6 +279,7 @@ def test_big_config_builds_with_its_shape():
     ('source_word_dropout', 1.0, r'config.source_word_dropout=1.0 must be in'),
     ('dtype', 'float8', r"config.dtype='float8' is unknown"),
     ('matmul_dtype', 'int8', r"config.matmul_dtype='int8' is unknown"),
+    ('activation', 'tanh', r"config.activation='tanh' is unknown"),
 ])
 def test_bad_config_values_raise_naming_the_field(field, value, message):
   with pytest.raises(ValueError, match=message):
