@@ -28,7 +28,8 @@ val 41.70 / 41.56, final validation NLL 1.510 / 1.515 against 0.3's 1.470 / 1.46
 Peak learning rate 2e-3 with decay 0.45 (the same decay per step, two seeds): val 41.60 / 41.56,
 NLL 1.502 / 1.511. Dropout 0.15 (two seeds): val 42.46 / 41.97, NLL 1.469 / 1.472.
 14000 steps within the 60-min budget (two seeds, 58.7-60.1 min alone on a 2-core Zen 4): val
-42.41 / 41.76, NLL 1.460 / 1.456. The best
+42.41 / 41.76, NLL 1.460 / 1.456. GELU (`--config.activation=gelu`, two seeds): val 42.36 / 42.41,
+NLL 1.459 / 1.464. The best
 in-hour recipe by
 val is two runs of this config at once, decoded as an ensemble:
   make train-ensemble   # seeds 0 and 2, one core each, 58-min budget; 61 min in all
