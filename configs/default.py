@@ -43,8 +43,8 @@ Details, the other test sets and an ablation (batch 64 and 16 rows, float32, gre
 On a CPU without AVX512-BF16 or AMX, 'auto' picks exact float32 (bfloat16 is emulated there and
 slower): on a 2-core Intel Ice Lake Xeon (2.8 GHz) the real-data step ran at 3,270-5,160 target
 tokens/s in two sessions against the EPYC's 6,420 (benchmarks/train_step.py --real_data), and these
-11000 steps took 86 min there (lowercased text; 74.8 min on a slower host of the EPYC). The config now
-holds the hour itself: time_budget_minutes=60 ends training at 11000 steps or at 60 min of
+11000 steps took 86 min there (lowercased text; 74.8 min on a slower host of the EPYC). The config
+now holds the hour itself: time_budget_minutes=60 ends training at 11000 steps or at 60 min of
 wall time, whichever comes first, the learning-rate schedule following the clock where the steps
 do not fit (README "Training"); the runs quoted here predate it and ran all their steps.
 
