@@ -30,7 +30,9 @@ NLL 1.502 / 1.511. Dropout 0.15 (two seeds): val 42.46 / 41.97, NLL 1.469 / 1.47
 14000 steps within the 60-min budget (two seeds, 58.7-60.1 min alone on a 2-core Zen 4): val
 42.41 / 41.76, NLL 1.460 / 1.456. GELU (`--config.activation=gelu`, two seeds): val 42.36 / 42.41,
 NLL 1.459 / 1.464. Warmup 800 steps (`--config.warmup_steps=800`, two seeds): val 42.19 / 42.40,
-NLL 1.469 / 1.474. Adam b2 0.999 (two seeds): val 42.42 / 42.12, NLL 1.448 / 1.465. The best in-hour
+NLL 1.469 / 1.474. Adam b2 0.999 (two seeds): val 42.42 / 42.12, NLL 1.448 / 1.465.
+SwiGLU (`--config.activation=swiglu`, four seeds, 63-64 min each as two runs at once): val mean
+42.74, test_2016_flickr 41.04 / 41.38 / 41.11 / 41.24 (README Results). The best in-hour
 recipe by val is two runs of this config at once, decoded as an ensemble:
   make train-ensemble   # seeds 0 and 2, one core each, 58-min budget; 61 min in all
 val 43.07 / 42.85 / 42.24 / 42.23 / 42.06 / 42.46, test_2016_flickr 41.28 / 40.70 / 40.74 / 40.82 /
