@@ -58,7 +58,7 @@ def matmul_peak_gflops(n=2048, reps=10, dtype=jnp.float32):
 def model_flops_per_step(config, src_tokens, tgt_tokens, src_len, tgt_len):
   d, f, v = config.emb_dim, config.mlp_dim, config.vocab_size
   attn_params = 4 * d * d
-  mlp_params = 2 * d * f
+  mlp_params = (3 if config.activation.endswith('glu') else 2) * d * f  # gated: + W_gate
   enc = config.num_encoder_layers * (attn_params + mlp_params)
   dec = config.num_decoder_layers * (2 * attn_params + mlp_params)
   flops = 6 * enc * src_tokens + 6 * dec * tgt_tokens + 6 * d * v * tgt_tokens
@@ -89,6 +89,7 @@ def main(argv):
     config = default.get_config(FLAGS.shape)
     config.vocab_size = 10000
     config.dropout_rate = 0.1
+    config.activation = 'relu'   # the baselines' MLP (the default tiny config's is swiglu)
     config.max_len = max(FLAGS.length, 64)
   for item in filter(None, FLAGS.override.split(',')):
     key, value = item.split('=')
