@@ -17,6 +17,8 @@ def tiny_config(**overrides):
   config = default.get_config()
   config.update(vocab_size=50, emb_dim=16, num_heads=2, num_encoder_layers=2,
                 num_decoder_layers=2, mlp_dim=32, max_len=24,
+                activation='relu',       # the plain MLP; VARIANTS and the activation tests
+                                         # cover the gated ones (the default config's swiglu)
                 matmul_dtype='float32')  # exact float32 references; bfloat16 has its own tests
   config.update(overrides)
   return config
