@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import train  # noqa: E402
 from benchmarks import op_profile  # noqa: E402
 from configs import default  # noqa: E402
-from model.transformer import resolve_matmul_dtype  # noqa: E402
+from model.transformer import GATED_ACTIVATIONS, resolve_matmul_dtype  # noqa: E402
 
 
 def matmul_peak_gflops(n=2048, reps=10, dtype=jnp.float32):
@@ -58,7 +58,7 @@ def matmul_peak_gflops(n=2048, reps=10, dtype=jnp.float32):
 def model_flops_per_step(config, src_tokens, tgt_tokens, src_len, tgt_len):
   d, f, v = config.emb_dim, config.mlp_dim, config.vocab_size
   attn_params = 4 * d * d
-  mlp_params = (3 if config.activation.endswith('glu') else 2) * d * f  # gated: + W_gate
+  mlp_params = (3 if config.activation in GATED_ACTIVATIONS else 2) * d * f
   enc = config.num_encoder_layers * (attn_params + mlp_params)
   dec = config.num_decoder_layers * (2 * attn_params + mlp_params)
   flops = 6 * enc * src_tokens + 6 * dec * tgt_tokens + 6 * d * v * tgt_tokens

@@ -106,7 +106,7 @@ def get_config(size: str = 'tiny'):
   config.num_decoder_layers = dec_layers
   config.mlp_dim = mlp_dim             # inner width of the position-wise MLP
   # MLP: relu | gelu | silu | geglu | swiglu (gated: one more d x mlp_dim matrix, Shazeer 2020).
-  # SwiGLU for tiny (chosen on Multi30k val over five seeds, README Results); the paper's ReLU
+  # SwiGLU for tiny (chosen on Multi30k val over four seeds, README Results); the paper's ReLU
   # for the larger shapes, where it was not compared.
   config.activation = 'swiglu' if size == 'tiny' else 'relu'
   config.dropout_rate = 0.2            # residual, embedding and MLP dropout (0.3: README)

@@ -28,6 +28,7 @@ ACTIVATIONS = {
     'geglu': lambda x: jax.nn.gelu(x, approximate=False),
     'swiglu': jax.nn.silu,
 }
+GATED_ACTIVATIONS = frozenset({'geglu', 'swiglu'})   # one more d x mlp_dim matrix
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 MATMUL_DTYPES = (*DTYPES, 'auto')
 # x86 CPU flags of a native bfloat16 matmul; without them XLA:CPU emulates it, slower than float32
@@ -164,7 +165,7 @@ class MlpBlock(nnx.Module):
     self.wi = nnx.Linear(dim, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.wo = nnx.Linear(mlp_dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.wi_gate = (nnx.Linear(dim, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                    if activation.endswith('glu') else None)
+                    if activation in GATED_ACTIVATIONS else None)
 
   def _dense(self, layer, x):  # layer(x), its matmul in matmul_dtype
     kernel, bias = layer.kernel[...].astype(self.dtype), layer.bias[...].astype(self.dtype)
