@@ -35,6 +35,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import sacrebleu  # noqa: E402
+from sacrebleu.metrics import helpers as sacrebleu_helpers  # noqa: E402
 from etils import epath  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
@@ -146,8 +147,16 @@ def constraints_tag(config) -> str:
                  if config[field])
 
 
-def make_decode_fn(graphdef, rest, config, tok, beam_size: int, alpha: float, use_cache=True):
-  """jit-compiled batch decoder: (params, inputs, max_len) -> token ids [batch, max_len];
+def mbr_tag(config) -> str:
+  """Output-file suffix for minimum Bayes risk selection, e.g. '.mbr-bleu.t0.1' ('' if off)."""
+  utility = config.get('mbr_utility', '')
+  return f'.mbr-{utility}.t{config.mbr_temperature:g}' if utility else ''
+
+
+def make_decode_fn(graphdef, rest, config, tok, beam_size: int, alpha: float, use_cache=True,
+                   n_best=False):
+  """jit-compiled batch decoder: (params, inputs, max_len) -> token ids [batch, max_len]
+  (n_best: the beam's finished hypotheses and their scores, see `decoding.beam_search`);
   graphdef, params and rest may be lists (an ensemble's members, see `merge`)."""
   options = train.decoding_options(config, tok)
 
@@ -157,14 +166,16 @@ def make_decode_fn(graphdef, rest, config, tok, beam_size: int, alpha: float, us
     kwargs = dict(max_len=max_len, use_cache=use_cache, **options)
     if beam_size == 1:
       return decoding.greedy_decode(model, inputs, **kwargs)
-    return decoding.beam_search(model, inputs, beam_size=beam_size, alpha=alpha,
-                                groups=decoding.auto_beam_groups(config.beam_groups),
-                                **kwargs)[0]
+    out = decoding.beam_search(model, inputs, beam_size=beam_size, alpha=alpha,
+                               groups=decoding.auto_beam_groups(config.beam_groups),
+                               n_best=n_best, **kwargs)
+    return out if n_best else out[0]
   return decode
 
 
 def decode_all(sources, decode_fn, params, config, batch_size, sharding=None):
-  """Decode every tokenized source (in order) -> list of token id arrays."""
+  """Decode every tokenized source (in order) -> list of decode_fn's rows (token id arrays,
+  or for an n-best decode_fn (ids, scores) pairs)."""
   outputs = [None] * len(sources)
   for batch in batching.eval_batches(sources, batch_size, config.max_eval_len):
     inputs = batch['inputs']
@@ -174,8 +185,26 @@ def decode_all(sources, decode_fn, params, config, batch_size, sharding=None):
         params, inputs, max_len=train.decode_length(config, batch['inputs'].shape[1])))
     for row, index in enumerate(batch['index']):
       if index >= 0:
-        outputs[index] = out[row]
+        outputs[index] = jax.tree.map(lambda x, row=row: x[row], out)
   return outputs
+
+
+def decode_texts(sources, config, tok, graphdef, params, rest, beam_size, alpha, batch_size,
+                 sharding=None):
+  """Decode tokenized sources -> output strings: each beam search's best, or with
+  config.mbr_utility set, the minimum Bayes risk choice among its n-best (`mbr_select`)."""
+  utility = config.get('mbr_utility', '')
+  decode_fn = make_decode_fn(graphdef, rest, config, tok, beam_size, alpha, n_best=bool(utility))
+  outputs = decode_all(sources, decode_fn, params, config, batch_size, sharding)
+  if not utility:
+    return [tok.decode(ids) for ids in outputs]
+  texts = []
+  for ids, scores in outputs:
+    finished = scores > decoding.NEG_INF / 2  # slots no hypothesis reached are left out
+    finished[0] = True
+    texts.append(mbr_select([tok.decode(row) for row in ids[finished]], scores[finished],
+                            utility, config.mbr_temperature))
+  return texts
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -206,6 +235,44 @@ def translation_scores(hypotheses, examples, target_lang=None):
   return scores
 
 
+def pairwise_sentence_bleu(texts):
+  """[n, n] sentence BLEU of texts[i] against texts[j] as the reference, x 100: SacreBLEU's
+  sentence_score (13a tokens, exp smoothing, effective order), each text tokenised and its
+  n-grams counted once instead of once per pair."""
+  metric = sacrebleu.metrics.BLEU(effective_order=True)
+  counted = [sacrebleu_helpers.extract_all_word_ngrams(metric.tokenizer(t.rstrip()), 1, 4)
+             for t in texts]
+  scores = np.zeros((len(texts), len(texts)))
+  for i, (hyp, hyp_len) in enumerate(counted):
+    for j, (ref, ref_len) in enumerate(counted):
+      correct, total = [0] * 4, [0] * 4
+      for ngram, count in hyp.items():
+        total[len(ngram) - 1] += count
+        correct[len(ngram) - 1] += min(count, ref.get(ngram, 0))
+      scores[i, j] = metric.compute_bleu(correct, total, hyp_len, ref_len, metric.smooth_method,
+                                         metric.smooth_value, effective_order=True).score
+  return scores
+
+
+def mbr_select(hypotheses, scores, utility='bleu', temperature=0.1):
+  """Minimum Bayes risk decoding over an n-best list (Kumar and Byrne 2004): the hypothesis
+  with the highest expected utility against the others taken as references, weighted by the
+  model: argmax_i sum_j w_j u(h_i, h_j), w = softmax(scores / temperature) (equal weights for
+  temperature 0). utility: bleu (sentence BLEU) or chrf (sentence chrF)."""
+  if utility == 'bleu':
+    table = pairwise_sentence_bleu(hypotheses)
+  elif utility == 'chrf':
+    chrf = sacrebleu.metrics.CHRF()
+    table = np.array([[chrf.sentence_score(h, [r]).score for r in hypotheses]
+                      for h in hypotheses])
+  else:
+    raise EvalError(f'MBR utility {utility!r} is not one of bleu, chrf.')
+  scores = np.asarray(scores, np.float64)
+  weights = (np.ones_like(scores) if temperature == 0 else
+             np.exp((scores - scores.max()) / temperature))
+  return hypotheses[int(np.argmax(table @ (weights / weights.sum())))]
+
+
 def rouge_scores(hypotheses, examples):
   """ROUGE-1/2/Lsum F1 x 100: for each example the best over its references (the headline
   figures), the mean over them ('_mean'), and against the target alone ('_target': for AESLC
@@ -232,11 +299,10 @@ def evaluate_split(config, tok, graphdef, params, rest, used_steps, split, beam_
           f'truncated', file=sys.stderr)
   mesh = train.make_mesh()
   sharding = NamedSharding(mesh, P('data'))
-  decode_fn = make_decode_fn(graphdef, rest, config, tok, beam_size, alpha)
   start = time.time()
-  outputs = decode_all(sources, decode_fn, params, config, batch_size, sharding)
+  hypotheses = decode_texts(sources, config, tok, graphdef, params, rest, beam_size, alpha,
+                            batch_size, sharding)
   seconds = time.time() - start
-  hypotheses = [tok.decode(o) for o in outputs]
   if config.get('task', 'translation') == 'summarization':
     scores = rouge_scores(hypotheses, examples)
   else:
@@ -247,13 +313,14 @@ def evaluate_split(config, tok, graphdef, params, rest, used_steps, split, beam_
          + (f'.ens{members}' if members > 1 else '')
          + f'.beam{beam_size}'
          + (f'.alpha{alpha:g}' if beam_size > 1 else '')
-         + constraints_tag(config))
+         + constraints_tag(config) + mbr_tag(config))
   out_dir = epath.Path(workdir) / 'eval'
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / f'{tag}.txt').write_text('\n'.join(hypotheses) + '\n')
   report = {'split': split, 'steps': used_steps, 'ema': ema, 'members': members,
             'beam_size': beam_size,
-            'alpha': alpha,
+            'alpha': alpha, 'mbr_utility': config.get('mbr_utility', ''),
+            'mbr_temperature': config.get('mbr_temperature', 0.0),
             'num_examples': len(examples), 'decode_seconds': seconds, **scores}
   (out_dir / f'{tag}.json').write_text(json.dumps(report, indent=2))
   return report, str(out_dir / f'{tag}.txt')
@@ -261,7 +328,6 @@ def evaluate_split(config, tok, graphdef, params, rest, used_steps, split, beam_
 
 def translate_lines(config, tok, graphdef, params, rest, beam_size, alpha, batch_size, lines):
   """Decode user lines; an empty line gives an empty line, so outputs stay aligned."""
-  decode_fn = make_decode_fn(graphdef, rest, config, tok, beam_size, alpha)
   keep = [i for i, line in enumerate(lines) if line.strip()]
   sources = tok.encode([datasets.model_text(config, lines[i]) for i in keep])
   for i, s in zip(keep, sources):
@@ -270,8 +336,9 @@ def translate_lines(config, tok, graphdef, params, rest, beam_size, alpha, batch
             f'{config.max_eval_len}; decoding its first {config.max_eval_len}.', file=sys.stderr)
   outputs = [''] * len(lines)
   if sources:
-    for i, ids in zip(keep, decode_all(sources, decode_fn, params, config, batch_size)):
-      outputs[i] = tok.decode(ids)
+    for i, text in zip(keep, decode_texts(sources, config, tok, graphdef, params, rest,
+                                          beam_size, alpha, batch_size)):
+      outputs[i] = text
   return outputs
 
 
@@ -318,6 +385,19 @@ def plot_attention(src_pieces, out_pieces, enc_weights, cross_weights, path: str
   plt.close(fig)
 
 
+def check_mbr(config, beam_size):
+  """Fails on an MBR setting that cannot run, before anything is restored or compiled."""
+  utility = config.get('mbr_utility', '')
+  if utility not in ('', 'bleu', 'chrf'):
+    raise EvalError(f'--mbr={utility} is not one of bleu, chrf, none.')
+  if utility and beam_size < 2:
+    raise EvalError(f'--mbr={utility} chooses among the beam\'s hypotheses: set '
+                    f'--beam_size=2 or more (the Multi30k setting: 10).')
+  if config.get('mbr_temperature', 0.0) < 0:
+    raise EvalError(f'--mbr_temperature={config.mbr_temperature} must be >= 0 (0: equal '
+                    f'weights).')
+
+
 def define_flags():
   """Command-line flags (only when run as a script: tests and benchmarks import this module)."""
   flags.DEFINE_string('workdir', None, 'A training run\'s workdir.')
@@ -330,6 +410,11 @@ def define_flags():
                        '(default: config.min_decode_words).')
   flags.DEFINE_integer('no_repeat_ngram', None, 'n > 0: never output an n-gram of subwords '
                        'twice (default: config.no_repeat_ngram_size).')
+  flags.DEFINE_string('mbr', None, 'bleu | chrf: minimum Bayes risk choice among the beam\'s '
+                      'n-best with this utility; none: the beam\'s best (default: '
+                      'config.mbr_utility).')
+  flags.DEFINE_float('mbr_temperature', None, 'MBR weights exp(score / T); 0 = equal weights '
+                     '(default: config.mbr_temperature).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
   flags.DEFINE_integer('average_last', 1, 'Average the parameters of the last K checkpoints.')
   flags.DEFINE_list('ensemble', [], 'Workdirs of more runs to decode with --workdir\'s as one '
@@ -357,6 +442,11 @@ def main(argv):
           raise EvalError(f'--{flag}={value} must be >= 0 (0: off).')
         config[field] = value
     beam_size = FLAGS.beam_size or config.beam_size
+    if FLAGS.mbr is not None:
+      config.mbr_utility = '' if FLAGS.mbr == 'none' else FLAGS.mbr
+    if FLAGS.mbr_temperature is not None:
+      config.mbr_temperature = FLAGS.mbr_temperature
+    check_mbr(config, beam_size)
     alpha = config.length_penalty if FLAGS.alpha is None else FLAGS.alpha
     batch_size = FLAGS.batch_size or config.eval_batch_size
     split = FLAGS.split or config.eval_split
@@ -396,10 +486,12 @@ def main(argv):
   averaged += f', ensemble with {",".join(FLAGS.ensemble)}' if FLAGS.ensemble else ''
   settings = ''.join(f', {flag} {config[field]}' for flag, field in CONSTRAINT_FLAGS.items()
                      if config[field])
+  if config.mbr_utility:
+    settings += f', MBR {config.mbr_utility} (temperature {config.mbr_temperature:g})'
   print(f'{split}: {report["num_examples"]} examples, beam {beam_size}, alpha {alpha}{settings}, '
         f'step {used[-1]}{averaged}; decoded in {report["decode_seconds"]:.1f} s')
   for key, value in report.items():
-    if isinstance(value, float) and key not in ('alpha', 'decode_seconds'):
+    if isinstance(value, float) and key not in ('alpha', 'decode_seconds', 'mbr_temperature'):
       signature = report.get(f'{key}_signature', '')
       print(f'  {key:16s} {value:6.2f}  {signature}')
   print(f'hypotheses: {hyp_path}')

@@ -235,7 +235,8 @@ def auto_beam_groups(groups: int = 0) -> int:
 
 def beam_search(model, inputs, *, groups: int = 1, **kwargs):
   """Beam search; returns the best finished hypothesis per example [batch, max_len] and its
-  length-normalised score [batch]. Scores are log P(y|x) / length_penalty(|y|, alpha).
+  length-normalised score [batch] (with n_best=True: the beam_size best, [batch, beam_size,
+  max_len] and [batch, beam_size]). Scores are log P(y|x) / length_penalty(|y|, alpha).
 
   Keyword arguments as `beam_search_loop`. groups > 1 splits the batch into that many
   contiguous sub-batches, each searched by its own loop: the loops share no data, so XLA:CPU
@@ -256,9 +257,11 @@ def beam_search(model, inputs, *, groups: int = 1, **kwargs):
 def beam_search_loop(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, max_len: int,
                      len_a: float = 1.2, len_b: int = 10, use_cache: bool = True,
                      allow_eos: bool = True, min_len: int = 0, min_words: int = 0,
-                     word_start=None, no_repeat_ngram: int = 0):
+                     word_start=None, no_repeat_ngram: int = 0, n_best: bool = False):
   """Beam search over the whole batch in one loop (see `beam_search`). allow_eos and the
-  constraints (min_len, min_words, no_repeat_ngram) as in `greedy_decode`."""
+  constraints (min_len, min_words, no_repeat_ngram) as in `greedy_decode`. n_best: return the
+  beam_size best finished hypotheses [batch, beam_size, max_len] and their scores [batch,
+  beam_size], best first (a slot no hypothesis reached scores NEG_INF), not only the best."""
   batch, k = inputs.shape[0], beam_size
   min_len = min_len if allow_eos else max_len
   limits = jnp.repeat(max_lengths(inputs, len_a, len_b, max_len)[:, None], k, axis=1)
@@ -310,4 +313,6 @@ def beam_search_loop(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, m
   init = (jnp.array(0), jnp.zeros((batch, k, max_len), jnp.int32), init_lp,
           jnp.zeros((batch, k, max_len), jnp.int32), jnp.full((batch, k), NEG_INF), state)
   _, _, _, fin_seqs, fin_scores, _ = jax.lax.while_loop(cond, body, init)
+  if n_best:
+    return fin_seqs, fin_scores
   return fin_seqs[:, 0], fin_scores[:, 0]

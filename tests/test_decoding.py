@@ -120,6 +120,15 @@ def test_wide_beam_finds_the_exact_best_sequence(alpha):
                                     len_a=0.0, len_b=3)
   np.testing.assert_array_equal(np.asarray(out[0, :len(best)]), best)
   np.testing.assert_allclose(float(score[0]), best_score, rtol=1e-4)
+  # n_best: the 16 best of all 21 hypotheses, best first, each with its own score.
+  n_out, n_scores = decoding.beam_search(model, src, beam_size=16, alpha=alpha, max_len=3,
+                                         len_a=0.0, len_b=3, n_best=True)
+  assert n_out.shape == (1, 16, 3) and n_scores.shape == (1, 16)
+  np.testing.assert_array_equal(n_out[0, 0], out[0])
+  expected = sorted(scored, reverse=True)[:16]
+  np.testing.assert_allclose(np.asarray(n_scores[0]), [s for s, _ in expected], rtol=1e-4)
+  for row, (_, hypothesis) in zip(np.asarray(n_out[0]), expected):
+    np.testing.assert_array_equal(row[:len(hypothesis)], hypothesis)
 
 
 # A second member unlike the first: other weights, width and depth, and (one variant) copy

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import sacrebleu
 from etils import epath
 
 import eval as eval_lib
@@ -184,6 +185,29 @@ def test_attention_maps_are_distributions(run):
   np.testing.assert_allclose(cross[0].sum(-1), 1.0, atol=1e-5)
 
 
+def test_mbr_with_a_near_zero_temperature_keeps_the_beams_best(run):
+  # Weights exp(score / T) with T -> 0 put all the mass on the top hypothesis, whose expected
+  # utility is then its utility against itself: MBR must give back the beam's best.
+  config, tok = eval_lib.load_run(run)
+  graphdef, params, rest, _ = eval_lib.load_params(config, run)
+  sources = tok.encode(['a b c d', 'j i', 'e', 'c c c c c c', 'f g h'])
+  plain = eval_lib.decode_texts(sources, config, tok, graphdef, params, rest, 4, 0.6, 8)
+  config.mbr_utility, config.mbr_temperature = 'chrf', 1e-9
+  mbr = eval_lib.decode_texts(sources, config, tok, graphdef, params, rest, 4, 0.6, 8)
+  assert mbr == plain
+
+
+def test_split_evaluation_with_mbr_names_its_outputs(run):
+  result = run_eval(f'--workdir={run}', '--split=eval', '--beam_size=3', '--mbr=bleu',
+                    '--mbr_temperature=0.5')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'MBR bleu (temperature 0.5)' in result.stdout
+  stem = os.path.join(run, 'eval', 'eval.step30.beam3.alpha0.6.mbr-bleu.t0.5')
+  report = json.load(open(stem + '.json'))
+  assert report['mbr_utility'] == 'bleu' and report['mbr_temperature'] == 0.5
+  assert open(stem + '.txt').read().count('\n') == 32
+
+
 @pytest.mark.parametrize('args,message', [
     (['--workdir=/no/such/run'], 'does not exist'),
     (['--workdir={run}', '--split=test'], "unknown split 'test'; splits of files: ['train', "
@@ -194,6 +218,11 @@ def test_attention_maps_are_distributions(run):
     (['--workdir={run}', '--ensemble={run}', '--plot_attention=a b'],
      "--plot_attention draws one model's attention; drop --ensemble"),
     (['--workdir={run}', '--no_repeat_ngram=-1'], '--no_repeat_ngram=-1 must be >= 0 (0: off)'),
+    (['--workdir={run}', '--mbr=ter'], '--mbr=ter is not one of bleu, chrf, none'),
+    (['--workdir={run}', '--mbr=bleu', '--beam_size=1'],
+     "--mbr=bleu chooses among the beam's hypotheses: set --beam_size=2 or more"),
+    (['--workdir={run}', '--mbr=chrf', '--mbr_temperature=-1'],
+     '--mbr_temperature=-1.0 must be >= 0'),
 ])
 def test_bad_requests_are_one_line_errors(run, args, message):
   result = run_eval(*[a.format(run=run) for a in args])
@@ -231,3 +260,33 @@ def test_rouge_takes_the_best_reference_and_reports_mean_and_target_only():
   assert scores['rouge1'] == pytest.approx(50.0)
   assert scores['rouge1_mean'] == pytest.approx(25.0)
   assert scores['rouge1_target'] == pytest.approx(0.0)
+
+
+MBR_TEXTS = ['Ein Mann fährt Fahrrad.', 'Ein Mann fährt ein Fahrrad.', 'Ein Mann fährt Rad.',
+             'Zwei Hunde spielen im Schnee.', '', 'Ein Mann, ein Mann fährt.']
+
+
+def test_pairwise_sentence_bleu_equals_sacrebleus_sentence_score():
+  metric = sacrebleu.metrics.BLEU(effective_order=True)
+  expected = [[metric.sentence_score(h, [r]).score for r in MBR_TEXTS] for h in MBR_TEXTS]
+  np.testing.assert_allclose(eval_lib.pairwise_sentence_bleu(MBR_TEXTS), expected, atol=1e-9)
+
+
+@pytest.mark.parametrize('utility', ['bleu', 'chrf'])
+@pytest.mark.parametrize('temperature', [0.0, 0.1, 1.0])
+def test_mbr_picks_the_highest_expected_utility(utility, temperature):
+  metric = {'bleu': sacrebleu.metrics.BLEU(effective_order=True),
+            'chrf': sacrebleu.metrics.CHRF()}[utility]
+  scores = np.array([-0.9, -0.5, -0.7, -0.1, -2.0, -0.8])  # the outlier scores best
+  weights = np.ones(6) if temperature == 0 else np.exp(scores / temperature)
+  weights /= weights.sum()
+  expected = [sum(w * metric.sentence_score(h, [r]).score for w, r in zip(weights, MBR_TEXTS))
+              for h in MBR_TEXTS]
+  chosen = eval_lib.mbr_select(MBR_TEXTS, scores, utility, temperature)
+  assert chosen == MBR_TEXTS[int(np.argmax(expected))]
+  # At 0.1 the top score's weight is 55 times the next (e^4): it wins; flatter weights let the
+  # three near-paraphrases' consensus win instead.
+  if temperature == 0.1:
+    assert chosen == 'Zwei Hunde spielen im Schnee.'
+  else:
+    assert chosen.startswith('Ein Mann fährt')
