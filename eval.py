@@ -148,7 +148,7 @@ def constraints_tag(config) -> str:
 
 
 def mbr_tag(config) -> str:
-  """Output-file suffix for minimum Bayes risk selection, e.g. '.mbr-bleu.t0.1' ('' if off)."""
+  """Output-file suffix for minimum Bayes risk selection, e.g. '.mbr-bleu.t0.15' ('' if off)."""
   utility = config.get('mbr_utility', '')
   return f'.mbr-{utility}.t{config.mbr_temperature:g}' if utility else ''
 
