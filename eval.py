@@ -254,7 +254,7 @@ def pairwise_sentence_bleu(texts):
   return scores
 
 
-def mbr_select(hypotheses, scores, utility='bleu', temperature=0.1):
+def mbr_select(hypotheses, scores, utility='bleu', temperature=0.15):
   """Minimum Bayes risk decoding over an n-best list (Kumar and Byrne 2004): the hypothesis
   with the highest expected utility against the others taken as references, weighted by the
   model: argmax_i sum_j w_j u(h_i, h_j), w = softmax(scores / temperature) (equal weights for
@@ -392,7 +392,7 @@ def check_mbr(config, beam_size):
     raise EvalError(f'--mbr={utility} is not one of bleu, chrf, none.')
   if utility and beam_size < 2:
     raise EvalError(f'--mbr={utility} chooses among the beam\'s hypotheses: set '
-                    f'--beam_size=2 or more (the Multi30k setting: 10).')
+                    f'--beam_size=2 or more (the Multi30k setting: 20).')
   if config.get('mbr_temperature', 0.0) < 0:
     raise EvalError(f'--mbr_temperature={config.mbr_temperature} must be >= 0 (0: equal '
                     f'weights).')
