@@ -14,8 +14,8 @@ bfloat16 ('auto'), float32 everywhere else; decoding chosen on val: beam 5, alph
 of the last 10 checkpoints.
 
 Measured on a 2-core Intel Xeon with AMX (CPU family 6, model 167), no GPU, alone on the cores: all
-11000 steps in 42.8 / 40.8 / 42.3 / 43.0 / 44.4 / 39.2 min (seeds 0-5) of training wall time, process
-start to exit. Val 42.59 / 42.08 / 42.39 / 42.29 / 42.81 tokenized lowercased BLEU;
+11000 steps in 42.8 / 40.8 / 42.3 / 43.0 / 44.4 / 39.2 min (seeds 0-5) of training wall time,
+process start to exit. Val 42.59 / 42.08 / 42.39 / 42.29 / 42.81 tokenized lowercased BLEU;
 test_2016_flickr 40.82 / 41.02 (41.015) / 41.00 (40.999) / 40.93 / 41.15, mean 40.98 against the
 published 41.02 (Wu et al., ACL 2021, Transformer-tiny, text only); cased SacreBLEU mean 40.57, chrF
 65.76. Four more runs of the same recipe (seeds 0-3, two at once on one core each, 63-64 min
