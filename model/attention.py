@@ -18,6 +18,24 @@ from flax import nnx
 KERNELS = ('einsum', 'jax')
 
 
+def rotary_embedding(x, positions, base: float = 10000.0):
+  """Rotary position embedding (RoPE, Su et al. 2021, "RoFormer"), the half-split layout.
+
+  x: [batch, length, heads, head_dim] queries or keys (head_dim even); positions: int
+  [batch or 1, length]. Feature pair (x_i, x_{i + head_dim/2}) of a token at position p is
+  rotated by the angle p * base^(-2i / head_dim). A rotated query and key then score
+  q_m · k_n as a function of their offset n - m only, so attention sees relative positions.
+  """
+  half = x.shape[-1] // 2
+  if 2 * half != x.shape[-1]:
+    raise ValueError(f'rotary embedding needs an even head_dim, got {x.shape[-1]}.')
+  inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle = jnp.asarray(positions, jnp.float32)[:, :, None, None] * inv_freq  # [b, t, 1, half]
+  cos, sin = jnp.cos(angle), jnp.sin(angle)
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+
+
 # ----------------------------------------------------------------------------- matmuls
 
 
@@ -254,13 +272,14 @@ class MultiHeadAttention(nnx.Module):
   Self-attention (`self_attention=True`) projects Q, K and V from one sequence with one fused
   kernel [d_model, 3, heads, head_dim]; cross-attention projects Q from the decoder and K, V from
   the encoder output (fused kernel [d_model, 2, heads, head_dim]). Each head's projection is the
-  slice [:, ..., h, :] of these kernels.
+  slice [:, ..., h, :] of these kernels. With `rotary`, self-attention rotates its queries and
+  keys by their positions (`rotary_embedding`) before comparing them.
   """
 
   def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, head_dim: int | None = None,
                self_attention: bool = True, dropout_rate: float = 0.0, kernel: str = 'einsum',
                dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-               matmul_dtype: Any = None):
+               matmul_dtype: Any = None, rotary: bool = False):
     if num_heads <= 0 or d_model <= 0:
       raise ValueError(f'num_heads={num_heads} and d_model={d_model} must be positive.')
     if head_dim is None:
@@ -269,6 +288,10 @@ class MultiHeadAttention(nnx.Module):
       head_dim = d_model // num_heads
     if kernel not in KERNELS:
       raise ValueError(f'attention kernel={kernel!r} is unknown; use one of {KERNELS}.')
+    if rotary and (not self_attention or head_dim % 2):
+      raise ValueError(f'rotary embedding applies to self-attention with an even head_dim, got '
+                       f'self_attention={self_attention}, head_dim={head_dim}.')
+    self.rotary = rotary
     self.num_heads, self.head_dim, self.d_model = num_heads, head_dim, d_model
     self.self_attention, self.dropout_rate, self.kernel = self_attention, dropout_rate, kernel
     self.dtype, self.matmul_dtype = dtype, matmul_dtype
@@ -295,10 +318,16 @@ class MultiHeadAttention(nnx.Module):
     return (matmul(spec, x, kernel[...].astype(self.dtype), self.matmul_dtype)
             + bias[...].astype(self.dtype))
 
-  def project_qkv(self, x):
-    """Self-attention Q, K, V, each [batch, len, heads, head_dim]."""
+  def project_qkv(self, x, positions=None):
+    """Self-attention Q, K, V, each [batch, len, heads, head_dim]; with `rotary`, Q and K rotated
+    by `positions` [batch or 1, len] (None: 0, 1, ...)."""
     qkv = self._project(x, self.qkv_kernel, self.qkv_bias, 'btd,dinh->btinh')
-    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if self.rotary:
+      if positions is None:
+        positions = jnp.arange(x.shape[1])[None, :]
+      q, k = rotary_embedding(q, positions), rotary_embedding(k, positions)
+    return q, k, v
 
   def project_q(self, x):
     return self._project(x, self.q_kernel, self.q_bias, 'btd,dnh->btnh')
@@ -326,15 +355,16 @@ class MultiHeadAttention(nnx.Module):
     return (out, weights) if return_weights else out
 
   def __call__(self, inputs_q, inputs_kv=None, mask=None, *, dropout_rng=None,
-               return_weights=False):
+               return_weights=False, positions=None):
     """inputs_q: [batch, q_len, d_model]; inputs_kv: [batch, kv_len, d_model] for cross-attention
-    (None for self-attention); mask broadcastable to [batch, heads, q_len, kv_len]."""
+    (None for self-attention); mask broadcastable to [batch, heads, q_len, kv_len]; positions
+    (rotary self-attention): int [batch or 1, q_len], None for 0, 1, ..."""
     if inputs_q.ndim != 3 or inputs_q.shape[-1] != self.d_model:
       raise ValueError(f'inputs_q must be [batch, length, {self.d_model}], got {inputs_q.shape}.')
     if self.self_attention:
       if inputs_kv is not None:
         raise ValueError('this MultiHeadAttention is self-attention; do not pass inputs_kv.')
-      q, k, v = self.project_qkv(inputs_q)
+      q, k, v = self.project_qkv(inputs_q, positions)
     else:
       if inputs_kv is None:
         raise ValueError('cross-attention needs inputs_kv (the encoder output).')
@@ -353,8 +383,8 @@ class MultiHeadAttention(nnx.Module):
     (scalar int, the position being written). Returns (output [batch, 1, d_model], new
     cache[, weights]); the new position attends to cache positions 0..index.
     """
-    q, k, v = self.project_qkv(x)
     index = cache['index']
+    q, k, v = self.project_qkv(x, jnp.reshape(index, (1, 1)))
 
     def write(buffer, new):  # new: [batch, 1, heads, head_dim] -> position `index` of buffer
       return jax.lax.dynamic_update_slice_in_dim(

@@ -17,7 +17,8 @@ from flax import nnx
 from model.attention import (KERNELS, MultiHeadAttention, combine_masks, dropout,
                              make_attention_mask, make_causal_mask, make_segment_mask, matmul)
 
-POSITION_TYPES = ('sinusoidal', 'learned')
+# sinusoidal and learned are added to the embeddings; rope rotates self-attention's Q and K
+POSITION_TYPES = ('sinusoidal', 'learned', 'rope')
 LAYER_NORM_TYPES = ('pre', 'post')
 # the MLP's nonlinearity; the 'glu' names are gated linear units (Shazeer 2020, "GLU Variants
 # Improve Transformer"): act(x W_gate) * (x W_in), one more d x mlp_dim matrix
@@ -133,6 +134,9 @@ def validate_config(config):
       fail(field, 'must be a positive integer.')
   if config.emb_dim % config.num_heads:
     fail('num_heads', f'must divide config.emb_dim={config.emb_dim}.')
+  if config.get('position_embedding') == 'rope' and (config.emb_dim // config.num_heads) % 2:
+    fail('position_embedding', f'needs an even head dimension; emb_dim / num_heads = '
+         f'{config.emb_dim // config.num_heads}.')
   for field in ('dropout_rate', 'attention_dropout_rate', 'source_word_dropout'):
     if not 0.0 <= config.get(field, 0.0) < 1.0:
       fail(field, 'must be in [0, 1).')
@@ -257,7 +261,8 @@ def _attention(config, rngs, self_attention):
                             dropout_rate=config.attention_dropout_rate,
                             kernel=config.attention_kernel, dtype=DTYPES[config.dtype],
                             param_dtype=DTYPES[config.param_dtype],
-                            matmul_dtype=resolve_matmul_dtype(config.matmul_dtype))
+                            matmul_dtype=resolve_matmul_dtype(config.matmul_dtype),
+                            rotary=self_attention and config.position_embedding == 'rope')
 
 
 def _mlp(config, rngs):
@@ -276,11 +281,12 @@ class EncoderLayer(_Sublayers):
     self.mlp = _mlp(config, rngs)
     self.norm1, self.norm2 = (_norm(config.emb_dim, config, rngs) for _ in range(2))
 
-  def __call__(self, x, mask, rng=None, weights=None):
+  def __call__(self, x, mask, rng=None, weights=None, positions=None):
+    """positions: the tokens' positions [batch or 1, len] for rotary self-attention."""
     def attend(h):
       if weights is None:
-        return self.self_attention(h, mask=mask, dropout_rng=_fold(rng, 0))
-      out, w = self.self_attention(h, mask=mask, return_weights=True)
+        return self.self_attention(h, mask=mask, dropout_rng=_fold(rng, 0), positions=positions)
+      out, w = self.self_attention(h, mask=mask, return_weights=True, positions=positions)
       weights.append(w)
       return out
     x = self.residual(x, self.norm1, attend, _fold(rng, 1))
@@ -297,8 +303,10 @@ class DecoderLayer(_Sublayers):
     self.mlp = _mlp(config, rngs)
     self.norm1, self.norm2, self.norm3 = (_norm(config.emb_dim, config, rngs) for _ in range(3))
 
-  def __call__(self, x, cross_kv, self_mask, cross_mask, rng=None, cache=None, weights=None):
-    """x: [batch, tgt_len, d]; cross_kv: (K, V) projected from the encoder output.
+  def __call__(self, x, cross_kv, self_mask, cross_mask, rng=None, cache=None, weights=None,
+               positions=None):
+    """x: [batch, tgt_len, d]; cross_kv: (K, V) projected from the encoder output; positions:
+    [batch or 1, tgt_len] for rotary self-attention (with `cache`, the cache index).
 
     With `cache` (incremental decoding, tgt_len 1) self-attention reads and extends the cache,
     and cross_kv is heads-major (`EncoderDecoder.cross_kv(encoded, heads_major=True)`);
@@ -310,7 +318,8 @@ class DecoderLayer(_Sublayers):
     def self_attend(h):
       nonlocal new_cache
       if cache is None:
-        return self.self_attention(h, mask=self_mask, dropout_rng=_fold(rng, 0))
+        return self.self_attention(h, mask=self_mask, dropout_rng=_fold(rng, 0),
+                                   positions=positions)
       out, new_cache = self.self_attention.decode_step(h, cache)
       return out
 
@@ -366,6 +375,8 @@ class EncoderDecoder(nnx.Module):
     if config.position_embedding == 'learned':
       self.position_table = nnx.Param(
           nnx.initializers.normal(0.02)(rngs.params(), (config.max_len, dim), param_dtype))
+    elif config.position_embedding == 'rope':
+      self.position_table = None  # positions enter self-attention (rotary_embedding)
     else:
       self.position_table = nnx.Variable(sinusoidal_positions(config.max_len, dim))
     self.encoder_layers = nnx.List([EncoderLayer(config, rngs=rngs)
@@ -384,16 +395,18 @@ class EncoderDecoder(nnx.Module):
   # -- embeddings
 
   def _embed(self, table, tokens, positions, rng, word_dropout: float = 0.0):
-    """Scaled token embeddings plus positions, then dropout. word_dropout (training, the
-    source): each token's embedding is dropped whole, before its position is added, and the
-    kept ones rescaled (Gal and Ghahramani 2016's word dropout, per token as in Nematus)."""
+    """Scaled token embeddings plus positions (not with rope, whose positions enter
+    self-attention), then dropout. word_dropout (training, the source): each token's embedding
+    is dropped whole, before its position is added, and the kept ones rescaled (Gal and
+    Ghahramani 2016's word dropout, per token as in Nematus)."""
     dim = self.config.emb_dim
     x = table(tokens) * jnp.asarray(math.sqrt(dim), self.dtype)
     if word_dropout:
       x = dropout(x, word_dropout, _fold(rng, 1), whole_vectors=True)
-    if positions is None:
-      positions = jnp.arange(tokens.shape[1])[None, :]
-    x = x + jnp.take(self.position_table[...], positions, axis=0).astype(self.dtype)
+    if self.position_table is not None:
+      if positions is None:
+        positions = jnp.arange(tokens.shape[1])[None, :]
+      x = x + jnp.take(self.position_table[...], positions, axis=0).astype(self.dtype)
     return dropout(x, self.config.dropout_rate, rng)
 
   def _check_tokens(self, name, tokens):
@@ -418,7 +431,7 @@ class EncoderDecoder(nnx.Module):
                     self.config.get('source_word_dropout', 0.0))
     weights = [] if return_weights else None
     for i, layer in enumerate(self.encoder_layers):
-      x = layer(x, mask, _fold(dropout_rng, 1, i), weights)
+      x = layer(x, mask, _fold(dropout_rng, 1, i), weights, inputs_positions)
     if self.encoder_norm is not None:
       x = self.encoder_norm(x)
     return (x, weights) if return_weights else x
@@ -489,7 +502,8 @@ class EncoderDecoder(nnx.Module):
     x = self._embed(self.target_embed, decoder_inputs, targets_positions, _fold(dropout_rng, 0))
     weights = [] if return_weights or self.copy_gate is not None else None
     for i, (layer, kv) in enumerate(zip(self.decoder_layers, self.cross_kv(encoded))):
-      x, _ = layer(x, kv, self_mask, cross_mask, _fold(dropout_rng, 1, i), weights=weights)
+      x, _ = layer(x, kv, self_mask, cross_mask, _fold(dropout_rng, 1, i), weights=weights,
+                   positions=targets_positions)
     out = self.features(x) if return_features else self._output(x, weights, inputs)
     return (out, weights) if return_weights else out
 

@@ -246,6 +246,38 @@ def test_cached_self_attention_steps_equal_full_causal_attention():
   assert int(cache['index']) == 6
 
 
+def test_rotary_embedding_equals_complex_rotation_and_keeps_relative_offsets():
+  """RoPE against NumPy: feature pair (i, i + d/2) as the complex number x_i + i x_{i+d/2},
+  multiplied by exp(i p theta_i), theta_i = 10000^(-2i/d). Rotated scores q_m . k_n depend on
+  n - m only: self-attention with all positions shifted by 5 gives the same output, and the
+  cached decoder (positions from the cache index) equals full causal attention."""
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(2, 5, 3, 8)).astype(np.float32)
+  positions = np.array([[0, 1, 2, 3, 4], [7, 0, 1, 2, 40]])
+  theta = 10000.0 ** (-2 * np.arange(4) / 8)
+  z = (x[..., :4] + 1j * x[..., 4:]) * np.exp(1j * positions[:, :, None, None] * theta)
+  np.testing.assert_allclose(attn.rotary_embedding(jnp.asarray(x), jnp.asarray(positions)),
+                             np.concatenate([z.real, z.imag], -1), atol=2e-5)
+
+  mha = attn.MultiHeadAttention(16, 2, rngs=nnx.Rngs(0), rotary=True)
+  h = jnp.asarray(rng.normal(size=(2, 6, 16)), jnp.float32)
+  mask = attn.make_causal_mask(6)
+  at0 = mha(h, mask=mask)
+  np.testing.assert_allclose(mha(h, mask=mask, positions=jnp.arange(6)[None] + 5), at0,
+                             atol=2e-5)
+  assert not np.allclose(mha(h, mask=mask, positions=2 * jnp.arange(6)[None]), at0, atol=1e-3)
+  plain = attn.MultiHeadAttention(16, 2, rngs=nnx.Rngs(0))  # the same weights, no rotation
+  assert not np.allclose(plain(h, mask=mask), at0, atol=1e-3)
+  cache = mha.init_cache(2, 8)
+  steps = []
+  for t in range(6):
+    out, cache = mha.decode_step(h[:, t:t + 1], cache)
+    steps.append(out)
+  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), at0, atol=1e-5)
+  with pytest.raises(ValueError, match='rotary'):
+    attn.MultiHeadAttention(16, 2, rngs=nnx.Rngs(0), rotary=True, self_attention=False)
+
+
 def test_malformed_inputs_raise_clear_errors():
   q, k, v = random_qkv()
   with pytest.raises(ValueError, match='rank 4'):

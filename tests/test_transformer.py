@@ -33,7 +33,8 @@ TGT = jnp.array([[2, 11, 12, 13, 14], [2, 15, 16, 0, 0]])
 
 VARIANTS = [{}, {'layer_norm': 'post'}, {'position_embedding': 'learned'},
             {'share_embeddings': False, 'tie_output_embedding': False},
-            {'attention_kernel': 'jax'}, {'copy_attention': True}, {'activation': 'swiglu'}]
+            {'attention_kernel': 'jax'}, {'copy_attention': True}, {'activation': 'swiglu'},
+            {'position_embedding': 'rope'}]
 
 
 def test_sinusoidal_positions_match_formula():
@@ -126,7 +127,8 @@ def test_self_attention_without_positions_is_permutation_equivariant():
   np.testing.assert_allclose(layer(x, mask)[:, perm], layer(x[:, perm], mask), atol=1e-5)
 
 
-@pytest.mark.parametrize('overrides', [{}, {'copy_attention': True}])
+@pytest.mark.parametrize('overrides', [{}, {'copy_attention': True},
+                                       {'position_embedding': 'rope'}])
 def test_packed_examples_do_not_attend_to_each_other(overrides):
   model = make_model(**overrides)
   # Row: example A (src 3 tokens, tgt 3) then example B (src 2, tgt 2), then padding.
@@ -394,3 +396,18 @@ def test_copy_model_outputs_are_normalised_and_copy_the_attended_source():
   np.testing.assert_allclose(log_p, want, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match='attention_dropout_rate'):
     make_model(copy_attention=True, attention_dropout_rate=0.1)
+
+
+def test_rope_model_has_no_position_table_and_sees_order_only_through_attention():
+  """With rope the embeddings carry no positions, yet the encoder is not permutation
+  equivariant (self-attention is told the positions), and odd head dims are refused."""
+  model = make_model(position_embedding='rope')
+  assert model.position_table is None
+  table = np.asarray(model.target_embed.embedding[...])
+  np.testing.assert_allclose(model._embed(model.target_embed, SRC, None, None),
+                             table[np.asarray(SRC)] * np.sqrt(16), rtol=1e-6)
+  src = jnp.array([[5, 6, 7, 8, 1]])
+  perm = np.array([3, 0, 4, 1, 2])
+  assert not np.allclose(model.encode(src)[:, perm], model.encode(src[:, perm]), atol=1e-3)
+  with pytest.raises(ValueError, match='position_embedding.*even head dimension'):
+    make_model(position_embedding='rope', emb_dim=18, num_heads=2)
