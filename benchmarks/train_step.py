@@ -90,6 +90,7 @@ def main(argv):
     config.vocab_size = 10000
     config.dropout_rate = 0.1
     config.activation = 'relu'   # the baselines' MLP (the default tiny config's is swiglu)
+    config.position_embedding = 'sinusoidal'  # the baselines' (the default tiny config's: rope)
     config.max_len = max(FLAGS.length, 64)
   for item in filter(None, FLAGS.override.split(',')):
     key, value = item.split('=')

@@ -56,6 +56,7 @@ def get_config():
   config.max_tokens = 6144
   config.dropout_rate = 0.2
   config.activation = 'relu'           # as measured (the default config's tiny is swiglu now)
+  config.position_embedding = 'sinusoidal'  # as measured (the default config's tiny is rope now)
   config.optimizer = 'adam'            # as measured (the default config's is adamw now)
   config.weight_decay = 0.0
   config.learning_rate = 2e-3

@@ -19,6 +19,7 @@ def tiny_config(**overrides):
                 num_decoder_layers=2, mlp_dim=32, max_len=24,
                 activation='relu',       # the plain MLP; VARIANTS and the activation tests
                                          # cover the gated ones (the default config's swiglu)
+                position_embedding='sinusoidal',  # VARIANTS cover rope (the default config's)
                 matmul_dtype='float32')  # exact float32 references; bfloat16 has its own tests
   config.update(overrides)
   return config
