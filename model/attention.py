@@ -274,12 +274,18 @@ class MultiHeadAttention(nnx.Module):
   the encoder output (fused kernel [d_model, 2, heads, head_dim]). Each head's projection is the
   slice [:, ..., h, :] of these kernels. With `rotary`, self-attention rotates its queries and
   keys by their positions (`rotary_embedding`) before comparing them.
+
+  With `qk_norm` > 0 (QKNorm, Henry et al. 2020, for low-resource translation): each head's
+  query and key are scaled to unit L2 length and their dot product is multiplied by a learned
+  scalar g (`qk_scale`, one per layer, initialised to `qk_norm`) in place of 1/sqrt(d_k), so a
+  score is g cos(q, k): softmax(g Q̂ K̂ᵀ) V. The paper initialises g to log2(L² - L), L the
+  97.5th percentile of the training lengths.
   """
 
   def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, head_dim: int | None = None,
                self_attention: bool = True, dropout_rate: float = 0.0, kernel: str = 'einsum',
                dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-               matmul_dtype: Any = None, rotary: bool = False):
+               matmul_dtype: Any = None, rotary: bool = False, qk_norm: float = 0.0):
     if num_heads <= 0 or d_model <= 0:
       raise ValueError(f'num_heads={num_heads} and d_model={d_model} must be positive.')
     if head_dim is None:
@@ -291,6 +297,8 @@ class MultiHeadAttention(nnx.Module):
     if rotary and (not self_attention or head_dim % 2):
       raise ValueError(f'rotary embedding applies to self-attention with an even head_dim, got '
                        f'self_attention={self_attention}, head_dim={head_dim}.')
+    if qk_norm < 0:
+      raise ValueError(f'qk_norm={qk_norm} must be >= 0 (0: off; else the initial scale g).')
     self.rotary = rotary
     self.num_heads, self.head_dim, self.d_model = num_heads, head_dim, d_model
     self.self_attention, self.dropout_rate, self.kernel = self_attention, dropout_rate, kernel
@@ -312,6 +320,7 @@ class MultiHeadAttention(nnx.Module):
     self.out_kernel = param((num_heads, head_dim, d_model),
                             nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2))
     self.out_bias = param((d_model,), nnx.initializers.zeros)
+    self.qk_scale = (nnx.Param(jnp.asarray(qk_norm, param_dtype)) if qk_norm > 0 else None)
 
   def _project(self, x, kernel, bias, spec):
     x = x.astype(self.dtype)
@@ -327,10 +336,26 @@ class MultiHeadAttention(nnx.Module):
       if positions is None:
         positions = jnp.arange(x.shape[1])[None, :]
       q, k = rotary_embedding(q, positions), rotary_embedding(k, positions)
-    return q, k, v
+    return self._normalize_query(q), self._normalize_key(k), v
 
   def project_q(self, x):
-    return self._project(x, self.q_kernel, self.q_bias, 'btd,dnh->btnh')
+    return self._normalize_query(self._project(x, self.q_kernel, self.q_bias, 'btd,dnh->btnh'))
+
+  def _normalize_key(self, k):
+    """With qk_norm: k / |k| over head_dim (float32 sums); else k unchanged."""
+    if self.qk_scale is None:
+      return k
+    k32 = k.astype(jnp.float32)
+    inverse_norm = jax.lax.rsqrt(jnp.sum(k32 * k32, axis=-1, keepdims=True) + 1e-12)
+    return (k32 * inverse_norm).astype(k.dtype)
+
+  def _normalize_query(self, q):
+    """With qk_norm: g sqrt(d_k) q / |q|, so that the kernel's division by sqrt(d_k) leaves
+    the score g cos(q, k) (the same for both kernels and the decoding cache)."""
+    if self.qk_scale is None:
+      return q
+    scale = self.qk_scale[...].astype(jnp.float32) * math.sqrt(self.head_dim)
+    return (self._normalize_key(q).astype(jnp.float32) * scale).astype(q.dtype)
 
   def project_kv(self, x, heads_major: bool = False):
     """Cross-attention K, V from the encoder output; computed once per source when decoding.
@@ -342,7 +367,7 @@ class MultiHeadAttention(nnx.Module):
       kv = self._project(x, self.kv_kernel, bias[:, :, :, None], 'btd,dinh->ibnth')
     else:
       kv = self._project(x, self.kv_kernel, bias[:, :, None], 'btd,dinh->ibtnh')
-    return kv[0], kv[1]
+    return self._normalize_key(kv[0]), kv[1]
 
   def attend(self, q, k, v, mask, dropout_rng=None, return_weights=False, kv_heads_major=False):
     """Attention over given projected Q, K, V, then the output projection to d_model."""

@@ -137,6 +137,8 @@ def validate_config(config):
   if config.get('position_embedding') == 'rope' and (config.emb_dim // config.num_heads) % 2:
     fail('position_embedding', f'needs an even head dimension; emb_dim / num_heads = '
          f'{config.emb_dim // config.num_heads}.')
+  if not config.get('qk_norm', 0.0) >= 0:
+    fail('qk_norm', 'must be >= 0 (0: off; else the initial attention scale g, e.g. 10).')
   for field in ('dropout_rate', 'attention_dropout_rate', 'source_word_dropout'):
     if not 0.0 <= config.get(field, 0.0) < 1.0:
       fail(field, 'must be in [0, 1).')
@@ -262,7 +264,8 @@ def _attention(config, rngs, self_attention):
                             kernel=config.attention_kernel, dtype=DTYPES[config.dtype],
                             param_dtype=DTYPES[config.param_dtype],
                             matmul_dtype=resolve_matmul_dtype(config.matmul_dtype),
-                            rotary=self_attention and config.position_embedding == 'rope')
+                            rotary=self_attention and config.position_embedding == 'rope',
+                            qk_norm=config.get('qk_norm', 0.0))
 
 
 def _mlp(config, rngs):

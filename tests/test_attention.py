@@ -208,6 +208,9 @@ def mha_numpy(module, x_q, x_kv, mask):
       wk, wv = p(module.kv_kernel)[:, 0, h], p(module.kv_kernel)[:, 1, h]
       bk, bv = p(module.kv_bias)[0, h], p(module.kv_bias)[1, h]
     q, k, v = x_q @ wq + bq, x_kv @ wk + bk, x_kv @ wv + bv
+    if module.qk_scale is not None:  # QKNorm: scores g cos(q, k); numpy_attention divides by
+      unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # sqrt(d), so undo it
+      q, k = p(module.qk_scale) * np.sqrt(q.shape[-1]) * unit(q), unit(k)
     out, _ = numpy_attention(q[:, :, None], k[:, :, None], v[:, :, None], mask)
     heads.append(out[:, :, 0])
   concat = np.concatenate(heads, axis=-1)  # [b, q, heads * head_dim]
@@ -215,15 +218,17 @@ def mha_numpy(module, x_q, x_kv, mask):
   return concat @ w_o + p(module.out_bias)
 
 
-def test_multi_head_self_attention_equals_per_head_definition():
-  mha = attn.MultiHeadAttention(12, 3, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize('qk_norm', [0.0, 7.0])
+def test_multi_head_self_attention_equals_per_head_definition(qk_norm):
+  mha = attn.MultiHeadAttention(12, 3, rngs=nnx.Rngs(0), qk_norm=qk_norm)
   x = np.random.default_rng(1).normal(size=(2, 7, 12)).astype(np.float32)
   mask = padded_causal_mask()
   np.testing.assert_allclose(mha(x, mask=mask), mha_numpy(mha, x, x, mask), atol=1e-4)
 
 
-def test_multi_head_cross_attention_equals_per_head_definition():
-  mha = attn.MultiHeadAttention(12, 4, rngs=nnx.Rngs(0), self_attention=False)
+@pytest.mark.parametrize('qk_norm', [0.0, 7.0])
+def test_multi_head_cross_attention_equals_per_head_definition(qk_norm):
+  mha = attn.MultiHeadAttention(12, 4, rngs=nnx.Rngs(0), self_attention=False, qk_norm=qk_norm)
   rng = np.random.default_rng(2)
   x_q = rng.normal(size=(2, 3, 12)).astype(np.float32)
   x_kv = rng.normal(size=(2, 7, 12)).astype(np.float32)
@@ -233,10 +238,11 @@ def test_multi_head_cross_attention_equals_per_head_definition():
                              atol=1e-4)
 
 
-@pytest.mark.parametrize('rotary', [False, True])
-def test_cached_self_attention_steps_equal_full_causal_attention(rotary):
-  """With rotary, the step rotates by the cache index what the full pass rotates by 0..5."""
-  mha = attn.MultiHeadAttention(16, 4, rngs=nnx.Rngs(0), rotary=rotary)
+@pytest.mark.parametrize('rotary,qk_norm', [(False, 0.0), (True, 0.0), (True, 7.0)])
+def test_cached_self_attention_steps_equal_full_causal_attention(rotary, qk_norm):
+  """With rotary, the step rotates by the cache index what the full pass rotates by 0..5; with
+  qk_norm, the cache holds the normalised keys."""
+  mha = attn.MultiHeadAttention(16, 4, rngs=nnx.Rngs(0), rotary=rotary, qk_norm=qk_norm)
   x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6, 16)), jnp.float32)
   full = mha(x, mask=attn.make_causal_mask(6))
   cache = mha.init_cache(2, 8)
@@ -272,6 +278,29 @@ def test_rotary_embedding_equals_complex_rotation_and_keeps_relative_offsets():
   assert not np.allclose(plain(h, mask=mask), at0, atol=1e-3)
   with pytest.raises(ValueError, match='rotary'):
     attn.MultiHeadAttention(16, 2, rngs=nnx.Rngs(0), rotary=True, self_attention=False)
+
+
+def test_qk_norm_scores_are_the_learned_scale_times_cosine_whatever_the_input_scale():
+  """QKNorm (Henry et al. 2020): scaling the inputs of the Q and K projections (no biases here
+  at init) leaves the output unchanged; the scale g gets a gradient, and AdamW leaves it alone."""
+  from train import decays_weight
+  mha = attn.MultiHeadAttention(16, 2, rngs=nnx.Rngs(0), self_attention=False, qk_norm=5.0)
+  rng = np.random.default_rng(5)
+  x_q, x_kv = (jnp.asarray(rng.normal(size=(2, n, 16)), jnp.float32) for n in (3, 4))
+  assert np.asarray(mha.qk_scale[...]) == 5.0
+  q_only = mha(3.0 * x_q, x_kv) - mha.out_bias[...]
+  np.testing.assert_allclose(q_only, mha(x_q, x_kv) - mha.out_bias[...], atol=1e-5)
+  scaled_kv = mha(x_q, 3.0 * x_kv) - mha.out_bias[...]  # K normalised, V scaled
+  np.testing.assert_allclose(scaled_kv, 3.0 * (mha(x_q, x_kv) - mha.out_bias[...]), atol=1e-4)
+
+  graphdef, params = nnx.split(mha, nnx.Param)
+  loss = lambda p: jnp.sum(nnx.merge(graphdef, p)(x_q, x_kv) ** 2)
+  grads = nnx.to_pure_dict(jax.grad(loss)(params))
+  assert abs(float(grads['qk_scale'])) > 0
+  mask = decays_weight(nnx.to_pure_dict(params))
+  assert not mask['qk_scale'] and mask['kv_kernel']
+  with pytest.raises(ValueError, match='qk_norm'):
+    attn.MultiHeadAttention(16, 2, rngs=nnx.Rngs(0), qk_norm=-1.0)
 
 
 def test_malformed_inputs_raise_clear_errors():

@@ -35,7 +35,7 @@ TGT = jnp.array([[2, 11, 12, 13, 14], [2, 15, 16, 0, 0]])
 VARIANTS = [{}, {'layer_norm': 'post'}, {'position_embedding': 'learned'},
             {'share_embeddings': False, 'tie_output_embedding': False},
             {'attention_kernel': 'jax'}, {'copy_attention': True}, {'activation': 'swiglu'},
-            {'position_embedding': 'rope'}]
+            {'position_embedding': 'rope'}, {'position_embedding': 'rope', 'qk_norm': 10.0}]
 
 
 def test_sinusoidal_positions_match_formula():
@@ -129,7 +129,7 @@ def test_self_attention_without_positions_is_permutation_equivariant():
 
 
 @pytest.mark.parametrize('overrides', [{}, {'copy_attention': True},
-                                       {'position_embedding': 'rope'}])
+                                       {'position_embedding': 'rope'}, {'position_embedding': 'rope', 'qk_norm': 10.0}])
 def test_packed_examples_do_not_attend_to_each_other(overrides):
   model = make_model(**overrides)
   # Row: example A (src 3 tokens, tgt 3) then example B (src 2, tgt 2), then padding.
@@ -285,6 +285,7 @@ def test_big_config_builds_with_its_shape():
     ('dtype', 'float8', r"config.dtype='float8' is unknown"),
     ('matmul_dtype', 'int8', r"config.matmul_dtype='int8' is unknown"),
     ('activation', 'tanh', r"config.activation='tanh' is unknown"),
+    ('qk_norm', -1.0, r'config.qk_norm=-1.0 must be >= 0'),
 ])
 def test_bad_config_values_raise_naming_the_field(field, value, message):
   with pytest.raises(ValueError, match=message):
