@@ -265,6 +265,12 @@ def dropout(x, rate: float, rng, whole_vectors: bool = False):
 # ----------------------------------------------------------------------------- module
 
 
+def _unit_length(x):
+  """x / |x| over the last axis, in float32."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+
+
 class MultiHeadAttention(nnx.Module):
   """Multi-head attention: `num_heads` attention heads in parallel, each with its own Q, K, V
   projections (d_model -> head_dim), their outputs concatenated and projected back to d_model.
@@ -342,12 +348,8 @@ class MultiHeadAttention(nnx.Module):
     return self._normalize_query(self._project(x, self.q_kernel, self.q_bias, 'btd,dnh->btnh'))
 
   def _normalize_key(self, k):
-    """With qk_norm: k / |k| over head_dim (float32 sums); else k unchanged."""
-    if self.qk_scale is None:
-      return k
-    k32 = k.astype(jnp.float32)
-    inverse_norm = jax.lax.rsqrt(jnp.sum(k32 * k32, axis=-1, keepdims=True) + 1e-12)
-    return (k32 * inverse_norm).astype(k.dtype)
+    """With qk_norm: k / |k| over head_dim (in float32); else k unchanged."""
+    return k if self.qk_scale is None else _unit_length(k).astype(k.dtype)
 
   def _normalize_query(self, q):
     """With qk_norm: g sqrt(d_k) q / |q|, so that the kernel's division by sqrt(d_k) leaves
@@ -355,7 +357,7 @@ class MultiHeadAttention(nnx.Module):
     if self.qk_scale is None:
       return q
     scale = self.qk_scale[...].astype(jnp.float32) * math.sqrt(self.head_dim)
-    return (self._normalize_key(q).astype(jnp.float32) * scale).astype(q.dtype)
+    return (_unit_length(q) * scale).astype(q.dtype)
 
   def project_kv(self, x, heads_major: bool = False):
     """Cross-attention K, V from the encoder output; computed once per source when decoding.
