@@ -48,7 +48,7 @@ from model.transformer import shift_right  # noqa: E402
 
 
 # config fields added after runs had been trained -> their values before they existed
-FIELDS_ADDED_LATER = {'matmul_dtype': 'float32'}
+FIELDS_ADDED_LATER = {'matmul_dtype': 'float32', 'qk_norm': 0.0}
 # config fields an ensemble's members must share: they fix what text the models read and write
 SHARED_FIELDS = ('task', 'dataset', 'source_lang', 'target_lang', 'lowercase')
 # eval.py flags that override a decoding constraint of the config (0: off)

@@ -67,6 +67,10 @@ OPTIMIZERS = ('adam', 'adamw')
 MODEL_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers', 'num_decoder_layers',
                 'mlp_dim', 'max_len', 'position_embedding', 'share_embeddings',
                 'tie_output_embedding', 'layer_norm', 'param_dtype', 'copy_attention', 'lowercase')
+# Fields whose being 0 or not adds state to the checkpoints (a resume may change the value only):
+# the field -> what its checkpoints then keep.
+SWITCHED_FIELDS = {'ema_decay': 'the moving average of the parameters',
+                   'qk_norm': "QKNorm's learned scales"}
 
 
 class ConfigError(ValueError):
@@ -167,7 +171,7 @@ def check_workdir(workdir: str):
 
 def save_or_check_config(config, workdir: str):
   """Write config.json; on resume, refuse a config whose parameter shapes differ, or that turns
-  the moving average of the parameters on or off (the checkpoints' structure)."""
+  the moving average of the parameters or QKNorm on or off (the checkpoints' structure)."""
   path = epath.Path(workdir) / 'config.json'
   if path.exists():
     saved = json.loads(path.read_text())
@@ -176,12 +180,12 @@ def save_or_check_config(config, workdir: str):
       field = changed[0]
       raise ConfigError(f'--workdir={workdir} holds a run with config.{field}={saved[field]!r}, '
                         f'not {config.get(field)!r}; use a new --workdir or the same value.')
-    saved_ema = saved.get('ema_decay', 0.0)  # on or off shapes the checkpoint; the value not
-    if bool(saved_ema) != bool(config.ema_decay):
-      raise ConfigError(f'--workdir={workdir} holds a run with config.ema_decay={saved_ema!r}, '
-                        f'not {config.ema_decay!r}; its checkpoints '
-                        f'{"keep" if saved_ema else "lack"} the moving average, so use a new '
-                        f'--workdir or keep ema_decay {"> 0" if saved_ema else "at 0"}.')
+    for field, what in SWITCHED_FIELDS.items():  # on or off shapes the checkpoint; the value not
+      was, now = saved.get(field, 0.0), config.get(field)  # absent: from before the field, off
+      if bool(was) != bool(now):
+        raise ConfigError(f'--workdir={workdir} holds a run with config.{field}={was!r}, '
+                          f'not {now!r}; its checkpoints {"keep" if was else "lack"} {what}, so '
+                          f'use a new --workdir or keep {field} {"> 0" if was else "at 0"}.')
   if jax.process_index() == 0:  # write-then-rename: other processes never see half a file
     partial = path.parent / 'config.json.partial'
     partial.write_text(config.to_json_best_effort(indent=2, sort_keys=True))

@@ -64,6 +64,7 @@ def main(argv):
     config.vocab_size = 10000
     config.activation = 'relu'   # issue 6's tiny shape (the default config's is swiglu)
     config.position_embedding = 'sinusoidal'  # and positions (the default config's: rope)
+    config.qk_norm = 0.0         # and attention scores (the default config's: QKNorm)
     graphdef, params, rest = (list(parts) for parts in zip(
         *[train.create_model(config, seed) for seed in range(FLAGS.members)]))
     if FLAGS.members == 1:

@@ -91,6 +91,7 @@ def main(argv):
     config.dropout_rate = 0.1
     config.activation = 'relu'   # the baselines' MLP (the default tiny config's is swiglu)
     config.position_embedding = 'sinusoidal'  # the baselines' (the default tiny config's: rope)
+    config.qk_norm = 0.0         # the baselines' scaled dot products (the default tiny: QKNorm)
     config.max_len = max(FLAGS.length, 64)
   for item in filter(None, FLAGS.override.split(',')):
     key, value = item.split('=')

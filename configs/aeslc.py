@@ -57,6 +57,7 @@ def get_config():
   config.dropout_rate = 0.2
   config.activation = 'relu'           # as measured (the default config's tiny is swiglu now)
   config.position_embedding = 'sinusoidal'  # as measured (the default config's tiny is rope now)
+  config.qk_norm = 0.0                 # as measured (the default config's tiny has QKNorm now)
   config.optimizer = 'adam'            # as measured (the default config's is adamw now)
   config.weight_decay = 0.0
   config.learning_rate = 2e-3

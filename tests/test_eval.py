@@ -74,11 +74,12 @@ def test_a_run_from_before_a_config_field_existed_loads_with_its_default(run, tm
   old = tmp_path / 'old_run'
   old.mkdir()
   fields = json.loads((epath.Path(run) / 'config.json').read_text())
-  del fields['matmul_dtype']  # added after some runs were trained
+  del fields['matmul_dtype'], fields['qk_norm']  # added after some runs were trained
   (old / 'config.json').write_text(json.dumps(fields))
   (old / 'tokenizer.model').write_bytes((epath.Path(run) / 'tokenizer.model').read_bytes())
   config, _ = eval_lib.load_run(str(old))
-  assert config.matmul_dtype == 'float32' and config.emb_dim == fields['emb_dim']
+  assert config.matmul_dtype == 'float32' and config.qk_norm == 0.0  # their values of the time
+  assert config.emb_dim == fields['emb_dim']
 
 
 def test_split_evaluation_writes_hypotheses_and_scores(run):

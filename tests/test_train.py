@@ -313,20 +313,30 @@ def test_a_time_budget_stops_the_run_and_survives_a_resume(tmp_path, monkeypatch
     train.validate_training_config(tiny_config(tmp_path, time_budget_minutes=-1.0))
 
 
-def test_resuming_with_the_moving_average_turned_on_or_off_is_refused(tmp_path):
-  """The average's presence shapes the checkpoints, so a resume may change its decay, not
-  switch it (the checkpoints' structure would no longer match the state's)."""
-  for saved, resumed, ok in ((0.0, 0.999, False), (0.999, 0.0, False), (0.999, 0.9995, True)):
+@pytest.mark.parametrize('field,on,other', [('ema_decay', 0.999, 0.9995), ('qk_norm', 10.0, 5.0)])
+def test_resuming_with_the_moving_average_or_qk_norm_turned_on_or_off_is_refused(
+    tmp_path, field, on, other):
+  """The average's (QKNorm's scales') presence shapes the checkpoints, so a resume may change
+  the value, not switch it (the checkpoints' structure would no longer match the state's)."""
+  for saved, resumed, ok in ((0.0, on, False), (on, 0.0, False), (on, other, True)):
     workdir = str(tmp_path / f'run_{saved}_{resumed}')
     os.makedirs(workdir)
-    train.save_or_check_config(tiny_config(tmp_path, ema_decay=saved), workdir)
+    train.save_or_check_config(tiny_config(tmp_path, **{field: saved}), workdir)
     if ok:
-      train.save_or_check_config(tiny_config(tmp_path, ema_decay=resumed), workdir)
+      train.save_or_check_config(tiny_config(tmp_path, **{field: resumed}), workdir)
       continue
     with pytest.raises(train.ConfigError) as error:
-      train.save_or_check_config(tiny_config(tmp_path, ema_decay=resumed), workdir)
+      train.save_or_check_config(tiny_config(tmp_path, **{field: resumed}), workdir)
     assert str(error.value).startswith(
-        f'--workdir={workdir} holds a run with config.ema_decay={saved!r}, not {resumed!r}')
+        f'--workdir={workdir} holds a run with config.{field}={saved!r}, not {resumed!r}')
+  # a run from before the field existed (its config.json lacks it) had it off
+  workdir = tmp_path / 'old_run'
+  workdir.mkdir()
+  fields = tiny_config(tmp_path, **{field: 0.0}).to_dict()
+  del fields[field]
+  (workdir / 'config.json').write_text(json.dumps(fields))
+  with pytest.raises(train.ConfigError, match=f'holds a run with config.{field}=0.0, not {on}'):
+    train.save_or_check_config(tiny_config(tmp_path, **{field: on}), str(workdir))
 
 
 @pytest.mark.parametrize('copy', [False, True])

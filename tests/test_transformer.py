@@ -20,6 +20,7 @@ def tiny_config(**overrides):
                 activation='relu',       # the plain MLP; VARIANTS and the activation tests
                                          # cover the gated ones (the default config's swiglu)
                 position_embedding='sinusoidal',  # VARIANTS cover rope (the default config's)
+                qk_norm=0.0,             # plain scaled dot products; VARIANTS cover QKNorm
                 matmul_dtype='float32')  # exact float32 references; bfloat16 has its own tests
   config.update(overrides)
   return config

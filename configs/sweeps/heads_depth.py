@@ -27,6 +27,7 @@ def get_sweep(hyper):
       hyper.fixed('config.weight_decay', 0.0),
       hyper.fixed('config.activation', 'relu'),
       hyper.fixed('config.position_embedding', 'sinusoidal'),
+      hyper.fixed('config.qk_norm', 0.0),
       hyper.fixed('config.eval_every_steps', 500),
       hyper.fixed('config.checkpoint_every_steps', 500),
   ])
