@@ -23,10 +23,11 @@ two at once on one core each, 60.6-61.7 min each, on a 2-core Intel Xeon with AM
 6, model 167; MBR there 43.28 against rope's 43.59). Those four on test_2016_flickr: beam 5 mean
 41.16 (rope, the same setting: 41.21), MBR 41.16 / 40.90 / 41.18 / 41.73, mean 41.24 (rope
 41.29). Alone on the cores (`make train`'s setting) on a 2-core AMD EPYC (Zen 5, CPU family
-26, model 2), no GPU: all 11000 steps in 35.5 / 35.0 min (seeds 0-1) of training wall time,
-process start to exit; val 42.85 / 43.38 (beam 5), 43.14 / 43.32 (MBR); test_2016_flickr
-41.06 / 40.76 (beam 5), 40.73 / 40.75 (MBR, the val-chosen figure: below the published 41.02,
-Wu et al., ACL 2021, Transformer-tiny, text only). QKNorm costs about 15-20% of the step on that
+26, model 2), no GPU: all 11000 steps in 35.5 / 35.0 / 34.5 min (seeds 0-2) of training wall
+time, process start to exit; val 42.85 / 43.38 / 43.04 (beam 5), 43.14 / 43.32 / 43.26 (MBR);
+test_2016_flickr 41.06 / 40.76 / 40.87 (beam 5, mean 40.90), 40.73 / 40.75 / 40.87 (MBR, the
+val-chosen figure, mean 40.78: below the published 41.02, Wu et al., ACL 2021,
+Transformer-tiny, text only). QKNorm costs about 15-20% of the step on that
 host (train.py 5.0-5.5 against 6.4-6.6 steps/s with `--config.qk_norm=0`); on the Intel host
 where rope alone took 47 min, that would be about 55 min, still inside the 60-min budget (not
 measured). README "Results" has the tables.
