@@ -5,7 +5,7 @@ Command (a fresh clone, this repo's root):
                #    then eval.py on the validation split
   .venv/bin/python eval.py --workdir=runs/default --split=test_2016_flickr --beam_size=20 \
       --alpha=1.5 --average_last=10 --mbr=bleu --mbr_temperature=0.15
-Issue 6's in-hour result (test_2016_flickr 42.07, two pairs on a Zen 5 EPYC; "Issue 6's hour" below):
+Issue 6's in-hour result (test_2016_flickr 42.07, two pairs, Zen 5 EPYC; "Issue 6's hour" below):
   make train-ensemble   # two runs of this config at once within the hour, decoded as one model
 
 The recipe: 4+4 layers, width 128, 4 heads, rotary position embeddings (Su et al. 2021; the
