@@ -40,10 +40,11 @@ ensemble (MBR over beam 20, val's choice for the pair); then, for a test set:
   .venv/bin/python eval.py --workdir=runs/ensemble/seed0 --ensemble=runs/ensemble/seed2 \
       --split=test_2016_flickr --beam_size=20 --alpha=1.5 --average_last=10 --mbr=bleu
 On the Zen 5 EPYC above, two pairs (seeds 0+2, 1+3) took 59.0 / 59.1 min from the command to the
-val score (decoded at beam 5 then; MBR adds ~100 s), their members stopped by the budget at 10350-10600 of the 11000 steps; val 43.52 /
-44.44 (MBR; 43.24 for one run alone, mean); test_2016_flickr 42.18 / 41.95 (mean 42.07; beam 5
-42.35 / 42.55), past the published 41.02 in both (README "Results"). On a slower host the
-budget cuts the members' steps further (the ReLU pairs of sessions 26-30: 40.70-41.28).
+val score (decoded at beam 5 then; MBR adds ~100 s), their members stopped by the budget at
+10350-10600 of the 11000 steps; val 43.52 / 44.44 (MBR; 43.24 for one run alone, mean);
+test_2016_flickr 42.18 / 41.95 (mean 42.07; beam 5 42.35 / 42.55), past the published 41.02 in
+both (README "Results"). On a slower host the budget cuts the members' steps further (the ReLU
+pairs of sessions 26-30: 40.70-41.28).
 
 The previous default, rope without QKNorm (`--config.qk_norm=0`, sessions 41-43), measured on
 the 2-core Intel Xeon with AMX (CPU family 6, model 167), alone on the cores: all 11000 steps in
