@@ -27,7 +27,7 @@ train: setup  ## train the default config end to end, then evaluate it on the va
 ENSEMBLE_DIR ?= runs/ensemble
 ENSEMBLE_SEEDS ?= 0 2
 ENSEMBLE_FLAGS ?= --config.time_budget_minutes=58 --config.checkpoint_every_steps=125
-# the val-chosen decoding of the ensemble (session 45, both pairs): MBR over beam 20
+# the val-chosen decoding of the ensemble (sessions 45-46, all three pairs): MBR over beam 20
 ENSEMBLE_EVAL ?= --split=val --beam_size=20 --alpha=1.5 --average_last=10 --mbr=bleu \
     --mbr_temperature=0.15
 FIRST_SEED := $(firstword $(ENSEMBLE_SEEDS))
