@@ -44,7 +44,9 @@ the command to the val score (the first two decoded val at beam 5, the third wit
 their members stopped by the budget at 9750-10600 of the 11000 steps; val 43.52 / 44.44 / 44.13
 (MBR; 43.24 for one run alone, mean); test_2016_flickr 42.18 / 41.95 / 42.16 (mean 42.10; beam 5
 42.35 / 42.55 / 41.91), past the published 41.02 in all three (README "Results"). On a slower
-host the budget cuts the members' steps further (the ReLU pairs of sessions 26-30: 40.70-41.28).
+host the budget cuts the members' steps further, and the result falls short: a pair given 37
+min here (6250 / 6300 steps, about what the Intel Xeon below would give in 58 min, estimated)
+scored 40.76; the ReLU pairs of sessions 26-30, 40.70-41.28.
 
 The previous default, rope without QKNorm (`--config.qk_norm=0`, sessions 41-43), measured on
 the 2-core Intel Xeon with AMX (CPU family 6, model 167), alone on the cores: all 11000 steps in
