@@ -19,6 +19,7 @@ members share --workdir's vocabulary (train them from a copy of its tokenizer.mo
 restores its own --step / --average_last checkpoints; outputs go to --workdir's eval/.
 """
 
+import collections
 import functools
 import json
 import os
@@ -254,19 +255,56 @@ def pairwise_sentence_bleu(texts):
   return scores
 
 
+def lcs_length(a, b) -> int:
+  """Length of the longest common subsequence of two token lists (dynamic programming)."""
+  row = [0] * (len(b) + 1)
+  for x in a:
+    diagonal = 0
+    for j, y in enumerate(b):
+      diagonal, row[j + 1] = row[j + 1], (diagonal + 1 if x == y
+                                          else max(row[j + 1], row[j]))
+  return row[-1]
+
+
+def pairwise_rouge(texts):
+  """[n, n] mean of ROUGE-1, ROUGE-2 and ROUGE-L F1 of texts[i] against texts[j] as the
+  reference, x 100: rouge-score's formulas and tokens (Porter stemming), each text tokenised
+  and its n-grams counted once instead of once per pair. ROUGE-L is over the whole text (the
+  summary-level ROUGE-Lsum of one-line texts, as subject lines are)."""
+  from rouge_score import tokenizers  # pylint: disable=g-import-not-at-top
+  tokenizer = tokenizers.DefaultTokenizer(use_stemmer=True)
+  tokens = [tokenizer.tokenize(t) for t in texts]
+  counts = [[collections.Counter(zip(*(toks[k:] for k in range(n)))) for n in (1, 2)]
+            for toks in tokens]
+
+  def f1(overlap, hyp_total, ref_total):
+    return 0.0 if overlap == 0 else 2 * overlap / (hyp_total + ref_total)
+
+  scores = np.zeros((len(texts), len(texts)))
+  for i, (hyp, hyp_counts) in enumerate(zip(tokens, counts)):
+    for j, (ref, ref_counts) in enumerate(zip(tokens, counts)):
+      total = sum(f1(sum((h & r).values()), sum(h.values()), sum(r.values()))
+                  for h, r in zip(hyp_counts, ref_counts))
+      scores[i, j] = 100 * (total + f1(lcs_length(hyp, ref), len(hyp), len(ref))) / 3
+  return scores
+
+
 def mbr_select(hypotheses, scores, utility='bleu', temperature=0.15):
   """Minimum Bayes risk decoding over an n-best list (Kumar and Byrne 2004): the hypothesis
   with the highest expected utility against the others taken as references, weighted by the
   model: argmax_i sum_j w_j u(h_i, h_j), w = softmax(scores / temperature) (equal weights for
-  temperature 0). utility: bleu (sentence BLEU) or chrf (sentence chrF)."""
+  temperature 0). utility: bleu (sentence BLEU), chrf (sentence chrF) or rouge (the mean of
+  ROUGE-1/2/L F1, `pairwise_rouge`)."""
   if utility == 'bleu':
     table = pairwise_sentence_bleu(hypotheses)
+  elif utility == 'rouge':
+    table = pairwise_rouge(hypotheses)
   elif utility == 'chrf':
     chrf = sacrebleu.metrics.CHRF()
     table = np.array([[chrf.sentence_score(h, [r]).score for r in hypotheses]
                       for h in hypotheses])
   else:
-    raise EvalError(f'MBR utility {utility!r} is not one of bleu, chrf.')
+    raise EvalError(f'MBR utility {utility!r} is not one of bleu, chrf, rouge.')
   scores = np.asarray(scores, np.float64)
   weights = (np.ones_like(scores) if temperature == 0 else
              np.exp((scores - scores.max()) / temperature))
@@ -388,8 +426,8 @@ def plot_attention(src_pieces, out_pieces, enc_weights, cross_weights, path: str
 def check_mbr(config, beam_size):
   """Fails on an MBR setting that cannot run, before anything is restored or compiled."""
   utility = config.get('mbr_utility', '')
-  if utility not in ('', 'bleu', 'chrf'):
-    raise EvalError(f'--mbr={utility} is not one of bleu, chrf, none.')
+  if utility not in ('', 'bleu', 'chrf', 'rouge'):
+    raise EvalError(f'--mbr={utility} is not one of bleu, chrf, rouge, none.')
   if utility and beam_size < 2:
     raise EvalError(f'--mbr={utility} chooses among the beam\'s hypotheses: set '
                     f'--beam_size=2 or more (the Multi30k setting: 20).')
@@ -410,8 +448,8 @@ def define_flags():
                        '(default: config.min_decode_words).')
   flags.DEFINE_integer('no_repeat_ngram', None, 'n > 0: never output an n-gram of subwords '
                        'twice (default: config.no_repeat_ngram_size).')
-  flags.DEFINE_string('mbr', None, 'bleu | chrf: minimum Bayes risk choice among the beam\'s '
-                      'n-best with this utility; none: the beam\'s best (default: '
+  flags.DEFINE_string('mbr', None, 'bleu | chrf | rouge: minimum Bayes risk choice among the '
+                      'beam\'s n-best with this utility; none: the beam\'s best (default: '
                       'config.mbr_utility).')
   flags.DEFINE_float('mbr_temperature', None, 'MBR weights exp(score / T); 0 = equal weights '
                      '(default: config.mbr_temperature).')

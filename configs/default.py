@@ -231,8 +231,9 @@ def get_config(size: str = 'tiny'):
   config.no_repeat_ngram_size = 0      # n > 0: never emit an n-gram (of subwords) twice
   config.beam_groups = 0               # beam search as this many concurrent sub-batch searches
                                        # (same outputs); 0 = auto: 2 on one CPU device, else 1
-  config.mbr_utility = ''              # '' = the beam's best | bleu | chrf: minimum Bayes risk
-                                       # choice among the beam's n-best (Kumar and Byrne 2004)
+  config.mbr_utility = ''              # '' = the beam's best | bleu | chrf | rouge: minimum
+                                       # Bayes risk choice among the beam's n-best (Kumar and
+                                       # Byrne 2004)
   config.mbr_temperature = 0.15        # MBR weights exp(score / T) of the length-normalised
                                        # log-probabilities; 0 = equal weights (0.15: Multi30k val)
   return config

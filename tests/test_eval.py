@@ -219,7 +219,7 @@ def test_split_evaluation_with_mbr_names_its_outputs(run):
     (['--workdir={run}', '--ensemble={run}', '--plot_attention=a b'],
      "--plot_attention draws one model's attention; drop --ensemble"),
     (['--workdir={run}', '--no_repeat_ngram=-1'], '--no_repeat_ngram=-1 must be >= 0 (0: off)'),
-    (['--workdir={run}', '--mbr=ter'], '--mbr=ter is not one of bleu, chrf, none'),
+    (['--workdir={run}', '--mbr=ter'], '--mbr=ter is not one of bleu, chrf, rouge, none'),
     (['--workdir={run}', '--mbr=bleu', '--beam_size=1'],
      "--mbr=bleu chooses among the beam's hypotheses: set --beam_size=2 or more"),
     (['--workdir={run}', '--mbr=chrf', '--mbr_temperature=-1'],
@@ -273,15 +273,42 @@ def test_pairwise_sentence_bleu_equals_sacrebleus_sentence_score():
   np.testing.assert_allclose(eval_lib.pairwise_sentence_bleu(MBR_TEXTS), expected, atol=1e-9)
 
 
-@pytest.mark.parametrize('utility', ['bleu', 'chrf'])
+SUBJECTS = ['Meeting moved to Friday', 'meetings moved to friday!', 'Friday meeting',
+            'Budget review for Q3', '', 'meeting meeting friday moved', 'the the the']
+
+
+def rouge_mean_f1(hypothesis, reference):
+  """rouge-score's own scorer: the mean of ROUGE-1/2/L F1 x 100."""
+  from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
+  scorer = rouge_scorer.RougeScorer(['rouge1', 'rouge2', 'rougeL'], use_stemmer=True)
+  return 100 * np.mean([s.fmeasure for s in scorer.score(reference, hypothesis).values()])
+
+
+def test_lcs_length_by_hand():
+  assert eval_lib.lcs_length('abcbdab', 'bdcaba') == 4  # CLRS's example: "bcba"
+  assert eval_lib.lcs_length('', 'abc') == 0
+  assert eval_lib.lcs_length(['x', 'y'], ['y', 'x']) == 1
+
+
+def test_pairwise_rouge_equals_rouge_scores_scorer():
+  expected = [[rouge_mean_f1(h, r) for r in SUBJECTS] for h in SUBJECTS]
+  np.testing.assert_allclose(eval_lib.pairwise_rouge(SUBJECTS), expected, atol=1e-9)
+  # 'Friday meeting' vs 'Meeting moved to Friday' (stemmed, lowercased): ROUGE-1 2 of 2 and
+  # 2 of 4 tokens, F = 2/3; no shared bigram; LCS 1 ('meet' or 'friday'), F = 1/3.
+  assert eval_lib.pairwise_rouge(SUBJECTS)[2, 0] == pytest.approx(100 * (2 / 3 + 1 / 3) / 3)
+
+
+@pytest.mark.parametrize('utility', ['bleu', 'chrf', 'rouge'])
 @pytest.mark.parametrize('temperature', [0.0, 0.1, 1.0])
 def test_mbr_picks_the_highest_expected_utility(utility, temperature):
-  metric = {'bleu': sacrebleu.metrics.BLEU(effective_order=True),
-            'chrf': sacrebleu.metrics.CHRF()}[utility]
+  bleu, chrf = sacrebleu.metrics.BLEU(effective_order=True), sacrebleu.metrics.CHRF()
+  utility_fn = {'bleu': lambda h, r: bleu.sentence_score(h, [r]).score,
+                'chrf': lambda h, r: chrf.sentence_score(h, [r]).score,
+                'rouge': rouge_mean_f1}[utility]
   scores = np.array([-0.9, -0.5, -0.7, -0.1, -2.0, -0.8])  # the outlier scores best
   weights = np.ones(6) if temperature == 0 else np.exp(scores / temperature)
   weights /= weights.sum()
-  expected = [sum(w * metric.sentence_score(h, [r]).score for w, r in zip(weights, MBR_TEXTS))
+  expected = [sum(w * utility_fn(h, r) for w, r in zip(weights, MBR_TEXTS))
               for h in MBR_TEXTS]
   chosen = eval_lib.mbr_select(MBR_TEXTS, scores, utility, temperature)
   assert chosen == MBR_TEXTS[int(np.argmax(expected))]
