@@ -315,13 +315,37 @@ def rouge_scores(hypotheses, examples):
   """ROUGE-1/2/Lsum F1 x 100: for each example the best over its references (the headline
   figures), the mean over them ('_mean'), and against the target alone ('_target': for AESLC
   the original subject line, without the three annotations)."""
-  references = [example['references'] for example in examples]
+  return rouge_protocols(hypotheses, [e['references'] for e in examples],
+                         [e['target'] for e in examples])
+
+
+def rouge_protocols(hypotheses, references, targets):
+  """`train.rouge` best over each hypothesis' references (''), their mean ('_mean') and
+  against its target alone ('_target')."""
   scores = train.rouge(hypotheses, references)
   for suffix, refs, reduce in (('mean', references, 'mean'),
-                               ('target', [[e['target']] for e in examples], 'max')):
+                               ('target', [[target] for target in targets], 'max')):
     scores.update({f'{name}_{suffix}': value
                    for name, value in train.rouge(hypotheses, refs, reduce).items()})
   return scores
+
+
+def annotator_scores(examples):
+  """The human scale for `rouge_scores`: each annotation (references[1:]) scored as the
+  hypothesis against the other references, best ('') and mean ('_mean') over them, and against
+  the target alone ('_target'), averaged over the annotators."""
+  counts = {len(e['references']) for e in examples}
+  if min(counts) < 2 or len(counts) > 1:
+    raise EvalError(f'--score_annotations needs the same number (>= 2) of references for every '
+                    f'example; this split has {sorted(counts)} (AESLC validation and test have '
+                    f'4).')
+  per_annotator = []
+  for k in range(1, counts.pop()):
+    per_annotator.append(rouge_protocols(
+        [e['references'][k] for e in examples],
+        [e['references'][:k] + e['references'][k + 1:] for e in examples],
+        [e['target'] for e in examples]))
+  return {key: float(np.mean([s[key] for s in per_annotator])) for key in per_annotator[0]}
 
 
 # ----------------------------------------------------------------------------- modes
@@ -462,6 +486,8 @@ def define_flags():
   flags.DEFINE_integer('batch_size', None, 'Sentences per batch (default: config.eval_batch_size).')
   flags.DEFINE_string('input', None, 'Translate/summarise lines of this file (- for stdin).')
   flags.DEFINE_string('plot_attention', None, 'Sentence whose attention maps to draw.')
+  flags.DEFINE_bool('score_annotations', False, 'Decode nothing: score the split\'s human '
+                    'annotations against its other references (`annotator_scores`).')
   flags.DEFINE_string('output', 'attention.png', 'Image path for --plot_attention.')
 
 
@@ -492,6 +518,10 @@ def main(argv):
       known = datasets.splits_of(config)
       if known is not None and split not in known:  # before restoring anything
         raise EvalError(f'unknown split {split!r}; splits of {config.dataset}: {known}.')
+    if FLAGS.score_annotations:
+      for key, value in annotator_scores(datasets.load_examples(config, split)[0]).items():
+        print(f'  {key:16s} {value:6.2f}')
+      return
     if FLAGS.ensemble and FLAGS.plot_attention is not None:
       raise EvalError('--plot_attention draws one model\'s attention; drop --ensemble.')
     if FLAGS.ensemble:

@@ -263,6 +263,28 @@ def test_rouge_takes_the_best_reference_and_reports_mean_and_target_only():
   assert scores['rouge1_target'] == pytest.approx(0.0)
 
 
+def test_rouge_is_the_mean_over_examples():
+  hypotheses = ['budget meeting', 'lunch', 'the budget meeting today', 'plans']
+  references = [['budget meeting'], ['dinner'], ['budget meeting'], ['plans']]
+  # ROUGE-1 F1 per example: 1, 0, 2 * 2 / (4 + 2) = 2/3 ('the' and 'today' count), 1.
+  scores = train.rouge(hypotheses, references)
+  assert scores['rouge1'] == pytest.approx(100 * (1 + 0 + 2 / 3 + 1) / 4)
+  assert train.rouge(hypotheses, references) == scores  # no resampling: the same every call
+
+
+def test_annotator_scores_by_hand():
+  examples = [{'target': 'budget meeting',
+               'references': ['budget meeting', 'budget meeting', 'lunch plans']}]
+  scores = eval_lib.annotator_scores(examples)
+  # Annotator 1 ('budget meeting'): 100 against the target, best over the others 100, mean of
+  # 100 and 0 = 50. Annotator 2 ('lunch plans') shares nothing: 0, 0, 0. Averaged: 50, 50, 25.
+  assert scores['rouge1_target'] == pytest.approx(50.0)
+  assert scores['rouge2'] == pytest.approx(50.0)
+  assert scores['rougeLsum_mean'] == pytest.approx(25.0)
+  with pytest.raises(eval_lib.EvalError, match='same number'):
+    eval_lib.annotator_scores([{'target': 'a', 'references': ['a']}])
+
+
 MBR_TEXTS = ['Ein Mann fährt Fahrrad.', 'Ein Mann fährt ein Fahrrad.', 'Ein Mann fährt Rad.',
              'Zwei Hunde spielen im Schnee.', '', 'Ein Mann, ein Mann fährt.']
 
