@@ -3,7 +3,8 @@
 Command:
   .venv/bin/python train.py --config=configs/aeslc.py --workdir=runs/aeslc
   .venv/bin/python eval.py --workdir=runs/aeslc --split=test --average_last=5
-  # ~1 h in all on a 2-core Intel Ice Lake Xeon (training 60.2 min)
+  # training 60.2 min on a 2-core Intel Ice Lake Xeon; the test decode (MBR over beam 32)
+  # 125 s on a 2-core Zen 5 EPYC
 
 Choices for this data: bodies average ~118 words, so sources are cut to 192 tokens (not dropped);
 subjects are ~6 tokens (99th percentile 24), so targets get their own 32-token rows
