@@ -270,22 +270,25 @@ def pairwise_rouge(texts):
   """[n, n] mean of ROUGE-1, ROUGE-2 and ROUGE-L F1 of texts[i] against texts[j] as the
   reference, x 100: rouge-score's formulas and tokens (Porter stemming), each text tokenised
   and its n-grams counted once instead of once per pair. ROUGE-L is over the whole text (the
-  summary-level ROUGE-Lsum of one-line texts, as subject lines are)."""
+  summary-level ROUGE-Lsum of one-line texts, as subject lines are). F1 is symmetric in
+  hypothesis and reference, so each pair is scored once."""
   from rouge_score import tokenizers  # pylint: disable=g-import-not-at-top
   tokenizer = tokenizers.DefaultTokenizer(use_stemmer=True)
   tokens = [tokenizer.tokenize(t) for t in texts]
   counts = [[collections.Counter(zip(*(toks[k:] for k in range(n)))) for n in (1, 2)]
             for toks in tokens]
+  sizes = [(len(toks), max(len(toks) - 1, 0)) for toks in tokens]  # unigrams, bigrams
 
   def f1(overlap, hyp_total, ref_total):
     return 0.0 if overlap == 0 else 2 * overlap / (hyp_total + ref_total)
 
   scores = np.zeros((len(texts), len(texts)))
-  for i, (hyp, hyp_counts) in enumerate(zip(tokens, counts)):
-    for j, (ref, ref_counts) in enumerate(zip(tokens, counts)):
-      total = sum(f1(sum((h & r).values()), sum(h.values()), sum(r.values()))
-                  for h, r in zip(hyp_counts, ref_counts))
-      scores[i, j] = 100 * (total + f1(lcs_length(hyp, ref), len(hyp), len(ref))) / 3
+  for i in range(len(texts)):
+    for j in range(i, len(texts)):
+      total = sum(f1(sum((counts[i][n] & counts[j][n]).values()), sizes[i][n], sizes[j][n])
+                  for n in (0, 1))
+      total += f1(lcs_length(tokens[i], tokens[j]), sizes[i][0], sizes[j][0])
+      scores[i, j] = scores[j, i] = 100 * total / 3
   return scores
 
 
