@@ -691,7 +691,9 @@ def load_data(config, workdir, log):
   if tok.vocab_size != config.vocab_size:
     raise ConfigError(f'config.vocab_size={config.vocab_size} but the tokenizer in {workdir} '
                       f'has {tok.vocab_size} pieces; use a new --workdir.')
-  texts = ([e['source'] for e in train_examples], [e['target'] for e in train_examples])
+  gap_pairs = datasets.gap_sentence_examples(train_examples) if config.gap_sentences else []
+  texts = ([e['source'] for e in train_examples + gap_pairs],
+           [e['target'] for e in train_examples + gap_pairs])
 
   def tokenize(encode):
     sources, targets = encode(texts[0]), encode(texts[1])
@@ -714,7 +716,8 @@ def load_data(config, workdir, log):
       resample=saved_samples(workdir, resample) if config.subword_sampling_alpha > 0 else None)
   limits = f'max_train_len={config.max_train_len}' + (
       f', max_target_len={config.max_target_len}' if config.max_target_len else '')
-  log(f'data: {config.dataset} {config.train_split}: {len(train_examples)} pairs '
+  gap = f' + {len(gap_pairs)} gap-sentence pairs' if gap_pairs else ''
+  log(f'data: {config.dataset} {config.train_split}: {len(train_examples)} pairs{gap} '
       f'({skipped} empty skipped, {train_iter.dropped} longer than {limits} dropped); '
       f'vocabulary {tok.vocab_size} ({tok.path})')
   eval_examples, _ = datasets.load_examples(config, config.eval_split)

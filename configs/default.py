@@ -141,6 +141,9 @@ def get_config(size: str = 'tiny'):
                                        # 2018, smoothing alpha) or BPE-dropout (probability);
                                        # draws are saved in the workdir (README "Data")
   config.subword_sampling_nbest = -1   # unigram: sample among the n best segmentations; -1: all
+  config.gap_sentences = False         # also train on PEGASUS gap-sentence pairs made from the
+                                       # training sources (a body with its principal sentence
+                                       # masked -> that sentence; summarization, README)
   config.max_len = 128                 # positions the model supports (source and target)
   config.max_train_len = 64            # longer training pairs are dropped (and counted)
   config.max_target_len = 0            # training targets' own row length; 0: max_train_len

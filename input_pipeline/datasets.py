@@ -5,10 +5,12 @@ Every source yields plain dicts {'source': str, 'target': str, 'references': [st
 'tok_reference' holds the dataset's own tokenized lowercased reference where it ships one.
 """
 
+import collections
 import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 
 import numpy as np
@@ -333,3 +335,42 @@ def _file_examples(config, split):
   if not pairs:
     raise DataError(f'{spec}: no non-empty examples for split {split!r}.')
   return [{'source': s, 'target': t, 'references': [t]} for s, t in pairs], skipped
+
+
+# ----------------------------------------------------------------------------- gap sentences
+
+GAP_MASK = '<mask>'   # stands for the removed sentence; no real AESLC body contains it
+
+
+def _unigram_f1(words, other_words) -> float:
+  """ROUGE-1 F1 between two word lists (clipped unigram counts)."""
+  overlap = sum((collections.Counter(words) & collections.Counter(other_words)).values())
+  if not overlap:
+    return 0.0
+  precision, recall = overlap / len(words), overlap / len(other_words)
+  return 2 * precision * recall / (precision + recall)
+
+
+def gap_sentence_examples(examples, min_words: int = 3, max_words: int = 16):
+  """PEGASUS's gap-sentence generation (Zhang et al. 2020, the 'Ind-Orig' choice) as extra
+  training pairs: in each source of at least two sentences (lines: AESLC bodies hold one per
+  line), the sentence of `min_words` to `max_words` words with the highest ROUGE-1 F1 against
+  the rest of the source is replaced by GAP_MASK, and the pair asks for it back. Sources
+  without such a sentence give none. Returns [{'source', 'target'}]."""
+  pairs = []
+  for example in examples:
+    lines = [line.strip() for line in example['source'].split('\n')]
+    lines = [line for line in lines if line]
+    words = [re.findall(r'\w+', line.lower()) for line in lines]
+    best, best_score = None, 0.0
+    for i, line_words in enumerate(words):
+      if not min_words <= len(line_words) <= max_words:
+        continue
+      rest = [w for j, other in enumerate(words) if j != i for w in other]
+      score = _unigram_f1(line_words, rest) if rest else 0.0
+      if score > best_score:
+        best, best_score = i, score
+    if best is not None:
+      source = '\n'.join(GAP_MASK if i == best else line for i, line in enumerate(lines))
+      pairs.append({'source': source, 'target': lines[best]})
+  return pairs

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from rouge_score import rouge_scorer
 
 from configs import default
 from input_pipeline import batching, datasets, tokenizer as tokenizer_lib
@@ -97,6 +98,26 @@ def test_aeslc_counts_and_annotations():
   first = json.loads(open(f'{datasets.RAW_DIR}/aeslc/test.jsonl').readline())
   assert examples[0]['source'] == first['email_body']
   assert examples[0]['references'] == [first['subject_line']] + first['annotations']
+
+
+def test_gap_sentences_mask_the_line_most_like_the_rest_of_the_body():
+  body = ('hello team\nthe gas contract for march is attached\n'
+          'please review the march gas contract\nthanks john, the contract is fine')
+  # Each long line's words shared with the rest of the body, by hand: 5 (the, gas, contract,
+  # march, is), 4 and 3. Over one body ROUGE-1 F1 is 2 x shared / all words, so 5 wins; the
+  # 2-word greeting is too short to be chosen. A one-line body and one whose other lines are
+  # too short give no pair.
+  examples = [{'source': body, 'target': 'march contract'},
+              {'source': 'one line only here', 'target': 'x'},
+              {'source': 'hi\nok then', 'target': 'y'}]
+  assert datasets.gap_sentence_examples(examples) == [
+      {'source': 'hello team\n<mask>\nplease review the march gas contract\n'
+                 'thanks john, the contract is fine',
+       'target': 'the gas contract for march is attached'}]
+  line, rest = 'The gas contract, for March!', 'please review the March gas contract today'
+  expected = rouge_scorer.RougeScorer(['rouge1']).score(rest, line)['rouge1'].fmeasure
+  assert datasets._unigram_f1(['the', 'gas', 'contract', 'for', 'march'],
+                              rest.lower().split()) == pytest.approx(expected)
 
 
 def test_unknown_split_lists_the_splits(multi30k_config):

@@ -350,6 +350,24 @@ def test_summarization_runs_log_validation_rouge(tmp_path, copy):
   assert np.all(np.isfinite(history)) and history[-1] < history[0]
 
 
+def test_gap_sentences_join_the_training_pairs_and_nothing_else(tmp_path):
+  # jsonl bodies of one line (no gap sentence) and of two lines (the first is masked: equal
+  # scores keep the first); the training pairs are the real ones plus one per two-line body.
+  records = [{'source': 'a b c d', 'target': 'a b'}] * 80 + [
+      {'source': 'b c d e\ne d c', 'target': 'c d'}] * 40
+  path = tmp_path / 'train.jsonl'
+  path.write_text(''.join(json.dumps(r) + '\n' for r in records))
+  config = tiny_config(tmp_path, file_format='jsonl', train_files=str(path), eval_files=str(path),
+                       gap_sentences=True, max_target_len=12, vocab_size=12)
+  messages = []
+  train_iter, tok, _ = train.load_data(config, str(tmp_path), messages.append)
+  assert '120 pairs + 40 gap-sentence pairs' in messages[0]
+  texts = [(r['source'], r['target']) for r in records] + [('<mask>\ne d c', 'b c d e')] * 40
+  expected = [tuple(map(tuple, tok.encode(list(pair)))) for pair in texts]
+  got = [(tuple(s), tuple(t)) for s, t in zip(train_iter.sources, train_iter.targets)]
+  assert sorted(got) == sorted(expected)
+
+
 def test_same_config_and_seed_give_the_same_losses(tmp_path):
   """Also with the second run prepared first (--prepare_only: config, data, vocabulary)."""
   config = tiny_config(tmp_path)
