@@ -17,19 +17,17 @@ $(VENV)/.installed: requirements.txt
 
 setup: $(VENV)/.installed  ## create .venv from requirements.txt when missing or stale
 
-train: setup  ## train the default config end to end, then evaluate it on the validation split
+train: setup  ## train CONFIG end to end, then decode its validation split at its decoding
 	$(PY) train.py --config=$(CONFIG) --workdir=$(WORKDIR)
-	$(PY) eval.py --workdir=$(WORKDIR) --split=val
+	$(PY) eval.py --workdir=$(WORKDIR)
 
-# Issue 6's in-hour ensemble (README "Ensembles"): the runs train at once, the cores split among
-# them (taskset where present), each under the time budget, sharing the first run's vocabulary;
-# then eval.py decodes with all of them as one model. Logs: $(ENSEMBLE_DIR)/seed*/train.log.
+# Runs of CONFIG trained at once, the cores split among them (taskset where present), each under
+# the time budget, sharing the first run's vocabulary; then eval.py decodes with all of them as
+# one model at the config's decoding. Logs: $(ENSEMBLE_DIR)/seed*/train.log.
 ENSEMBLE_DIR ?= runs/ensemble
 ENSEMBLE_SEEDS ?= 0 2
 ENSEMBLE_FLAGS ?= --config.time_budget_minutes=58 --config.checkpoint_every_steps=125
-# the val-chosen decoding of the ensemble (sessions 45-46, all three pairs): MBR over beam 20
-ENSEMBLE_EVAL ?= --split=val --beam_size=20 --alpha=1.5 --average_last=10 --mbr=bleu \
-    --mbr_temperature=0.15
+ENSEMBLE_EVAL ?=   # more eval.py flags, e.g. --split=test_2016_flickr
 FIRST_SEED := $(firstword $(ENSEMBLE_SEEDS))
 FIRST_DIR := $(ENSEMBLE_DIR)/seed$(FIRST_SEED)
 comma := ,

@@ -49,7 +49,8 @@ from model.transformer import shift_right  # noqa: E402
 
 
 # config fields added after runs had been trained -> their values before they existed
-FIELDS_ADDED_LATER = {'matmul_dtype': 'float32', 'qk_norm': 0.0}
+FIELDS_ADDED_LATER = {'matmul_dtype': 'float32', 'qk_norm': 0.0, 'average_last': 1,
+                      'expected_result': ''}
 # config fields an ensemble's members must share: they fix what text the models read and write
 SHARED_FIELDS = ('task', 'dataset', 'source_lang', 'target_lang', 'lowercase')
 # eval.py flags that override a decoding constraint of the config (0: off)
@@ -481,7 +482,8 @@ def define_flags():
   flags.DEFINE_float('mbr_temperature', None, 'MBR weights exp(score / T); 0 = equal weights '
                      '(default: config.mbr_temperature).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-  flags.DEFINE_integer('average_last', 1, 'Average the parameters of the last K checkpoints.')
+  flags.DEFINE_integer('average_last', None, 'Average the parameters of the last K checkpoints '
+                       '(default: config.average_last).')
   flags.DEFINE_list('ensemble', [], 'Workdirs of more runs to decode with --workdir\'s as one '
                     'ensemble (mean of the next-token probabilities; the same vocabulary).')
   flags.DEFINE_bool('ema', False, 'Decode with the moving average of the parameters (a run '
@@ -508,9 +510,14 @@ def main(argv):
         if value < 0:
           raise EvalError(f'--{flag}={value} must be >= 0 (0: off).')
         config[field] = value
-    beam_size = FLAGS.beam_size or config.beam_size
+    beam_size = config.beam_size if FLAGS.beam_size is None else FLAGS.beam_size
+    if beam_size < 1:
+      raise EvalError(f'--beam_size={beam_size} must be >= 1 (1: greedy).')
     if FLAGS.mbr is not None:
       config.mbr_utility = '' if FLAGS.mbr == 'none' else FLAGS.mbr
+    elif beam_size == 1:
+      config.mbr_utility = ''  # greedy: no n-best to choose from
+    average_last = config.average_last if FLAGS.average_last is None else FLAGS.average_last
     if FLAGS.mbr_temperature is not None:
       config.mbr_temperature = FLAGS.mbr_temperature
     check_mbr(config, beam_size)
@@ -529,10 +536,10 @@ def main(argv):
       raise EvalError('--plot_attention draws one model\'s attention; drop --ensemble.')
     if FLAGS.ensemble:
       graphdef, params, rest, used = load_ensemble(config, tok, FLAGS.workdir, FLAGS.ensemble,
-                                                   FLAGS.step, FLAGS.average_last, FLAGS.ema)
+                                                   FLAGS.step, average_last, FLAGS.ema)
     else:
       graphdef, params, rest, used = load_params(config, FLAGS.workdir, FLAGS.step,
-                                                 FLAGS.average_last, FLAGS.ema)
+                                                 average_last, FLAGS.ema)
     if FLAGS.input is not None:
       lines = (sys.stdin.read() if FLAGS.input == '-' else
                epath.Path(FLAGS.input).read_text()).split('\n')
@@ -566,6 +573,11 @@ def main(argv):
       signature = report.get(f'{key}_signature', '')
       print(f'  {key:16s} {value:6.2f}  {signature}')
   print(f'hypotheses: {hyp_path}')
+  decoding_flags = ('beam_size', 'alpha', 'mbr', 'mbr_temperature', 'average_last', 'step',
+                    'ensemble', 'ema', *CONSTRAINT_FLAGS)
+  if (config.expected_result and split == config.eval_split
+      and all(FLAGS[f].value == FLAGS[f].default for f in decoding_flags)):
+    print(f'expected for this config: {config.expected_result}')
 
 
 if __name__ == '__main__':

@@ -93,7 +93,8 @@ def validate_training_config(config):
 
   for field in ('num_train_steps', 'batch_size', 'eval_batch_size', 'max_tokens',
                 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps',
-                'eval_every_steps', 'max_train_len', 'max_eval_len', 'pack_window'):
+                'eval_every_steps', 'max_train_len', 'max_eval_len', 'pack_window', 'beam_size',
+                'average_last'):
     value = config.get(field)
     require(isinstance(value, int) and not isinstance(value, bool) and value > 0, field,
             'must be a positive integer.')

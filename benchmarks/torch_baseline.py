@@ -5,7 +5,7 @@ Needs PyTorch, which the project does not depend on; use a separate virtualenv:
   python -m venv /tmp/tvenv && /tmp/tvenv/bin/pip install torch
   /tmp/tvenv/bin/python benchmarks/torch_baseline.py [--shape=tiny|small] [--compile]
 
-Shapes as in benchmarks/train_step.py (issue 6): batch 128 pairs, source and target length 32,
+Shapes as in benchmarks/train_step.py: batch 128 pairs, source and target length 32,
 vocabulary 10000, one embedding shared by source, target and output projection, dropout 0.1,
 Adam, label-smoothed (0.1) cross-entropy, causal decoder mask; eager mode unless --compile.
 Prints target tokens/s (median of --repeats runs of --steps steps), the float32 2048x2048 matmul

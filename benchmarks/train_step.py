@@ -4,8 +4,8 @@ r"""Training-step throughput on fixed shapes: tokens/s, GFLOP/s, MFU, compile ti
   .venv/bin/python benchmarks/train_step.py --real_data   # default config's real pipeline
   .venv/bin/python benchmarks/train_step.py --profile_ops=25  # also: where the step's time goes
 
-Shapes (issue 6): batch 128 pairs, source and target length 32, vocab 10000, tied embeddings,
-dropout 0.1, Adam. MFU is against a jit-compiled float32 2048x2048 matmul measured in the same
+Shapes (those of the reference figures in docs/speed.md): batch 128 pairs, source and target
+length 32, vocab 10000, tied embeddings, dropout 0.1, Adam. MFU is against a jit-compiled float32 2048x2048 matmul measured in the same
 process; with --override=matmul_dtype=bfloat16 (mixed precision) also against a bfloat16 one,
 the fair peak for it. Model FLOPs are analytic: 6 x non-embedding matmul params x tokens (source
 tokens for the encoder, target tokens for the decoder), plus the logits matmul (6 x d x V per

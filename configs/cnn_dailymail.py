@@ -44,4 +44,8 @@ def get_config():
   config.eval_every_steps = 5000
   config.max_decode_len_a = 0.0
   config.max_decode_len_b = 128
+  config.beam_size = 4                 # the paper's decoding, not chosen on data here
+  config.length_penalty = 0.6
+  config.average_last = 1
+  config.mbr_utility = ''
   return config

@@ -51,7 +51,9 @@ def tiny_config(tmp_path, **overrides):
       num_train_steps=20, warmup_steps=5, learning_rate=3e-3, log_every_steps=5,
       eval_every_steps=1000, checkpoint_every_steps=10, num_eval_bleu_batches=1,
       matmul_dtype='float32',  # exact float32 comparisons between code paths
-      time_budget_minutes=0.0)  # steps, not this machine's speed, set the schedule
+      time_budget_minutes=0.0,  # steps, not this machine's speed, set the schedule
+      beam_size=4, length_penalty=0.6, average_last=1, mbr_utility='',  # a quick decoding
+      expected_result='')
   config.update(overrides)
   return config
 
