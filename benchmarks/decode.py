@@ -6,7 +6,8 @@ r"""Decoding throughput: sentences/s and tokens/s for greedy and beam search, ca
   .venv/bin/python benchmarks/decode.py --members=2 --no_cache=false  # an ensemble of two
 
 Default shapes (those of the reference figures in docs/speed.md): Transformer-tiny with random
-weights, vocab 10000, batch 64, source length 32, exactly `--tokens` generated tokens per sentence (EOS suppressed), beam 4 and greedy.
+weights, vocab 10000, batch 64, source length 32, exactly `--tokens` generated tokens per
+sentence (EOS suppressed), beam 4 and greedy.
 Figures are medians of --repeats timed runs after one compile-and-warm-up run.
 """
 
@@ -39,11 +40,12 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-import eval as eval_lib  # noqa: E402
-import train  # noqa: E402
 from configs import default  # noqa: E402
+from evaluation.decode import merge  # noqa: E402
+from evaluation.runs import load_params, load_run  # noqa: E402
 from model import decoding  # noqa: E402
 from model.transformer import EncoderDecoder, resolve_matmul_dtype  # noqa: E402
+from training.steps import create_model  # noqa: E402
 
 
 def main(argv):
@@ -53,8 +55,8 @@ def main(argv):
       raise app.UsageError('--members is for random weights; ensembles of runs: eval.py '
                            '--ensemble.')
     from input_pipeline import batching, datasets  # pylint: disable=g-import-not-at-top
-    config, tok = eval_lib.load_run(FLAGS.workdir)
-    graphdef, params, rest, _ = eval_lib.load_params(config, FLAGS.workdir)
+    config, tok = load_run(FLAGS.workdir)
+    graphdef, params, rest, _ = load_params(config, FLAGS.workdir)
     examples, _ = datasets.load_examples(config, 'test_2016_flickr')
     sources = tok.encode([e['source'] for e in examples[:FLAGS.batch]])
     inputs = next(batching.eval_batches(sources, FLAGS.batch, FLAGS.source_length))['inputs']
@@ -66,7 +68,7 @@ def main(argv):
     config.position_embedding = 'sinusoidal'  # and positions (the default config's: rope)
     config.qk_norm = 0.0         # and attention scores (the default config's: QKNorm)
     graphdef, params, rest = (list(parts) for parts in zip(
-        *[train.create_model(config, seed) for seed in range(FLAGS.members)]))
+        *[create_model(config, seed) for seed in range(FLAGS.members)]))
     if FLAGS.members == 1:
       graphdef, params, rest = graphdef[0], params[0], rest[0]
     rng = np.random.default_rng(0)
@@ -85,7 +87,7 @@ def main(argv):
   def decoder(beam, use_cache):
     @jax.jit
     def run(params, inputs):
-      model = eval_lib.merge(graphdef, params, rest)
+      model = merge(graphdef, params, rest)
       kwargs = dict(max_len=FLAGS.tokens, len_a=0.0, len_b=FLAGS.tokens, use_cache=use_cache,
                     allow_eos=False)
       if beam == 1:

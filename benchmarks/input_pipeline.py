@@ -25,8 +25,10 @@ FLAGS = flags.FLAGS
 
 import jax  # noqa: E402
 
-import train  # noqa: E402
 from configs import default  # noqa: E402
+from training.data import load_data  # noqa: E402
+from training.parallel import global_batch, make_mesh  # noqa: E402
+from training.steps import create_training  # noqa: E402
 
 
 def main(argv):
@@ -36,7 +38,7 @@ def main(argv):
   if FLAGS.pack_window is not None:
     config.pack_window = FLAGS.pack_window
   start = time.perf_counter()
-  train_iter, _, _ = train.load_data(config, tempfile.mkdtemp(), print)
+  train_iter, _, _ = load_data(config, tempfile.mkdtemp(), print)
   print(f'setup (load, train tokenizer, encode): {time.perf_counter() - start:.1f} s')
 
   start = time.perf_counter()
@@ -57,15 +59,15 @@ def main(argv):
   if not FLAGS.train_steps:
     return
 
-  training = train.create_training(config, train.make_mesh())
+  training = create_training(config, make_mesh())
   state, step_fn, data_sharding = training.state, training.step_fn, training.data_sharding
   batches = [next(train_iter) for _ in range(FLAGS.train_steps + 1)]
-  state, metrics = step_fn(state, train.global_batch(batches[0], data_sharding), 0.0)
+  state, metrics = step_fn(state, global_batch(batches[0], data_sharding), 0.0)
   jax.block_until_ready(state)
   start = time.perf_counter()
   consumed = 0
   for batch in batches[1:]:
-    state, metrics = step_fn(state, train.global_batch(batch, data_sharding), 0.0)
+    state, metrics = step_fn(state, global_batch(batch, data_sharding), 0.0)
     consumed += int((batch['targets'] != 0).sum())
   jax.block_until_ready((state, metrics))
   step_tgt = consumed / (time.perf_counter() - start)

@@ -5,12 +5,12 @@ r"""Training-step throughput on fixed shapes: tokens/s, GFLOP/s, MFU, compile ti
   .venv/bin/python benchmarks/train_step.py --profile_ops=25  # also: where the step's time goes
 
 Shapes (those of the reference figures in docs/speed.md): batch 128 pairs, source and target
-length 32, vocab 10000, tied embeddings, dropout 0.1, Adam. MFU is against a jit-compiled float32 2048x2048 matmul measured in the same
-process; with --override=matmul_dtype=bfloat16 (mixed precision) also against a bfloat16 one,
-the fair peak for it. Model FLOPs are analytic: 6 x non-embedding matmul params x tokens (source
-tokens for the encoder, target tokens for the decoder), plus the logits matmul (6 x d x V per
-target token), plus attention scores and values (2 matmuls x 2 x len x d per token per layer,
-x3 for backward).
+length 32, vocab 10000, tied embeddings, dropout 0.1, Adam. MFU is against a jit-compiled
+float32 2048x2048 matmul measured in the same process; with --override=matmul_dtype=bfloat16
+(mixed precision) also against a bfloat16 one, the fair peak for it. Model FLOPs are analytic: 6
+x non-embedding matmul params x tokens (source tokens for the encoder, target tokens for the
+decoder), plus the logits matmul (6 x d x V per target token), plus attention scores and values
+(2 matmuls x 2 x len x d per token per layer, x3 for backward).
 """
 
 import os
@@ -37,10 +37,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import train  # noqa: E402
 from benchmarks import op_profile  # noqa: E402
 from configs import default  # noqa: E402
 from model.transformer import GATED_ACTIVATIONS, resolve_matmul_dtype  # noqa: E402
+from training.data import load_data  # noqa: E402
+from training.parallel import global_batch, make_mesh  # noqa: E402
+from training.steps import create_training  # noqa: E402
 
 
 def matmul_peak_gflops(n=2048, reps=10, dtype=jnp.float32):
@@ -100,13 +102,13 @@ def main(argv):
   if FLAGS.real_data:
     import tempfile  # pylint: disable=g-import-not-at-top
     workdir = tempfile.mkdtemp()
-    batches, _, _ = train.load_data(config, workdir, print)
+    batches, _, _ = load_data(config, workdir, print)
   else:
     batches = synthetic_batches(FLAGS.batch, FLAGS.length, config.vocab_size)
 
-  training = train.create_training(config, train.make_mesh())
+  training = create_training(config, make_mesh())
   state, step_fn, data_sharding = training.state, training.step_fn, training.data_sharding
-  first = train.global_batch(next(batches), data_sharding)
+  first = global_batch(next(batches), data_sharding)
   t = time.perf_counter()
   compiled = step_fn.lower(state, first, 0.0).compile()
   compile_s = time.perf_counter() - t
@@ -124,7 +126,7 @@ def main(argv):
                                      b['targets'].shape[1]) for b in host)
     t = time.perf_counter()
     for b in host:
-      state, metrics = compiled(state, train.global_batch(b, data_sharding), 0.0)
+      state, metrics = compiled(state, global_batch(b, data_sharding), 0.0)
     jax.block_until_ready((state, metrics))
     dt = time.perf_counter() - t
     results.append((tgt / dt, (src + tgt) / dt, flops / dt / 1e9))
@@ -149,7 +151,7 @@ def main(argv):
   print(f'compile time             {compile_s:.1f} s')
   print(f'peak RSS                 {rss_gb:.2f} GB')
   if FLAGS.profile_ops:
-    batch = train.global_batch(next(batches), data_sharding)
+    batch = global_batch(next(batches), data_sharding)
     box = [state]  # the step donates its state, so each call takes the previous call's result
 
     def step():

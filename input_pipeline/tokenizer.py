@@ -7,7 +7,8 @@ import numpy as np
 import sentencepiece as spm
 from etils import epath
 
-PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
+from model.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID  # noqa: F401 (re-exported)
+
 MODEL_TYPES = ('unigram', 'bpe')
 FILENAME = 'tokenizer.model'
 

@@ -10,7 +10,7 @@ reference path the cache is tested and benchmarked against).
 import jax
 import jax.numpy as jnp
 
-from input_pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from model.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
 NEG_INF = -1.0e7
 

@@ -14,8 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model.attention import (KERNELS, MultiHeadAttention, combine_masks, dropout,
-                             make_attention_mask, make_causal_mask, make_segment_mask, matmul)
+from model.attention import (
+  KERNELS,
+  MultiHeadAttention,
+  combine_masks,
+  dropout,
+  make_attention_mask,
+  make_causal_mask,
+  make_segment_mask,
+  matmul,
+)
 
 # sinusoidal and learned are added to the embeddings; rope rotates self-attention's Q and K
 POSITION_TYPES = ('sinusoidal', 'learned', 'rope')

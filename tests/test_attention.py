@@ -283,7 +283,7 @@ def test_rotary_embedding_equals_complex_rotation_and_keeps_relative_offsets():
 def test_qk_norm_scores_are_the_learned_scale_times_cosine_whatever_the_input_scale():
   """QKNorm (Henry et al. 2020): scaling the inputs of the Q and K projections (no biases here
   at init) leaves the output unchanged; the scale g gets a gradient, and AdamW leaves it alone."""
-  from train import decays_weight
+  from training.optimizer import decays_weight
   mha = attn.MultiHeadAttention(16, 2, rngs=nnx.Rngs(0), self_attention=False, qk_norm=5.0)
   rng = np.random.default_rng(5)
   x_q, x_kv = (jnp.asarray(rng.normal(size=(2, n, 16)), jnp.float32) for n in (3, 4))

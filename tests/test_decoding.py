@@ -11,12 +11,13 @@ from flax import nnx
 from input_pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from model import decoding
 from model.transformer import EncoderDecoder, shift_right
-from test_transformer import SRC, tiny_config
+
+from helpers import SRC, tiny_model_config
 
 
 @pytest.fixture(scope='module')
 def model():
-  return EncoderDecoder(tiny_config(), rngs=nnx.Rngs(0))
+  return EncoderDecoder(tiny_model_config(), rngs=nnx.Rngs(0))
 
 
 # The references run the model's non-incremental path (teacher forcing) through one compiled
@@ -71,7 +72,7 @@ def test_cached_decoding_equals_recomputing_the_prefix(model, beam_size, copy_at
   # The cached path reads one copy of a source's cross-attention keys and values for all its
   # beams (and, with copy attention, splits their weights back per beam); recomputing repeats them.
   if copy_attention:
-    model = EncoderDecoder(tiny_config(copy_attention=True), rngs=nnx.Rngs(0))
+    model = EncoderDecoder(tiny_model_config(copy_attention=True), rngs=nnx.Rngs(0))
   kwargs = dict(max_len=10, alpha=0.6, beam_size=beam_size)
   cached, cached_scores = decoding.beam_search(model, SRC, **kwargs)
   recomputed, scores = decoding.beam_search(model, SRC, use_cache=False, **kwargs)
@@ -108,7 +109,7 @@ def test_beam_search_in_concurrent_groups_equals_one_search(model):
 def test_wide_beam_finds_the_exact_best_sequence(alpha):
   """Vocabulary of 7, budget of 3 tokens: enumerate every hypothesis and score it by teacher
   forcing; a beam as wide as the number of prefixes must return the best one."""
-  model = EncoderDecoder(tiny_config(vocab_size=7), rngs=nnx.Rngs(3))
+  model = EncoderDecoder(tiny_model_config(vocab_size=7), rngs=nnx.Rngs(3))
   src = jnp.array([[4, 5, 6, 1]])
   allowed = [t for t in range(7) if t not in (PAD_ID, BOS_ID, EOS_ID)]
   candidates = [[EOS_ID]] + [[a, EOS_ID] for a in allowed] + [
@@ -146,7 +147,7 @@ def ensemble_log_probs(models, src, targets):
 
 @pytest.mark.parametrize('second', SECOND_MEMBERS)
 def test_ensemble_greedy_follows_the_members_mean_probabilities(model, second):
-  members = [model, EncoderDecoder(tiny_config(**second), rngs=nnx.Rngs(1))]
+  members = [model, EncoderDecoder(tiny_model_config(**second), rngs=nnx.Rngs(1))]
   out = np.asarray(decoding.greedy_decode(decoding.Ensemble(members), SRC, max_len=8))
   for row in range(SRC.shape[0]):
     prefix = teacher_forced_greedy(functools.partial(ensemble_log_probs, members),
@@ -159,7 +160,8 @@ def test_ensemble_greedy_follows_the_members_mean_probabilities(model, second):
 
 @pytest.mark.parametrize('second', SECOND_MEMBERS)
 def test_ensemble_beam_scores_are_the_mean_probabilities_log_likelihood(model, second):
-  ensemble = decoding.Ensemble([model, EncoderDecoder(tiny_config(**second), rngs=nnx.Rngs(1))])
+  second_model = EncoderDecoder(tiny_model_config(**second), rngs=nnx.Rngs(1))
+  ensemble = decoding.Ensemble([model, second_model])
   kwargs = dict(beam_size=3, alpha=0.6, max_len=10)
   out, scores = decoding.beam_search(ensemble, SRC, **kwargs)
   recomputed, recomputed_scores = decoding.beam_search(ensemble, SRC, use_cache=False, **kwargs)
@@ -217,7 +219,7 @@ def test_wide_beam_finds_the_best_sequence_that_meets_the_constraint(constraint,
   """As above, with tokens favoured (5, not word-initial; EOS) so that the constraint binds by a
   clear margin, over only the hypotheses that meet it (EOS excluded from it; the length budget
   wins over a minimum)."""
-  model = EncoderDecoder(tiny_config(vocab_size=7), rngs=nnx.Rngs(3))
+  model = EncoderDecoder(tiny_model_config(vocab_size=7), rngs=nnx.Rngs(3))
   bonus = jnp.zeros(7).at[jnp.asarray(list(favoured))].set(jnp.asarray(list(favoured.values())))
   src = jnp.array([[4, 5, 6, 1]])
   allowed = [t for t in range(7) if t not in (PAD_ID, BOS_ID, EOS_ID)]

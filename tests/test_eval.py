@@ -12,18 +12,33 @@ import pytest
 import sacrebleu
 from etils import epath
 
-import eval as eval_lib
-import train
+from evaluation import EvalError
+from evaluation.decode import decode_all, decode_texts, make_decode_fn
+from evaluation.evaluate import attention_maps
+from evaluation.mbr import lcs_length, mbr_select, pairwise_rouge, pairwise_sentence_bleu
+from evaluation.metrics import (
+  annotator_scores,
+  moses_tok_lc,
+  rouge,
+  rouge_scores,
+  translation_scores,
+)
+from evaluation.runs import load_ensemble, load_params, load_run
 from input_pipeline import datasets
 from input_pipeline import tokenizer as tokenizer_lib
-from test_train import ROOT, tiny_config
+from training.checkpoints import Checkpoints
+from training.parallel import make_mesh
+from training.steps import create_training
+from training.trainer import train_and_evaluate
+
+from helpers import ROOT, tiny_run_config
 
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('eval')
   workdir = str(tmp / 'run')
-  train.train_and_evaluate(tiny_config(tmp, num_train_steps=30), workdir)  # ckpts 10, 20, 30
+  train_and_evaluate(tiny_run_config(tmp, num_train_steps=30), workdir)  # ckpts 10, 20, 30
   return workdir
 
 
@@ -33,16 +48,16 @@ def run_eval(*args, stdin=None):
 
 
 def test_averaging_the_last_checkpoints_is_their_mean(run):
-  config, _ = eval_lib.load_run(run)
-  _, averaged, _, used = eval_lib.load_params(config, run, average_last=2)
+  config, _ = load_run(run)
+  _, averaged, _, used = load_params(config, run, average_last=2)
   assert used == [20, 30]
-  _, p20, _, _ = eval_lib.load_params(config, run, step=20)
-  _, p30, _, _ = eval_lib.load_params(config, run, step=30)
+  _, p20, _, _ = load_params(config, run, step=20)
+  _, p30, _, _ = load_params(config, run, step=30)
   for a, x, y in zip(*(jax.tree.leaves(t) for t in (averaged, p20, p30))):
     np.testing.assert_allclose(a, (np.asarray(x) + np.asarray(y)) / 2, rtol=1e-6)
   # eval.py reads just the parameters (a partial restore); training restores the whole state
-  training_state = train.create_training(config, train.make_mesh()).state
-  state, _ = train.Checkpoints(run, keep=10).restore_latest(
+  training_state = create_training(config, make_mesh()).state
+  state, _ = Checkpoints(run, keep=10).restore_latest(
       jax.tree.map(ocp.utils.to_shape_dtype_struct, training_state))
   assert int(state['step']) == 30
   for x, y in zip(jax.tree.leaves(state['params']), jax.tree.leaves(p30)):
@@ -51,14 +66,14 @@ def test_averaging_the_last_checkpoints_is_their_mean(run):
 
 def test_ema_run_validates_resumes_and_decodes_with_its_moving_average(tmp_path, run):
   workdir = str(tmp_path / 'ema_run')
-  config = tiny_config(tmp_path, num_train_steps=20, eval_every_steps=20, ema_decay=0.9)
-  metrics = train.train_and_evaluate(config, workdir)
+  config = tiny_run_config(tmp_path, num_train_steps=20, eval_every_steps=20, ema_decay=0.9)
+  metrics = train_and_evaluate(config, workdir)
   assert metrics['eval_ema/nll'] != metrics['eval/nll']  # both weights validated
   # a rerun restores the state, moving average included, and has nothing left to do
-  assert 'eval/nll' not in train.train_and_evaluate(config, workdir)
-  config, _ = eval_lib.load_run(workdir)
-  _, params, _, _ = eval_lib.load_params(config, workdir)
-  _, ema, _, used = eval_lib.load_params(config, workdir, ema=True)
+  assert 'eval/nll' not in train_and_evaluate(config, workdir)
+  config, _ = load_run(workdir)
+  _, params, _, _ = load_params(config, workdir)
+  _, ema, _, used = load_params(config, workdir, ema=True)
   assert used == [20]
   assert not np.allclose(jax.tree.leaves(ema)[0], jax.tree.leaves(params)[0])
   result = run_eval(f'--workdir={workdir}', '--split=eval', '--beam_size=1', '--ema')
@@ -66,8 +81,8 @@ def test_ema_run_validates_resumes_and_decodes_with_its_moving_average(tmp_path,
   assert 'moving average of the parameters' in result.stdout
   assert os.path.exists(os.path.join(workdir, 'eval', 'eval.step20.ema.beam1.txt'))
   # a run without the average says so (eval.py prints EvalErrors as one line)
-  with pytest.raises(eval_lib.EvalError, match=r'^--ema: .* kept no moving average \(its config'):
-    eval_lib.load_params(eval_lib.load_run(run)[0], run, ema=True)
+  with pytest.raises(EvalError, match=r'^--ema: .* kept no moving average \(its config'):
+    load_params(load_run(run)[0], run, ema=True)
 
 
 def test_a_run_from_before_a_config_field_existed_loads_with_its_default(run, tmp_path):
@@ -77,7 +92,7 @@ def test_a_run_from_before_a_config_field_existed_loads_with_its_default(run, tm
   del fields['matmul_dtype'], fields['qk_norm']  # added after some runs were trained
   (old / 'config.json').write_text(json.dumps(fields))
   (old / 'tokenizer.model').write_bytes((epath.Path(run) / 'tokenizer.model').read_bytes())
-  config, _ = eval_lib.load_run(str(old))
+  config, _ = load_run(str(old))
   assert config.matmul_dtype == 'float32' and config.qk_norm == 0.0  # their values of the time
   assert config.emb_dim == fields['emb_dim']
 
@@ -109,21 +124,21 @@ def test_an_ensemble_decodes_with_each_members_own_checkpoints(run, member):
   out = os.path.join(run, 'eval', 'eval.step30.ens2.beam2.alpha0.6')
   assert json.load(open(out + '.json'))['members'] == 2
   # the same decoding in-process, from the two runs' latest checkpoints: 30 and 20
-  config, tok = eval_lib.load_run(run)
-  graphdefs, params, rests, used = eval_lib.load_ensemble(config, tok, run, [member])
+  config, tok = load_run(run)
+  graphdefs, params, rests, used = load_ensemble(config, tok, run, [member])
   assert used == [30] and len(params) == 2
   for leaf, expected in zip(jax.tree.leaves(params[1]),
-                            jax.tree.leaves(eval_lib.load_params(config, run, step=20)[1])):
+                            jax.tree.leaves(load_params(config, run, step=20)[1])):
     np.testing.assert_array_equal(np.asarray(leaf), np.asarray(expected))
   examples, _ = datasets.load_examples(config, 'eval')
-  decode_fn = eval_lib.make_decode_fn(graphdefs, rests, config, tok, beam_size=2, alpha=0.6)
-  outputs = eval_lib.decode_all(tok.encode([e['source'] for e in examples]), decode_fn, params,
+  decode_fn = make_decode_fn(graphdefs, rests, config, tok, beam_size=2, alpha=0.6)
+  outputs = decode_all(tok.encode([e['source'] for e in examples]), decode_fn, params,
                                 config, 8)
   assert open(out + '.txt').read().split('\n')[:-1] == [tok.decode(o) for o in outputs]
 
 
 def test_ensemble_members_must_share_vocabulary_and_data(run, tmp_path):
-  config, tok = eval_lib.load_run(run)
+  config, tok = load_run(run)
   fields = json.loads((epath.Path(run) / 'config.json').read_text())
   other_vocab, other_lang = tmp_path / 'vocab', tmp_path / 'lang'
   for workdir, changes in ((other_vocab, {}), (other_lang, {'target_lang': 'fr'})):
@@ -132,10 +147,10 @@ def test_ensemble_members_must_share_vocabulary_and_data(run, tmp_path):
   shutil.copy(os.path.join(run, 'tokenizer.model'), other_lang / 'tokenizer.model')
   tokenizer_lib.train_tokenizer(['m n o p q r', 's t u v w x'] * 60,
                                 str(other_vocab / 'tokenizer.model'), vocab_size=18)
-  with pytest.raises(eval_lib.EvalError, match='has another vocabulary than'):
-    eval_lib.load_ensemble(config, tok, run, [str(other_vocab)])
-  with pytest.raises(eval_lib.EvalError, match=r"has config.target_lang='fr', .* 'de'; members"):
-    eval_lib.load_ensemble(config, tok, run, [str(other_lang)])
+  with pytest.raises(EvalError, match='has another vocabulary than'):
+    load_ensemble(config, tok, run, [str(other_vocab)])
+  with pytest.raises(EvalError, match=r"has config.target_lang='fr', .* 'de'; members"):
+    load_ensemble(config, tok, run, [str(other_lang)])
 
 
 def test_user_lines_keep_empty_lines_and_warn_on_long_ones(run):
@@ -149,16 +164,16 @@ def test_user_lines_keep_empty_lines_and_warn_on_long_ones(run):
 
 
 def test_decoding_constraints_in_the_config_hold_in_the_outputs(run):
-  config, tok = eval_lib.load_run(run)
-  graphdef, params, rest, _ = eval_lib.load_params(config, run)
+  config, tok = load_run(run)
+  graphdef, params, rest, _ = load_params(config, run)
   sources = tok.encode(['a b c d', 'j i', 'e', 'c c c c c c'])
   starts = tok.word_starts()
 
   def outputs(**constraints):
     constrained = config.copy_and_resolve_references()
     constrained.update(constraints)
-    decode_fn = eval_lib.make_decode_fn(graphdef, rest, constrained, tok, beam_size=2, alpha=0.6)
-    outs = eval_lib.decode_all(sources, decode_fn, params, config, 8)
+    decode_fn = make_decode_fn(graphdef, rest, constrained, tok, beam_size=2, alpha=0.6)
+    outs = decode_all(sources, decode_fn, params, config, 8)
     return [[int(i) for i in ids[:list(ids).index(tokenizer_lib.EOS_ID)]] for ids in outs]
 
   def meets(ids):
@@ -176,9 +191,9 @@ def test_attention_plot_is_written(run, tmp_path):
 
 
 def test_attention_maps_are_distributions(run):
-  config, tok = eval_lib.load_run(run)
-  graphdef, params, rest, _ = eval_lib.load_params(config, run)
-  src, out, enc, cross = eval_lib.attention_maps(config, tok, graphdef, params, rest,
+  config, tok = load_run(run)
+  graphdef, params, rest, _ = load_params(config, run)
+  src, out, enc, cross = attention_maps(config, tok, graphdef, params, rest,
                                                  'a b c d', 1, 0.6)
   assert len(enc) == config.num_encoder_layers and enc[0].shape == (config.num_heads,
                                                                       len(src), len(src))
@@ -189,12 +204,12 @@ def test_attention_maps_are_distributions(run):
 def test_mbr_with_a_near_zero_temperature_keeps_the_beams_best(run):
   # Weights exp(score / T) with T -> 0 put all the mass on the top hypothesis, whose expected
   # utility is then its utility against itself: MBR must give back the beam's best.
-  config, tok = eval_lib.load_run(run)
-  graphdef, params, rest, _ = eval_lib.load_params(config, run)
+  config, tok = load_run(run)
+  graphdef, params, rest, _ = load_params(config, run)
   sources = tok.encode(['a b c d', 'j i', 'e', 'c c c c c c', 'f g h'])
-  plain = eval_lib.decode_texts(sources, config, tok, graphdef, params, rest, 4, 0.6, 8)
+  plain = decode_texts(sources, config, tok, graphdef, params, rest, 4, 0.6, 8)
   config.mbr_utility, config.mbr_temperature = 'chrf', 1e-9
-  mbr = eval_lib.decode_texts(sources, config, tok, graphdef, params, rest, 4, 0.6, 8)
+  mbr = decode_texts(sources, config, tok, graphdef, params, rest, 4, 0.6, 8)
   assert mbr == plain
 
 
@@ -234,11 +249,11 @@ def test_bad_requests_are_one_line_errors(run, args, message):
 def test_translation_scores_against_hand_computed_values():
   examples = [{'references': ['Ein Hund läuft.'], 'tok_reference': 'ein hund läuft .'},
               {'references': ['Zwei Männer reden.'], 'tok_reference': 'zwei männer reden .'}]
-  perfect = eval_lib.translation_scores(['Ein Hund läuft.', 'Zwei Männer reden.'], examples,
+  perfect = translation_scores(['Ein Hund läuft.', 'Zwei Männer reden.'], examples,
                                         'de')
   assert perfect['bleu'] == pytest.approx(100) and perfect['tok_lc_bleu'] == pytest.approx(100)
   # Lowercasing and tokenisation make a case/spacing-only difference vanish in tok-lc BLEU.
-  cased = eval_lib.translation_scores(['ein hund läuft .', 'zwei männer reden .'], examples,
+  cased = translation_scores(['ein hund läuft .', 'zwei männer reden .'], examples,
                                       'de')
   assert cased['tok_lc_bleu'] == pytest.approx(100) and cased['bleu'] < 60
 
@@ -249,13 +264,13 @@ def test_tokenizing_raw_references_reproduces_the_shipped_tokenized_ones(split):
   own tok/ files (entities such as &quot; included), so tok-lc BLEU compares like with like."""
   raw = datasets.read_lines(f'{datasets.RAW_DIR}/multi30k/{split}.de')
   tokenized = datasets.read_lines(f'{datasets.RAW_DIR}/multi30k/tok/{split}.lc.norm.tok.de')
-  assert [line.strip() for line in eval_lib.moses_tok_lc(raw, 'de')] == tokenized
+  assert [line.strip() for line in moses_tok_lc(raw, 'de')] == tokenized
 
 
 def test_rouge_takes_the_best_reference_and_reports_mean_and_target_only():
   examples = [{'target': 'meeting tomorrow',
                'references': ['meeting tomorrow', 'budget review for the quarter']}]
-  scores = eval_lib.rouge_scores(['quarterly budget review'], examples)
+  scores = rouge_scores(['quarterly budget review'], examples)
   # vs reference 2 (stemmed): tokens {quarterli, budget, review} vs {budget, review, for, the,
   # quarter}: 2 overlaps, P = 2/3, R = 2/5, F = 0.5. Reference 1 shares nothing: F = 0.
   assert scores['rouge1'] == pytest.approx(50.0)
@@ -267,22 +282,22 @@ def test_rouge_is_the_mean_over_examples():
   hypotheses = ['budget meeting', 'lunch', 'the budget meeting today', 'plans']
   references = [['budget meeting'], ['dinner'], ['budget meeting'], ['plans']]
   # ROUGE-1 F1 per example: 1, 0, 2 * 2 / (4 + 2) = 2/3 ('the' and 'today' count), 1.
-  scores = train.rouge(hypotheses, references)
+  scores = rouge(hypotheses, references)
   assert scores['rouge1'] == pytest.approx(100 * (1 + 0 + 2 / 3 + 1) / 4)
-  assert train.rouge(hypotheses, references) == scores  # no resampling: the same every call
+  assert rouge(hypotheses, references) == scores  # no resampling: the same every call
 
 
 def test_annotator_scores_by_hand():
   examples = [{'target': 'budget meeting',
                'references': ['budget meeting', 'budget meeting', 'lunch plans']}]
-  scores = eval_lib.annotator_scores(examples)
+  scores = annotator_scores(examples)
   # Annotator 1 ('budget meeting'): 100 against the target, best over the others 100, mean of
   # 100 and 0 = 50. Annotator 2 ('lunch plans') shares nothing: 0, 0, 0. Averaged: 50, 50, 25.
   assert scores['rouge1_target'] == pytest.approx(50.0)
   assert scores['rouge2'] == pytest.approx(50.0)
   assert scores['rougeLsum_mean'] == pytest.approx(25.0)
-  with pytest.raises(eval_lib.EvalError, match='same number'):
-    eval_lib.annotator_scores([{'target': 'a', 'references': ['a']}])
+  with pytest.raises(EvalError, match='same number'):
+    annotator_scores([{'target': 'a', 'references': ['a']}])
 
 
 MBR_TEXTS = ['Ein Mann fährt Fahrrad.', 'Ein Mann fährt ein Fahrrad.', 'Ein Mann fährt Rad.',
@@ -292,7 +307,7 @@ MBR_TEXTS = ['Ein Mann fährt Fahrrad.', 'Ein Mann fährt ein Fahrrad.', 'Ein Ma
 def test_pairwise_sentence_bleu_equals_sacrebleus_sentence_score():
   metric = sacrebleu.metrics.BLEU(effective_order=True)
   expected = [[metric.sentence_score(h, [r]).score for r in MBR_TEXTS] for h in MBR_TEXTS]
-  np.testing.assert_allclose(eval_lib.pairwise_sentence_bleu(MBR_TEXTS), expected, atol=1e-9)
+  np.testing.assert_allclose(pairwise_sentence_bleu(MBR_TEXTS), expected, atol=1e-9)
 
 
 SUBJECTS = ['Meeting moved to Friday', 'meetings moved to friday!', 'Friday meeting',
@@ -307,17 +322,17 @@ def rouge_mean_f1(hypothesis, reference):
 
 
 def test_lcs_length_by_hand():
-  assert eval_lib.lcs_length('abcbdab', 'bdcaba') == 4  # CLRS's example: "bcba"
-  assert eval_lib.lcs_length('', 'abc') == 0
-  assert eval_lib.lcs_length(['x', 'y'], ['y', 'x']) == 1
+  assert lcs_length('abcbdab', 'bdcaba') == 4  # CLRS's example: "bcba"
+  assert lcs_length('', 'abc') == 0
+  assert lcs_length(['x', 'y'], ['y', 'x']) == 1
 
 
 def test_pairwise_rouge_equals_rouge_scores_scorer():
   expected = [[rouge_mean_f1(h, r) for r in SUBJECTS] for h in SUBJECTS]
-  np.testing.assert_allclose(eval_lib.pairwise_rouge(SUBJECTS), expected, atol=1e-9)
+  np.testing.assert_allclose(pairwise_rouge(SUBJECTS), expected, atol=1e-9)
   # 'Friday meeting' vs 'Meeting moved to Friday' (stemmed, lowercased): ROUGE-1 2 of 2 and
   # 2 of 4 tokens, F = 2/3; no shared bigram; LCS 1 ('meet' or 'friday'), F = 1/3.
-  assert eval_lib.pairwise_rouge(SUBJECTS)[2, 0] == pytest.approx(100 * (2 / 3 + 1 / 3) / 3)
+  assert pairwise_rouge(SUBJECTS)[2, 0] == pytest.approx(100 * (2 / 3 + 1 / 3) / 3)
 
 
 @pytest.mark.parametrize('utility', ['bleu', 'chrf', 'rouge'])
@@ -332,7 +347,7 @@ def test_mbr_picks_the_highest_expected_utility(utility, temperature):
   weights /= weights.sum()
   expected = [sum(w * utility_fn(h, r) for w, r in zip(weights, MBR_TEXTS))
               for h in MBR_TEXTS]
-  chosen = eval_lib.mbr_select(MBR_TEXTS, scores, utility, temperature)
+  chosen = mbr_select(MBR_TEXTS, scores, utility, temperature)
   assert chosen == MBR_TEXTS[int(np.argmax(expected))]
   # At 0.1 the top score's weight is 55 times the next (e^4): it wins; flatter weights let the
   # three near-paraphrases' consensus win instead.

@@ -11,7 +11,8 @@ from flax import nnx
 from rouge_score import rouge_scorer
 
 from configs import default
-from input_pipeline import batching, datasets, tokenizer as tokenizer_lib
+from input_pipeline import batching, datasets
+from input_pipeline import tokenizer as tokenizer_lib
 from model.transformer import EncoderDecoder, shift_right
 
 

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 import sweep
-from test_train import ROOT, tiny_config, write_config_file
+
+from helpers import ROOT, tiny_run_config, write_config_file
 
 
 def test_hyper_helpers_build_the_expected_trials():
@@ -28,7 +29,7 @@ def test_hyper_helpers_build_the_expected_trials():
 
 @pytest.mark.slow
 def test_sweep_runs_trials_reports_a_failure_and_skips_finished_ones(tmp_path):
-  config_file = write_config_file(tiny_config(tmp_path, num_train_steps=10,
+  config_file = write_config_file(tiny_run_config(tmp_path, num_train_steps=10,
                                               checkpoint_every_steps=10), tmp_path / 'cfg.py')
   sweep_file = tmp_path / 'sw.py'
   # num_heads=3 does not divide emb_dim=32: that trial must fail alone.

@@ -1,7 +1,7 @@
 """train.py: learning, determinism, exact resume, signals, sharding, and failure behaviour.
 
 Runs that must be a separate process (SIGKILL, SIGTERM, 8 simulated devices, 2 processes) use
-subprocesses with timeouts; the rest call train.train_and_evaluate in-process.
+subprocesses with timeouts; the rest call train_and_evaluate in-process.
 """
 import functools
 import json
@@ -11,100 +11,43 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import optax
 import pytest
 
-import eval as eval_lib
-import train
-from configs import default
+from input_pipeline import tokenizer as tokenizer_lib
+from training import steps as training_steps
+from training.checkpoints import Checkpoints
+from training.checks import ConfigError, save_or_check_config, validate_training_config
+from training.data import SAMPLES_DIR, load_data
+from training.optimizer import create_learning_rate_schedule, decays_weight
+from training.parallel import make_mesh, to_host
+from training.steps import create_model, create_training
+from training.time_budget import TimeBudget, budget_position
+from training.trainer import train_and_evaluate
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LETTERS = 'abcdefghij'
-
-
-def write_reverse_task(directory, n, seed):
-  """TSV of random letter sequences -> the same letters reversed."""
-  rng = np.random.default_rng(seed)
-  lines = []
-  for _ in range(n):
-    words = list(rng.choice(list(LETTERS), size=rng.integers(3, 8)))
-    lines.append(' '.join(words) + '\t' + ' '.join(reversed(words)))
-  path = os.path.join(directory, f'reverse_{seed}.tsv')
-  with open(path, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  return path
-
-
-def tiny_config(tmp_path, **overrides):
-  data = tmp_path / 'data'
-  data.mkdir(exist_ok=True)
-  config = default.get_config()
-  config.update(
-      dataset='files', file_format='tsv', train_files=write_reverse_task(str(data), 400, 0),
-      eval_files=write_reverse_task(str(data), 32, 1), eval_split='eval', vocab_size=24,
-      emb_dim=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, mlp_dim=64,
-      max_len=32, max_train_len=24, max_eval_len=24, batch_size=8, eval_batch_size=8,
-      num_train_steps=20, warmup_steps=5, learning_rate=3e-3, log_every_steps=5,
-      eval_every_steps=1000, checkpoint_every_steps=10, num_eval_bleu_batches=1,
-      matmul_dtype='float32',  # exact float32 comparisons between code paths
-      time_budget_minutes=0.0,  # steps, not this machine's speed, set the schedule
-      beam_size=4, length_penalty=0.6, average_last=1, mbr_utility='',  # a quick decoding
-      expected_result='')
-  config.update(overrides)
-  return config
-
-
-def losses(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [r['train/loss'] for r in map(json.loads, f) if 'train/loss' in r]
-
-
-def final_params(workdir):
-  config, _ = eval_lib.load_run(str(workdir))
-  _, params, _, _ = eval_lib.load_params(config, str(workdir))
-  return params
-
+from helpers import (
+  ROOT,
+  final_params,
+  losses,
+  run_train,
+  tiny_run_config,
+  train_command,
+  wait_for_checkpoint,
+  write_config_file,
+)
 
 # ----------------------------------------------------------------------------- subprocess runs
 
 
-def write_config_file(config, path):
-  """A config file for train.py that returns exactly `config`."""
-  json_path = str(path) + '.json'
-  with open(json_path, 'w') as f:
-    f.write(config.to_json())
-  with open(path, 'w') as f:
-    f.write('import json\nimport ml_collections\n\n\ndef get_config():\n'
-            f'  return ml_collections.ConfigDict(json.load(open({json_path!r})))\n')
-  return str(path)
 
 
-def train_command(config_file, workdir, *extra):
-  return [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={config_file}',
-          f'--workdir={workdir}', *extra]
 
 
-def run_train(config_file, workdir, *extra, env=None, timeout=300):
-  result = subprocess.run(train_command(config_file, workdir, *extra), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-  return result
 
 
-def wait_for_checkpoint(workdir, step, process, timeout=180):
-  path = os.path.join(workdir, 'checkpoints', str(step))
-  start = time.time()
-  while not os.path.isdir(path):
-    if process.poll() is not None:
-      raise AssertionError(f'train.py ended before checkpoint {step}: '
-                           f'{process.stderr.read()[-2000:]}')
-    if time.time() - start > timeout:
-      process.kill()
-      raise AssertionError(f'no checkpoint {step} after {timeout} s')
-    time.sleep(0.1)
 
 
 # ----------------------------------------------------------------------------- learning
@@ -112,7 +55,7 @@ def wait_for_checkpoint(workdir, step, process, timeout=180):
 
 def test_a_few_steps_lower_the_loss(tmp_path):
   tensorflow_before = 'tensorflow' in sys.modules  # another test may have imported it
-  train.train_and_evaluate(tiny_config(tmp_path, num_train_steps=30), str(tmp_path / 'run'))
+  train_and_evaluate(tiny_run_config(tmp_path, num_train_steps=30), str(tmp_path / 'run'))
   history = losses(tmp_path / 'run')
   assert history[-1] < history[0] - 0.3
   assert tensorflow_before or 'tensorflow' not in sys.modules  # training doesn't (~600 MB RSS)
@@ -125,11 +68,11 @@ def test_a_few_steps_lower_the_loss(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_model_learns_to_reverse_sequences(tmp_path):
-  config = tiny_config(tmp_path, num_train_steps=1000, learning_rate=1e-2, warmup_steps=50,
+  config = tiny_run_config(tmp_path, num_train_steps=1000, learning_rate=1e-2, warmup_steps=50,
                        label_smoothing=0.0, dropout_rate=0.0, emb_dim=64, mlp_dim=128,
                        num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
                        log_every_steps=100, checkpoint_every_steps=1000, num_eval_bleu_batches=4)
-  metrics = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  metrics = train_and_evaluate(config, str(tmp_path / 'run'))
   assert metrics['train/nll'] < 0.05
   assert metrics['eval/nll'] < 0.1
   assert metrics['eval/bleu'] > 90
@@ -149,9 +92,9 @@ def random_batch(rows=8, length=12, seed=0):
 
 
 def loss_and_grads(config, chunk, rdrop_alpha=0.0):
-  graphdef, params, rest = train.create_model(config, 0)
+  graphdef, params, rest = create_model(config, 0)
   return jax.jit(functools.partial(
-      train.loss_and_grads, graphdef=graphdef, rest=rest, label_smoothing=0.1,
+      training_steps.loss_and_grads, graphdef=graphdef, rest=rest, label_smoothing=0.1,
       loss_chunk_size=chunk, rdrop_alpha=rdrop_alpha))(params, random_batch(), jax.random.key(3))
 
 
@@ -167,17 +110,17 @@ def assert_same_loss_and_grads(result_a, result_b):
 def test_fused_loss_equals_plain_loss_with_gradients(tmp_path, tie, rdrop_alpha):
   """loss_chunk_size > 0 (fused chunked loss) and 0 (plain logits): same loss and gradients,
   with and without R-Drop."""
-  config = tiny_config(tmp_path, tie_output_embedding=tie, dropout_rate=0.2)
+  config = tiny_run_config(tmp_path, tie_output_embedding=tie, dropout_rate=0.2)
   assert_same_loss_and_grads(*[loss_and_grads(config, chunk, rdrop_alpha) for chunk in (0, 16)])
 
 
 def test_rdrop_without_dropout_is_the_plain_loss(tmp_path):
   """Without dropout both passes of a row are the same, so R-Drop's KL and its gradient vanish:
   the batch doubling pairs each row with its own copy."""
-  config = tiny_config(tmp_path, dropout_rate=0.0)
+  config = tiny_run_config(tmp_path, dropout_rate=0.0)
   assert_same_loss_and_grads(loss_and_grads(config, 16), loss_and_grads(config, 16, 5.0))
   # with dropout the two passes differ and the KL term raises the loss
-  config = tiny_config(tmp_path, dropout_rate=0.2)
+  config = tiny_run_config(tmp_path, dropout_rate=0.2)
   (rdrop, _), (plain, _) = loss_and_grads(config, 16, 5.0), loss_and_grads(config, 16, 0.0)
   assert rdrop[0] > plain[0]
 
@@ -190,13 +133,13 @@ def test_ema_params_are_the_moving_average_and_leave_training_unchanged(tmp_path
   batch = random_batch()
   trajectories = {}
   for decay in (0.0, ema_decay):
-    training = train.create_training(tiny_config(tmp_path, ema_decay=decay), train.make_mesh())
+    training = create_training(tiny_run_config(tmp_path, ema_decay=decay), make_mesh())
     state = training.state
-    params = [train.to_host(state['params'])]
+    params = [to_host(state['params'])]
     for _ in range(4):
       state, _ = training.step_fn(state, batch, 0.0)
-      params.append(train.to_host(state['params']))
-    trajectories[decay] = (params, train.to_host(state.get('ema_params')))
+      params.append(to_host(state['params']))
+    trajectories[decay] = (params, to_host(state.get('ema_params')))
   (plain, no_ema), (params, ema) = trajectories[0.0], trajectories[ema_decay]
   assert no_ema is None
   jax.tree.map(np.testing.assert_array_equal, params[-1], plain[-1])
@@ -216,13 +159,13 @@ def test_adamw_decays_kernels_and_embeddings_but_not_biases_and_norms(tmp_path):
   overrides = dict(learning_rate=lr, schedule='constant', warmup_steps=0)
   after = {}
   for optimizer, decay in (('adam', 0.0), ('adamw', weight_decay)):
-    config = tiny_config(tmp_path, optimizer=optimizer, weight_decay=decay, **overrides)
-    training = train.create_training(config, train.make_mesh())
+    config = tiny_run_config(tmp_path, optimizer=optimizer, weight_decay=decay, **overrides)
+    training = create_training(config, make_mesh())
     state, metrics = training.step_fn(training.state, batch, 0.0)  # warmup: step 0 has lr 0,
-    before = train.to_host(state['params'])  # so both runs start step 1 from the same values
+    before = to_host(state['params'])  # so both runs start step 1 from the same values
     state, metrics = training.step_fn(state, batch, 0.0)
     assert float(metrics['learning_rate']) == pytest.approx(lr)
-    after[optimizer] = train.to_host(state['params'])
+    after[optimizer] = to_host(state['params'])
   decayed = []
   leaves = jax.tree_util.tree_flatten_with_path(before)[0]
   for (path, old), adam, adamw in zip(leaves, jax.tree.leaves(after['adam']),
@@ -242,19 +185,19 @@ def test_the_step_is_optax_adam_or_adamw_with_the_schedule(tmp_path, optimizer, 
   global-norm clipping, fed the same gradients: the second code path."""
   # adam_eps 1e-3: with the default 1e-9, Adam's first steps divide near-zero gradients by their
   # own size, so rounding differences between the two programs' gradients change them wholesale
-  config = tiny_config(tmp_path, optimizer=optimizer, weight_decay=weight_decay,
+  config = tiny_run_config(tmp_path, optimizer=optimizer, weight_decay=weight_decay,
                        dropout_rate=0.0, warmup_steps=2, grad_clip_norm=0.5, adam_eps=1e-3)
-  training = train.create_training(config, train.make_mesh())
-  schedule = train.create_learning_rate_schedule(config)
+  training = create_training(config, make_mesh())
+  schedule = create_learning_rate_schedule(config)
   hyper = dict(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
   reference = optax.chain(optax.clip_by_global_norm(0.5), optax.adamw(
-      schedule, weight_decay=weight_decay, mask=train.decays_weight, **hyper)
+      schedule, weight_decay=weight_decay, mask=decays_weight, **hyper)
       if optimizer == 'adamw' else optax.adam(schedule, **hyper))
   grads_fn = jax.jit(functools.partial(
-      train.loss_and_grads, graphdef=training.graphdef, rest=training.rest,
+      training_steps.loss_and_grads, graphdef=training.graphdef, rest=training.rest,
       label_smoothing=config.label_smoothing, loss_chunk_size=config.loss_chunk_size))
   batch, state = random_batch(), training.state
-  params = jax.tree.map(np.array, train.to_host(state['params']))  # a copy: the step donates
+  params = jax.tree.map(np.array, to_host(state['params']))  # a copy: the step donates
   reference_state = reference.init(params)
   for _ in range(4):
     _, grads = grads_fn(params, batch, jax.random.key(0))  # no dropout: the key is unused
@@ -262,14 +205,14 @@ def test_the_step_is_optax_adam_or_adamw_with_the_schedule(tmp_path, optimizer, 
     params = optax.apply_updates(params, updates)
     state, _ = training.step_fn(state, batch, 0.0)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-               train.to_host(state['params']), params)
+               to_host(state['params']), params)
 
 
 def test_the_time_position_moves_the_schedule_ahead_of_the_step(tmp_path):
   """The learning rate is schedule(max(step, time_position))."""
-  config = tiny_config(tmp_path, num_train_steps=100, warmup_steps=10)
-  training = train.create_training(config, train.make_mesh())
-  schedule = train.create_learning_rate_schedule(config)
+  config = tiny_run_config(tmp_path, num_train_steps=100, warmup_steps=10)
+  training = create_training(config, make_mesh())
+  schedule = create_learning_rate_schedule(config)
   state, batch = training.state, random_batch()
   for step, position, expected in ((0, 0.0, 0), (1, 50.0, 50), (2, 1.0, 2), (3, 99.5, 99.5)):
     state, metrics = training.step_fn(state, batch, position)
@@ -279,14 +222,14 @@ def test_the_time_position_moves_the_schedule_ahead_of_the_step(tmp_path):
 
 def test_budget_position_is_the_spent_share_of_the_training_time():
   """Arguments: elapsed, the schedule clock's start, reserve, budget (seconds), steps."""
-  assert train.budget_position(1e6, 0.0, 0.0, 0.0, 1000) == (0.0, False)  # no budget
-  assert train.budget_position(30.0, None, 0.0, 60.0, 1000) == (0.0, False)  # clock not started
-  assert train.budget_position(70.0, None, 0.0, 60.0, 1000) == (0.0, True)
-  assert train.budget_position(30.0, 0.0, 0.0, 60.0, 1000) == (500.0, False)
-  assert train.budget_position(30.0, 0.0, 10.0, 60.0, 1000) == (600.0, False)
-  assert train.budget_position(30.0, 10.0, 10.0, 60.0, 1000) == (500.0, False)
-  assert train.budget_position(50.0, 10.0, 10.0, 60.0, 1000) == (1000.0, True)
-  assert train.budget_position(70.0, 0.0, 0.0, 60.0, 1000) == (1000.0, True)
+  assert budget_position(1e6, 0.0, 0.0, 0.0, 1000) == (0.0, False)  # no budget
+  assert budget_position(30.0, None, 0.0, 60.0, 1000) == (0.0, False)  # clock not started
+  assert budget_position(70.0, None, 0.0, 60.0, 1000) == (0.0, True)
+  assert budget_position(30.0, 0.0, 0.0, 60.0, 1000) == (500.0, False)
+  assert budget_position(30.0, 0.0, 10.0, 60.0, 1000) == (600.0, False)
+  assert budget_position(30.0, 10.0, 10.0, 60.0, 1000) == (500.0, False)
+  assert budget_position(50.0, 10.0, 10.0, 60.0, 1000) == (1000.0, True)
+  assert budget_position(70.0, 0.0, 0.0, 60.0, 1000) == (1000.0, True)
 
 
 def test_a_time_budget_stops_the_run_and_survives_a_resume(tmp_path, monkeypatch, capsys):
@@ -295,24 +238,24 @@ def test_a_time_budget_stops_the_run_and_survives_a_resume(tmp_path, monkeypatch
   validation, the schedule having followed the clock to the end of its decay; a rerun finds
   the budget spent (the elapsed time is checkpointed) and trains nothing."""
   ticks = iter(range(10**6))
-  monkeypatch.setattr(train.TimeBudget, 'clock', staticmethod(lambda: float(next(ticks))))
-  config = tiny_config(tmp_path, num_train_steps=1000, warmup_steps=5, log_every_steps=1,
+  monkeypatch.setattr(TimeBudget, 'clock', staticmethod(lambda: float(next(ticks))))
+  config = tiny_run_config(tmp_path, num_train_steps=1000, warmup_steps=5, log_every_steps=1,
                        checkpoint_every_steps=1000, time_budget_minutes=0.5)
   workdir = str(tmp_path / 'run')
-  metrics = train.train_and_evaluate(config, workdir)
+  metrics = train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     logged = [r for r in map(json.loads, f) if 'train/loss' in r]
   stop = logged[-1]['step']
   assert 20 < stop < 40 and 'eval/nll' in metrics
-  assert train.Checkpoints(workdir, 10).manager.latest_step() == stop
-  schedule = train.create_learning_rate_schedule(config)
+  assert Checkpoints(workdir, 10).manager.latest_step() == stop
+  schedule = create_learning_rate_schedule(config)
   assert logged[-1]['train/learning_rate'] < 0.02 * config.learning_rate < float(schedule(stop))
   assert f'time budget of 0.5 min spent at step {stop}' in capsys.readouterr().out
-  train.train_and_evaluate(config, workdir)
+  train_and_evaluate(config, workdir)
   assert f'the time budget was spent at step {stop}: nothing to train' in capsys.readouterr().out
-  assert train.Checkpoints(workdir, 10).manager.latest_step() == stop
-  with pytest.raises(train.ConfigError, match=r'time_budget_minutes=-1.0 must be >= 0'):
-    train.validate_training_config(tiny_config(tmp_path, time_budget_minutes=-1.0))
+  assert Checkpoints(workdir, 10).manager.latest_step() == stop
+  with pytest.raises(ConfigError, match=r'time_budget_minutes=-1.0 must be >= 0'):
+    validate_training_config(tiny_run_config(tmp_path, time_budget_minutes=-1.0))
 
 
 @pytest.mark.parametrize('field,on,other', [('ema_decay', 0.999, 0.9995), ('qk_norm', 10.0, 5.0)])
@@ -323,29 +266,29 @@ def test_resuming_with_the_moving_average_or_qk_norm_turned_on_or_off_is_refused
   for saved, resumed, ok in ((0.0, on, False), (on, 0.0, False), (on, other, True)):
     workdir = str(tmp_path / f'run_{saved}_{resumed}')
     os.makedirs(workdir)
-    train.save_or_check_config(tiny_config(tmp_path, **{field: saved}), workdir)
+    save_or_check_config(tiny_run_config(tmp_path, **{field: saved}), workdir)
     if ok:
-      train.save_or_check_config(tiny_config(tmp_path, **{field: resumed}), workdir)
+      save_or_check_config(tiny_run_config(tmp_path, **{field: resumed}), workdir)
       continue
-    with pytest.raises(train.ConfigError) as error:
-      train.save_or_check_config(tiny_config(tmp_path, **{field: resumed}), workdir)
+    with pytest.raises(ConfigError) as error:
+      save_or_check_config(tiny_run_config(tmp_path, **{field: resumed}), workdir)
     assert str(error.value).startswith(
         f'--workdir={workdir} holds a run with config.{field}={saved!r}, not {resumed!r}')
   # a run from before the field existed (its config.json lacks it) had it off
   workdir = tmp_path / 'old_run'
   workdir.mkdir()
-  fields = tiny_config(tmp_path, **{field: 0.0}).to_dict()
+  fields = tiny_run_config(tmp_path, **{field: 0.0}).to_dict()
   del fields[field]
   (workdir / 'config.json').write_text(json.dumps(fields))
-  with pytest.raises(train.ConfigError, match=f'holds a run with config.{field}=0.0, not {on}'):
-    train.save_or_check_config(tiny_config(tmp_path, **{field: on}), str(workdir))
+  with pytest.raises(ConfigError, match=f'holds a run with config.{field}=0.0, not {on}'):
+    save_or_check_config(tiny_run_config(tmp_path, **{field: on}), str(workdir))
 
 
 @pytest.mark.parametrize('copy', [False, True])
 def test_summarization_runs_log_validation_rouge(tmp_path, copy):
-  config = tiny_config(tmp_path, task='summarization', num_train_steps=10, eval_every_steps=10,
+  config = tiny_run_config(tmp_path, task='summarization', num_train_steps=10, eval_every_steps=10,
                        copy_attention=copy)
-  metrics = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  metrics = train_and_evaluate(config, str(tmp_path / 'run'))
   for name in ('rouge1', 'rouge2', 'rougeLsum'):
     assert 0 <= metrics[f'eval/{name}'] <= 100
   history = losses(tmp_path / 'run')
@@ -359,10 +302,11 @@ def test_gap_sentences_join_the_training_pairs_and_nothing_else(tmp_path):
       {'source': 'b c d e\ne d c', 'target': 'c d'}] * 40
   path = tmp_path / 'train.jsonl'
   path.write_text(''.join(json.dumps(r) + '\n' for r in records))
-  config = tiny_config(tmp_path, file_format='jsonl', train_files=str(path), eval_files=str(path),
-                       gap_sentences=True, max_target_len=12, vocab_size=12)
+  config = tiny_run_config(tmp_path, file_format='jsonl', train_files=str(path),
+                           eval_files=str(path), gap_sentences=True, max_target_len=12,
+                           vocab_size=12)
   messages = []
-  train_iter, tok, _ = train.load_data(config, str(tmp_path), messages.append)
+  train_iter, tok, _ = load_data(config, str(tmp_path), messages.append)
   assert '120 pairs + 40 gap-sentence pairs' in messages[0]
   texts = [(r['source'], r['target']) for r in records] + [('<mask>\ne d c', 'b c d e')] * 40
   expected = [tuple(map(tuple, tok.encode(list(pair)))) for pair in texts]
@@ -372,15 +316,15 @@ def test_gap_sentences_join_the_training_pairs_and_nothing_else(tmp_path):
 
 def test_same_config_and_seed_give_the_same_losses(tmp_path):
   """Also with the second run prepared first (--prepare_only: config, data, vocabulary)."""
-  config = tiny_config(tmp_path)
-  train.train_and_evaluate(config, str(tmp_path / 'a'))
-  assert train.train_and_evaluate(config, str(tmp_path / 'b'), prepare_only=True) == {}
+  config = tiny_run_config(tmp_path)
+  train_and_evaluate(config, str(tmp_path / 'a'))
+  assert train_and_evaluate(config, str(tmp_path / 'b'), prepare_only=True) == {}
   assert {'config.json', 'tokenizer.model'} <= set(os.listdir(tmp_path / 'b'))
   assert not os.path.exists(tmp_path / 'b' / 'checkpoints')
-  train.train_and_evaluate(config, str(tmp_path / 'b'))
+  train_and_evaluate(config, str(tmp_path / 'b'))
   assert losses(tmp_path / 'a') == losses(tmp_path / 'b')
-  other = tiny_config(tmp_path, seed=1)
-  train.train_and_evaluate(other, str(tmp_path / 'c'))
+  other = tiny_run_config(tmp_path, seed=1)
+  train_and_evaluate(other, str(tmp_path / 'c'))
   assert losses(tmp_path / 'c') != losses(tmp_path / 'a')
 
 
@@ -389,7 +333,7 @@ def test_same_config_and_seed_give_the_same_losses(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_ends_with_the_same_parameters(tmp_path):
-  config = tiny_config(tmp_path, num_train_steps=400, checkpoint_every_steps=20,
+  config = tiny_run_config(tmp_path, num_train_steps=400, checkpoint_every_steps=20,
                        log_every_steps=20, dropout_rate=0.2)
   config_file = write_config_file(config, tmp_path / 'cfg.py')
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
@@ -412,17 +356,17 @@ def test_sigkill_then_rerun_ends_with_the_same_parameters(tmp_path):
 
 def test_subword_samples_saved_in_the_workdir_make_a_resumed_run_exact(tmp_path):
   """A draw cannot be redone from a seed; a resume reads its epoch's draw from the workdir."""
-  config = tiny_config(tmp_path, num_train_steps=80, subword_sampling_alpha=0.5)
+  config = tiny_run_config(tmp_path, num_train_steps=80, subword_sampling_alpha=0.5)
   straight = tmp_path / 'straight'
-  train.train_and_evaluate(config, str(straight))
-  samples = sorted(os.listdir(straight / train.SAMPLES_DIR))
+  train_and_evaluate(config, str(straight))
+  samples = sorted(os.listdir(straight / SAMPLES_DIR))
   assert len(samples) == 2 and 'epoch_0.npz' not in samples  # the last two epochs of ~4
   for name, keep_samples in (('resumed', True), ('resampled', False)):
     shutil.copytree(straight, tmp_path / name)
     shutil.rmtree(tmp_path / name / 'checkpoints' / '80')  # resumes from step 70
     if not keep_samples:
-      shutil.rmtree(tmp_path / name / train.SAMPLES_DIR)
-    train.train_and_evaluate(config, str(tmp_path / name))
+      shutil.rmtree(tmp_path / name / SAMPLES_DIR)
+    train_and_evaluate(config, str(tmp_path / name))
   leaves = [jax.tree.leaves(final_params(tmp_path / name))
             for name in ('straight', 'resumed', 'resampled')]
   for x, y in zip(leaves[0], leaves[1]):
@@ -432,7 +376,7 @@ def test_subword_samples_saved_in_the_workdir_make_a_resumed_run_exact(tmp_path)
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-  config = tiny_config(tmp_path, num_train_steps=100000, checkpoint_every_steps=20)
+  config = tiny_run_config(tmp_path, num_train_steps=100000, checkpoint_every_steps=20)
   config_file = write_config_file(config, tmp_path / 'cfg.py')
   workdir = tmp_path / 'run'
   process = subprocess.Popen(train_command(config_file, workdir), cwd=ROOT, text=True,
@@ -451,7 +395,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 
 @pytest.mark.slow
 def test_eight_devices_give_the_same_losses_as_one(tmp_path):
-  config = tiny_config(tmp_path, num_train_steps=15, checkpoint_every_steps=15)
+  config = tiny_run_config(tmp_path, num_train_steps=15, checkpoint_every_steps=15)
   config_file = write_config_file(config, tmp_path / 'cfg.py')
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   one = run_train(config_file, tmp_path / 'one')
@@ -473,7 +417,7 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
   then reuses (a process that drew its own would pack other rows). A time budget that never
   binds: the processes agree on its clock at every logged step, and its position stays below
   the step, so the rates are the step's."""
-  config = tiny_config(tmp_path, num_train_steps=15, checkpoint_every_steps=15,
+  config = tiny_run_config(tmp_path, num_train_steps=15, checkpoint_every_steps=15,
                        subword_sampling_alpha=0.5, time_budget_minutes=1e6)
   config_file = write_config_file(config, tmp_path / 'cfg.py')
   address = f'127.0.0.1:{free_port()}'
@@ -490,7 +434,7 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
   for p, (_, err) in zip(processes, outputs):
     assert p.returncode == 0, err[-3000:]
   assert '2 devices (cpu), 2 processes' in outputs[0][0]
-  shutil.copytree(workdir / train.SAMPLES_DIR, tmp_path / 'single' / train.SAMPLES_DIR)
+  shutil.copytree(workdir / SAMPLES_DIR, tmp_path / 'single' / SAMPLES_DIR)
   single = run_train(config_file, tmp_path / 'single')
   assert single.returncode == 0, single.stderr[-2000:]
   np.testing.assert_allclose(losses(workdir), losses(tmp_path / 'single'), rtol=1e-5)
@@ -498,7 +442,7 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
 
 @pytest.mark.slow
 def test_make_train_ensemble_trains_the_seeds_at_once_on_one_vocabulary(tmp_path):
-  config_file = write_config_file(tiny_config(tmp_path), tmp_path / 'tiny.py')
+  config_file = write_config_file(tiny_run_config(tmp_path), tmp_path / 'tiny.py')
   ensemble = tmp_path / 'ens'
   result = subprocess.run(
       ['make', '-o', '.venv/.installed', 'train-ensemble', f'PY={sys.executable}',
@@ -508,7 +452,7 @@ def test_make_train_ensemble_trains_the_seeds_at_once_on_one_vocabulary(tmp_path
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   members = [ensemble / 'seed0', ensemble / 'seed2']
-  vocabularies = [train.tokenizer_lib.Tokenizer(str(m / 'tokenizer.model')).vocabulary()
+  vocabularies = [tokenizer_lib.Tokenizer(str(m / 'tokenizer.model')).vocabulary()
                   for m in members]
   assert vocabularies[0] == vocabularies[1]
   assert [json.load(open(m / 'config.json'))['seed'] for m in members] == [0, 2]
@@ -531,7 +475,8 @@ def test_make_train_ensemble_trains_the_seeds_at_once_on_one_vocabulary(tmp_path
     ('--config.num_train_steps=400', 'error: config.warmup_steps=1500 must be below '
                                      'config.num_train_steps=400 for the cosine schedule'),
     ('--config.min_decode_words=-2', 'error: config.min_decode_words=-2 must be an integer >= 0'),
-    ('--config.rdrop_alpha=5 --config.dropout_rate=0', 'error: config.rdrop_alpha=5.0 needs dropout'),
+    ('--config.rdrop_alpha=5 --config.dropout_rate=0',
+     'error: config.rdrop_alpha=5.0 needs dropout'),
     ('--config.beam_groups=-1', 'error: config.beam_groups=-1 must be an integer >= 0 (0: auto'),
     ('--config.source_word_dropout=1.5', 'error: config.source_word_dropout=1.5 must be in [0, 1)'),
     ('--config.ema_decay=1', 'error: config.ema_decay=1.0 must be in [0, 1) (0: off'),
@@ -551,18 +496,18 @@ def test_bad_config_is_a_one_line_error_before_anything_runs(tmp_path, flag, mes
 
 def test_unwritable_workdir_is_a_clear_error(tmp_path):
   (tmp_path / 'a_file').write_text('')
-  with pytest.raises(train.ConfigError, match='is not writable'):
-    train.train_and_evaluate(tiny_config(tmp_path), str(tmp_path / 'a_file' / 'run'))
+  with pytest.raises(ConfigError, match='is not writable'):
+    train_and_evaluate(tiny_run_config(tmp_path), str(tmp_path / 'a_file' / 'run'))
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
   workdir = tmp_path / 'run'
-  train.train_and_evaluate(tiny_config(tmp_path), str(workdir))  # checkpoints 10 and 20
+  train_and_evaluate(tiny_run_config(tmp_path), str(workdir))  # checkpoints 10 and 20
   for root, _, files in os.walk(workdir / 'checkpoints' / '20' / 'state'):
     for name in files:
       with open(os.path.join(root, name), 'wb') as f:
         f.write(b'garbage')
-  train.train_and_evaluate(tiny_config(tmp_path, num_train_steps=30), str(workdir))
+  train_and_evaluate(tiny_run_config(tmp_path, num_train_steps=30), str(workdir))
   out = capsys.readouterr().out
   assert 'checkpoint step 20 failed to restore' in out
   assert 'resumed from step 10' in out
@@ -571,11 +516,11 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-  config = tiny_config(tmp_path, learning_rate=1e30, warmup_steps=0, grad_clip_norm=0.0,
+  config = tiny_run_config(tmp_path, learning_rate=1e30, warmup_steps=0, grad_clip_norm=0.0,
                        checkpoint_every_steps=1, log_every_steps=100, num_train_steps=50)
   workdir = tmp_path / 'run'
   with pytest.raises(FloatingPointError, match=r'loss is (nan|inf) at step (\d+)') as error:
-    train.train_and_evaluate(config, str(workdir))
+    train_and_evaluate(config, str(workdir))
   bad_step = int(str(error.value).split(' at step ')[1].split(';')[0])
   saved = sorted(int(s) for s in os.listdir(workdir / 'checkpoints') if s.isdigit())
   assert saved and saved[-1] == bad_step - 1

@@ -8,29 +8,23 @@ import pytest
 from flax import nnx
 
 from configs import default
-from model import attention as attn, transformer
-from model.transformer import (EncoderDecoder, EncoderLayer, count_params,
-                               pointer_generator_log_probs, shift_right, sinusoidal_positions)
+from model import transformer
+from model.transformer import (
+  EncoderDecoder,
+  EncoderLayer,
+  count_params,
+  pointer_generator_log_probs,
+  shift_right,
+  sinusoidal_positions,
+)
 
-
-def tiny_config(**overrides):
-  config = default.get_config()
-  config.update(vocab_size=50, emb_dim=16, num_heads=2, num_encoder_layers=2,
-                num_decoder_layers=2, mlp_dim=32, max_len=24,
-                activation='relu',       # the plain MLP; VARIANTS and the activation tests
-                                         # cover the gated ones (the default config's swiglu)
-                position_embedding='sinusoidal',  # VARIANTS cover rope (the default config's)
-                qk_norm=0.0,             # plain scaled dot products; VARIANTS cover QKNorm
-                matmul_dtype='float32')  # exact float32 references; bfloat16 has its own tests
-  config.update(overrides)
-  return config
+from helpers import SRC, tiny_model_config
 
 
 def make_model(**overrides):
-  return EncoderDecoder(tiny_config(**overrides), rngs=nnx.Rngs(0))
+  return EncoderDecoder(tiny_model_config(**overrides), rngs=nnx.Rngs(0))
 
 
-SRC = jnp.array([[5, 6, 7, 8, 1, 0], [9, 10, 1, 0, 0, 0]])
 TGT = jnp.array([[2, 11, 12, 13, 14], [2, 15, 16, 0, 0]])
 
 VARIANTS = [{}, {'layer_norm': 'post'}, {'position_embedding': 'learned'},
@@ -122,15 +116,15 @@ def test_cached_decoding_equals_teacher_forcing(overrides):
 
 
 def test_self_attention_without_positions_is_permutation_equivariant():
-  layer = EncoderLayer(tiny_config(), rngs=nnx.Rngs(0))
+  layer = EncoderLayer(tiny_model_config(), rngs=nnx.Rngs(0))
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 16)), jnp.float32)
   perm = np.random.default_rng(1).permutation(6)
   mask = jnp.ones((2, 1, 6, 6), bool)
   np.testing.assert_allclose(layer(x, mask)[:, perm], layer(x[:, perm], mask), atol=1e-5)
 
 
-@pytest.mark.parametrize('overrides', [{}, {'copy_attention': True},
-                                       {'position_embedding': 'rope'}, {'position_embedding': 'rope', 'qk_norm': 10.0}])
+@pytest.mark.parametrize('overrides', [{}, {'copy_attention': True}, {'position_embedding': 'rope'},
+                                       {'position_embedding': 'rope', 'qk_norm': 10.0}])
 def test_packed_examples_do_not_attend_to_each_other(overrides):
   model = make_model(**overrides)
   # Row: example A (src 3 tokens, tgt 3) then example B (src 2, tgt 2), then padding.
@@ -192,7 +186,7 @@ NP_ACTIVATIONS = {
 
 @pytest.mark.parametrize('activation', sorted(transformer.ACTIVATIONS))
 def test_mlp_block_equals_numpy_for_every_activation(activation):
-  config = tiny_config(activation=activation)
+  config = tiny_model_config(activation=activation)
   mlp = transformer._mlp(config, nnx.Rngs(3))
   x = np.asarray(jax.random.normal(jax.random.key(1), (2, 5, 16)), np.float64)
   w = lambda layer: (np.asarray(layer.kernel[...], np.float64),

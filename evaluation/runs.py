@@ -1,0 +1,91 @@
+"""Restoring a training run: its config, tokenizer and (averaged or ensembled) parameters."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+from etils import epath
+
+from configs import default
+from evaluation import EvalError
+from input_pipeline import tokenizer as tokenizer_lib
+from training.checkpoints import Checkpoints
+from training.steps import create_model
+
+# config fields added after runs had been trained -> their values before they existed
+FIELDS_ADDED_LATER = {'matmul_dtype': 'float32', 'qk_norm': 0.0, 'average_last': 1,
+                      'expected_result': ''}
+
+
+# config fields an ensemble's members must share: they fix what text the models read and write
+SHARED_FIELDS = ('task', 'dataset', 'source_lang', 'target_lang', 'lowercase')
+
+
+def load_run(workdir: str, flag: str = '--workdir'):
+  """(config, tokenizer) of a training run's workdir (named by `flag` in errors)."""
+  path = epath.Path(workdir)
+  if not path.exists():
+    raise EvalError(f'{flag}={workdir} does not exist; train first: python train.py '
+                    f'--config=... --workdir={workdir}')
+  if not (path / 'config.json').exists():
+    raise EvalError(f'{workdir} holds no config.json: it is not a train.py workdir.')
+  # A field the run's config.json lacks was added later: it takes the value that reproduces
+  # the code of the time (FIELDS_ADDED_LATER), else today's default.
+  config = default.get_config()
+  config.update(FIELDS_ADDED_LATER)
+  config.update(json.loads((path / 'config.json').read_text()))
+  return config, tokenizer_lib.Tokenizer(str(path / tokenizer_lib.FILENAME))
+
+
+def load_params(config, workdir: str, step=None, average_last: int = 1, ema: bool = False):
+  """Parameters of one checkpoint, or the mean of the last K (Vaswani et al.'s averaging);
+  ema: their exponential moving average instead (a run with config.ema_decay > 0).
+
+  Returns (graphdef, params, rest, the steps used).
+  """
+  if ema and not config.ema_decay:
+    raise EvalError(f'--ema: {workdir} kept no moving average (its config.ema_decay is 0); '
+                    f'drop --ema, or train with --config.ema_decay=0.999.')
+  graphdef, params, rest = create_model(config, 0)
+  checkpoints = Checkpoints(workdir, keep=max(config.keep_checkpoints, average_last))
+  steps = sorted(checkpoints.manager.all_steps())
+  if not steps:
+    raise EvalError(f'no checkpoint in {workdir}/checkpoints; train (longer) first.')
+  if step is not None:
+    if step not in steps:
+      raise EvalError(f'--step={step} has no checkpoint in {workdir}; available: {steps}.')
+    steps = [s for s in steps if s <= step]
+  if average_last < 1:
+    raise EvalError(f'--average_last={average_last} must be >= 1.')
+  used = steps[-average_last:]
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  key = 'ema_params' if ema else 'params'
+  restored = [jax.tree.map(jnp.asarray, checkpoints.restore_params(s, abstract, key))
+              for s in used]
+  # The mean in float32 on the device, as the scores in the README were computed: summed and
+  # divided in NumPy instead, some parameters differ in the last bit, and so do a few beams.
+  averaged = jax.tree.map(lambda *xs: sum(xs) / len(xs), *restored)
+  return graphdef, averaged, rest, used
+
+
+def load_ensemble(config, tok, workdir, members, step=None, average_last=1, ema=False):
+  """`load_params` of --workdir and of each member workdir, after checking that the members
+  read and write the same text with the same vocabulary.
+
+  Returns lists (graphdefs, params, rests) in that order, and --workdir's steps used.
+  """
+  runs = [(config, workdir)]
+  for member in members:
+    member_config, member_tok = load_run(member, '--ensemble')
+    if member_tok.vocabulary() != tok.vocabulary():
+      raise EvalError(f'--ensemble: {member} has another vocabulary than {workdir}; members '
+                      f'share one: copy {workdir}/{tokenizer_lib.FILENAME} into a new workdir '
+                      f'before training it there.')
+    for field in SHARED_FIELDS:
+      if member_config.get(field) != config.get(field):
+        raise EvalError(f'--ensemble: {member} has config.{field}={member_config.get(field)!r}, '
+                        f'{workdir} {config.get(field)!r}; members must agree.')
+    runs.append((member_config, member))
+  loaded = [load_params(c, w, step, average_last, ema) for c, w in runs]
+  graphdefs, params, rests, used = zip(*loaded)
+  return list(graphdefs), list(params), list(rests), used[0]

@@ -1,0 +1,64 @@
+"""Orbax checkpoints of the training state and the data iterator's position."""
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+def absolute_path(path: str) -> epath.Path:
+  """Local paths made absolute (orbax requires it); URIs such as gs://... kept as they are."""
+  return epath.Path(path if '://' in path else os.path.abspath(path))
+
+
+class Checkpoints:
+  """Orbax checkpoints of {step, params, opt_state} plus the data iterator's JSON state.
+
+  A checkpoint that fails to restore is moved aside to checkpoints/corrupt_<step> (never
+  deleted) and the previous one is used.
+  """
+
+  def __init__(self, workdir: str, keep: int):
+    self.directory = absolute_path(workdir) / 'checkpoints'
+    # Synchronous saves: a failed save stops the run at once instead of in a background thread.
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=False))
+
+  def save(self, step: int, state, data_state: dict):
+    if step in self.manager.all_steps():
+      return  # already saved (e.g. the final step after a resume); never overwrite
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+
+  def restore_latest(self, abstract_state, log=print):
+    """(state, data_state) of the newest checkpoint that restores, or (None, None)."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        return restored['state'], restored['data']
+      except Exception as e:  # pylint: disable=broad-except
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        aside = self.directory / f'corrupt_{step}'
+        log(f'checkpoint step {step} failed to restore ({type(e).__name__}: {reason}); '
+            f'moved to {aside}, trying the previous one.')
+        if jax.process_index() == 0:
+          (self.directory / str(step)).rename(aside)
+        self.manager.reload()
+    return None, None
+
+  def restore_params(self, step: int, abstract_params, key: str = 'params'):
+    """The parameters ('params', or 'ema_params' for their moving average) at `step`, as NumPy
+    arrays shaped like `abstract_params`. Only that subtree is read (a partial restore): not the
+    optimizer's moments, twice the parameters' size, nor the rest of the state. Use an instance
+    for this or for restore_latest, not both (orbax binds the restore type on first use)."""
+    item = {key: abstract_params}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True)))['state'][key]
+
+  def wait(self):
+    self.manager.wait_until_finished()

@@ -1,0 +1,201 @@
+"""train_and_evaluate: train a config in a workdir, resuming from its latest checkpoint."""
+
+import functools
+import math
+import signal
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import sacrebleu
+from flax import nnx
+
+from evaluation.decode import decode_length, make_decode_fn
+from evaluation.metrics import rouge
+from input_pipeline import batching
+from model.transformer import count_params
+from training.checkpoints import Checkpoints
+from training.checks import check_workdir, save_or_check_config, validate_training_config
+from training.data import load_data
+from training.metrics_log import MetricsLog, format_eta
+from training.parallel import global_batch, make_mesh, process_rows, to_host
+from training.steps import create_training, eval_step
+from training.time_budget import TimeBudget
+
+
+def train_and_evaluate(config, workdir: str, prepare_only: bool = False):
+  """Train `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
+  `prepare_only`: stop once the config, data and vocabulary are checked and saved (no model)."""
+  validate_training_config(config)
+  budget = TimeBudget(config.time_budget_minutes, config.num_train_steps)
+  check_workdir(workdir)
+  save_or_check_config(config, workdir)
+  log = MetricsLog(workdir)
+  train_iter, tok, eval_data = load_data(config, workdir, log.print)
+  if prepare_only:
+    log.print(f'prepared {workdir}: config, data and vocabulary checked, nothing trained '
+              f'(--prepare_only); the same command without it trains.')
+    return {}
+
+  training = create_training(config, make_mesh())
+  graphdef, rest, state = training.graphdef, training.rest, training.state
+  replicated, data_sharding = training.replicated, training.data_sharding
+  log.print(f'model: {count_params(nnx.merge(graphdef, state["params"], rest)):,} parameters; '
+            f'{jax.device_count()} devices ({jax.devices()[0].platform}), '
+            f'{jax.process_count()} processes')
+  checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+  restored, data_state = checkpoints.restore_latest(
+      jax.tree.map(ocp.utils.to_shape_dtype_struct, state), log.print)
+  if restored is not None:
+    state = jax.device_put(restored, replicated)
+    budget.resume(data_state)
+    train_iter.set_state(data_state)
+    log.print(f'resumed from step {int(to_host(state["step"]))} (data epoch '
+              f'{data_state["epoch"]}, example {data_state["index"]})')
+  step_fn = training.step_fn
+  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef, rest=rest),
+                    in_shardings=(replicated, data_sharding), out_shardings=replicated)
+  greedy_fn = make_decode_fn(graphdef, rest, config, tok, beam_size=1, alpha=0.0)
+
+  stop_signal = []
+  previous_handlers = {sig: signal.signal(sig, lambda signum, _: stop_signal.append(signum))
+                       for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    return _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoints, log,
+                       tok, eval_data, data_sharding, stop_signal, budget, replicated)
+  finally:
+    for sig, handler in previous_handlers.items():
+      signal.signal(sig, handler)
+
+
+def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoints, log, tok,
+                eval_data, data_sharding, stop_signal, budget, replicated):
+  """Steps until config.num_train_steps, the time budget or a stop signal; checkpoints, logs and
+  evaluates."""
+  step = int(to_host(state['step']))
+  pending, window_start, window_steps = [], time.time(), 0
+  metrics = {}
+  elapsed, position, spent = budget.check()
+  time_position = jax.device_put(np.float32(position), replicated)
+  if budget.seconds:
+    log.print(f'time budget: {config.time_budget_minutes:g} min (config.time_budget_minutes; 0 '
+              f'turns it off), {elapsed / 60:.1f} used: training stops at step '
+              f'{config.num_train_steps} or when it is spent, the schedule following whichever '
+              f'comes first.')
+  if spent and step < config.num_train_steps:
+    log.print(f'the time budget was spent at step {step}: nothing to train. To go on, raise '
+              f'config.time_budget_minutes.')
+    return metrics
+
+  def check_finite():
+    """Raise naming the first step whose loss is NaN/Inf (the last good checkpoint stays)."""
+    for s, m in pending:
+      loss = float(to_host(m['loss']))
+      if not np.isfinite(loss):
+        good = checkpoints.manager.latest_step()
+        raise FloatingPointError(
+            f'loss is {loss} at step {s}; stopping. The last good checkpoint '
+            f'(step {good}) is kept. Lower config.learning_rate or raise config.warmup_steps.')
+
+  def save(step):
+    check_finite()
+    checkpoints.save(step, state, {**train_iter.get_state(), **budget.to_save()})
+
+  while step < config.num_train_steps and not spent:
+    batch = global_batch(next(train_iter), data_sharding)
+    state, step_metrics = step_fn(state, batch, time_position)
+    step += 1
+    pending.append((step, step_metrics))
+    window_steps += 1
+    if step % config.log_every_steps == 0 or step == config.num_train_steps or stop_signal:
+      check_finite()
+      fetched = to_host([m for _, m in pending])
+      elapsed, position, spent = budget.check(training=True)
+      time_position = jax.device_put(np.float32(position), replicated)
+      seconds = time.time() - window_start
+      window_tokens = sum(m['tokens'] for m in fetched)
+      last = fetched[-1]
+      means = {k: float(np.mean([m[k] for m in fetched])) for k in ('loss', 'nll', 'accuracy',
+                                                                    'grad_norm')}
+      metrics = {f'train/{k}': v for k, v in means.items()}
+      metrics.update({'train/perplexity': math.exp(min(means['nll'], 50)),
+                      'train/learning_rate': float(last['learning_rate']),
+                      'train/tokens_per_sec': window_tokens / seconds,
+                      'train/steps_per_sec': window_steps / seconds,
+                      'train/padding_fraction': train_iter.padding_fraction,
+                      'train/elapsed_minutes': elapsed / 60})
+      log.write(step, metrics)
+      eta = (config.num_train_steps - step) / max(metrics['train/steps_per_sec'], 1e-9)
+      if budget.seconds:
+        eta = min(eta, max(budget.seconds - budget.reserve - elapsed, 0.0))
+      log.print(f'step {step}/{config.num_train_steps} | loss {means["loss"]:.3f} '
+                f'ppl {metrics["train/perplexity"]:.2f} acc {means["accuracy"]:.3f} | '
+                f'lr {metrics["train/learning_rate"]:.2e} gnorm {means["grad_norm"]:.2f} | '
+                f'{metrics["train/tokens_per_sec"]:,.0f} tok/s '
+                f'{metrics["train/steps_per_sec"]:.2f} step/s '
+                f'pad {100 * train_iter.padding_fraction:.0f}% | ETA {format_eta(eta)}')
+      pending, window_start, window_steps = [], time.time(), 0
+    if stop_signal:
+      save(step)
+      checkpoints.wait()
+      log.print(f'received signal {stop_signal[0]}: saved checkpoint at step {step}; '
+                f'rerun the same command to resume.')
+      return metrics
+    last_step = step == config.num_train_steps or spent
+    if spent and step < config.num_train_steps:
+      log.print(f'time budget of {config.time_budget_minutes:g} min spent at step {step} '
+                f'({elapsed / 60:.1f} min, the schedule at step {position:.0f} of '
+                f'{config.num_train_steps}): final checkpoint and validation.')
+    if step % config.checkpoint_every_steps == 0 or last_step:
+      save(step)
+    if step % config.eval_every_steps == 0 or last_step:
+      eval_start = budget.clock()
+      eval_metrics = evaluate(state['params'], eval_fn, greedy_fn, eval_data, tok, config,
+                              data_sharding, config.num_eval_bleu_batches)
+      if 'ema_params' in state:
+        eval_metrics.update(evaluate(state['ema_params'], eval_fn, greedy_fn, eval_data, tok,
+                                     config, data_sharding, config.num_eval_bleu_batches,
+                                     prefix='eval_ema'))
+      budget.reserve = budget.clock() - eval_start
+      log.write(step, eval_metrics)
+      metrics.update(eval_metrics)
+      log.print(f'eval at step {step} | ' + ' '.join(
+          f'{k.replace("eval/", "").replace("eval_ema/", "ema_")} {v:.3f}'
+          for k, v in eval_metrics.items()))
+      window_start = time.time()  # evaluation time does not count against training speed
+  checkpoints.wait()
+  if 'eval/bleu' in metrics:
+    log.print(f'final validation BLEU ({config.num_eval_bleu_batches} greedy batches, '
+              f'SacreBLEU): {metrics["eval/bleu"]:.2f}')
+  return metrics
+
+
+def evaluate(params, eval_fn, greedy_fn, eval_data, tok, config, sharding, num_bleu_batches,
+             prefix='eval'):
+  """Validation NLL/accuracy over the whole split; BLEU (and ROUGE for summarization) on the
+  first greedy-decoded batches; metric names '<prefix>/<name>'."""
+  sources, targets, references = eval_data
+  totals = {'nll_sum': 0.0, 'correct': 0.0, 'tokens': 0.0}
+  hypotheses, refs = [], []
+  for i, batch in enumerate(batching.eval_batches(sources, config.eval_batch_size,
+                                                  config.max_eval_len, targets)):
+    arrays = global_batch({'inputs': process_rows(batch['inputs']),
+                           'targets': process_rows(batch['targets'])}, sharding)
+    for k, v in to_host(eval_fn(params, arrays)).items():
+      totals[k] += float(v)
+    if i < num_bleu_batches:
+      width = batch['inputs'].shape[1]
+      out = to_host(greedy_fn(params, arrays['inputs'], max_len=decode_length(config, width)))
+      for row, index in enumerate(batch['index']):
+        if index >= 0:
+          hypotheses.append(tok.decode(out[row]))
+          refs.append(references[index])
+  tokens = max(totals['tokens'], 1.0)
+  metrics = {'nll': totals['nll_sum'] / tokens, 'accuracy': totals['correct'] / tokens}
+  metrics['perplexity'] = math.exp(min(metrics['nll'], 50))
+  if hypotheses:
+    metrics['bleu'] = sacrebleu.corpus_bleu(hypotheses, [refs]).score
+    if config.task == 'summarization':
+      metrics.update(rouge(hypotheses, [[ref] for ref in refs]))
+  return {f'{prefix}/{name}': value for name, value in metrics.items()}
