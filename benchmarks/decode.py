@@ -44,7 +44,8 @@ from configs import default  # noqa: E402
 from evaluation.decode import merge  # noqa: E402
 from evaluation.runs import load_params, load_run  # noqa: E402
 from model import decoding  # noqa: E402
-from model.transformer import EncoderDecoder, resolve_matmul_dtype  # noqa: E402
+from model.fast_ops import resolve_matmul_dtype  # noqa: E402
+from model.transformer import EncoderDecoder, TransformerConfig  # noqa: E402
 from training.steps import create_model  # noqa: E402
 
 
@@ -78,7 +79,9 @@ def main(argv):
                                       else '')
   if FLAGS.matmul_dtype:  # the same parameters in a model whose matmuls take this dtype
     config.matmul_dtype = FLAGS.matmul_dtype
-    graphdef_one = nnx.split(nnx.eval_shape(lambda: EncoderDecoder(config, rngs=nnx.Rngs(0))),
+    model_config = TransformerConfig.from_config(config)
+    graphdef_one = nnx.split(nnx.eval_shape(lambda: EncoderDecoder(model_config,
+                                                                   rngs=nnx.Rngs(0))),
                              nnx.Param, ...)[0]
     graphdef = [graphdef_one] * FLAGS.members if isinstance(graphdef, list) else graphdef_one
 

@@ -62,7 +62,7 @@ def load_params(config, workdir: str, step=None, average_last: int = 1, ema: boo
   key = 'ema_params' if ema else 'params'
   restored = [jax.tree.map(jnp.asarray, checkpoints.restore_params(s, abstract, key))
               for s in used]
-  # The mean in float32 on the device, as the scores in the README were computed: summed and
+  # The mean in float32 on the device, as the scores in docs/results.md were computed: summed and
   # divided in NumPy instead, some parameters differ in the last bit, and so do a few beams.
   averaged = jax.tree.map(lambda *xs: sum(xs) / len(xs), *restored)
   return graphdef, averaged, rest, used

@@ -7,13 +7,14 @@ Layout throughout: [batch, length, heads, head_dim] for Q, K, V ("BTNH", the lay
 query may attend to a key.
 """
 
-import functools
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from model.fast_ops import dropout_keep_mask, masked_softmax, matmul
 
 KERNELS = ('einsum', 'jax')
 
@@ -34,59 +35,6 @@ def rotary_embedding(x, positions, base: float = 10000.0):
   cos, sin = jnp.cos(angle), jnp.sin(angle)
   x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
-
-
-# ----------------------------------------------------------------------------- matmuls
-
-
-def matmul(spec: str, x, w, matmul_dtype=None, out_dtype=None):
-  """`jnp.einsum(spec, x, w)`; with `matmul_dtype` (e.g. bfloat16) a mixed-precision matmul.
-
-  Mixed precision rounds both operands to `matmul_dtype` and accumulates in float32, in the
-  forward pass and in both backward matmuls (the incoming gradient is rounded too); the
-  gradients keep the dtypes of x and w, the output theirs or `out_dtype`. TPUs run float32
-  matmuls this way by default; on CPUs with AVX512-BF16 it runs about twice as fast as float32
-  (README, "Speed"). The spec must be a plain two-operand contraction: every index of x (of w)
-  appears in w (in x) or in the output, so that the gradients are einsums of the same kind.
-  """
-  if matmul_dtype is None or jnp.dtype(matmul_dtype) == jnp.result_type(x, w):
-    return jnp.einsum(spec, x, w, preferred_element_type=out_dtype)
-  out = _mixed_matmul(spec, jnp.dtype(matmul_dtype), x, w)
-  return out if out_dtype is None else out.astype(out_dtype)
-
-
-def _matmul_specs(spec):
-  inputs, out = spec.replace(' ', '').split('->')
-  x, w = inputs.split(',')
-  if not (set(x) <= set(w + out) and set(w) <= set(x + out)):
-    raise ValueError(f'matmul spec {spec!r} is not a plain contraction: an index of one operand '
-                     'must appear in the other operand or in the output.')
-  return x, w, out
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _mixed_matmul(spec, dtype, x, w):
-  return _mixed_forward(spec, dtype, x, w)[0]
-
-
-def _mixed_forward(spec, dtype, x, w):
-  _matmul_specs(spec)
-  xc, wc = x.astype(dtype), w.astype(dtype)
-  out = jnp.einsum(spec, xc, wc, preferred_element_type=jnp.float32)
-  dtypes = (jnp.zeros(0, x.dtype), jnp.zeros(0, w.dtype))  # x's and w's dtypes, for backward
-  return out.astype(jnp.result_type(x, w)), (xc, wc) + dtypes
-
-
-def _mixed_backward(spec, dtype, residuals, g):
-  xc, wc, x_like, w_like = residuals
-  x, w, out = _matmul_specs(spec)
-  g = g.astype(dtype)
-  dx = jnp.einsum(f'{out},{w}->{x}', g, wc, preferred_element_type=jnp.float32)
-  dw = jnp.einsum(f'{x},{out}->{w}', xc, g, preferred_element_type=jnp.float32)
-  return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
-
-
-_mixed_matmul.defvjp(_mixed_forward, _mixed_backward)
 
 
 # ----------------------------------------------------------------------------- masks
@@ -183,33 +131,6 @@ def dot_product_attention(query, key, value, mask=None, *, kernel: str = 'einsum
   return (out, weights) if return_weights else out
 
 
-@jax.custom_vjp
-def masked_softmax(scores, mask):
-  """softmax(scores) over the last axis, with exactly zero weight where `mask` (broadcastable to
-  scores, or None) is False; a row with no True entry gets all-zero weights.
-
-  Its gradient is the softmax's own, dscores = w * (dw - sum(dw * w)), from the stored weights
-  w: a custom VJP, because autodiff of the softmax had XLA:CPU materialise a broadcast of the
-  normaliser 1/sum(exp) for the backward pass (README, Speed).
-  """
-  return _masked_softmax_fwd(scores, mask)[0]
-
-
-def _masked_softmax_fwd(scores, mask):
-  if mask is not None:
-    scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-  weights = jax.nn.softmax(scores, axis=-1)
-  if mask is not None:
-    # exp(min - max) underflows to 0 for masked keys; fully masked rows would be uniform.
-    weights = jnp.where(mask, weights, 0.0)
-  return weights, weights
-
-
-def _masked_softmax_bwd(weights, g):
-  return weights * (g - jnp.sum(g * weights, axis=-1, keepdims=True)), None
-
-
-masked_softmax.defvjp(_masked_softmax_fwd, _masked_softmax_bwd)
 
 
 def _check_qkv(query, key, value):
@@ -227,30 +148,6 @@ def _check_qkv(query, key, value):
                      f'value {value.shape} the number of heads.')
 
 
-def dropout_keep_mask(rng, rate: float, shape):
-  """Boolean keep-mask with P(keep) = 1 - rate (to 2⁻³²), from a counter-based hash.
-
-  The key gives two 32-bit seeds (one threefry call); each element's counter (its flat index)
-  goes through two rounds of the `lowbias32` integer hash (C. Wellons), keyed by the seeds, and
-  is kept when the result is >= rate · 2³². This is a few integer ops per element where
-  `jax.random.bernoulli` runs 20 threefry rounds, which made dropout a fifth of a CPU training
-  step. The masks pass the tests in tests/test_attention.py (keep rate, independence of
-  neighbours and of keys); use `jax.random` masks where cryptographic-grade randomness matters.
-  """
-  seeds = jax.random.bits(rng, (2,), jnp.uint32)
-  size = math.prod(shape)
-  counter = jax.lax.iota(jnp.uint32, size).reshape(shape)
-  bits = _lowbias32(_lowbias32(counter ^ seeds[0]) ^ seeds[1])
-  threshold = min(int(round(rate * 2.0 ** 32)), 2 ** 32 - 1)
-  return bits >= jnp.uint32(threshold)
-
-
-def _lowbias32(x):
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x7FEB352D)
-  x = x ^ (x >> 15)
-  x = x * jnp.uint32(0x846CA68B)
-  return x ^ (x >> 16)
 
 
 def dropout(x, rate: float, rng, whole_vectors: bool = False):

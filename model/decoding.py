@@ -10,6 +10,7 @@ reference path the cache is tested and benchmarked against).
 import jax
 import jax.numpy as jnp
 
+from model.fast_ops import top_k
 from model.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
 NEG_INF = -1.0e7
@@ -107,31 +108,6 @@ def _reorder(tree, source_beam):
   # pass over the whole cache that masks out-of-range rows, as take_along_axis's 'fill' does.
   return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, rows, axis=0, mode='clip'),
                       tree)
-
-
-def _top_k(x, k: int, block: int = 50):
-  """jax.lax.top_k over the last axis (same values, indices and tie order), in two stages.
-
-  XLA:CPU's TopK is a scalar partial sort per row; over a beam's whole vocabulary it was the
-  costliest op of a beam-search step. Here: the maximum of each block of `block` entries (a
-  vectorised reduction), the k best blocks, then top_k over just their k x block entries. Exact:
-  an entry of the top k lies in one of the k blocks with the largest maxima (a block passed over
-  has k others whose maxima are at least as large and, on ties, come first), and the chosen
-  blocks are taken in index order, so ties still go to the lower index.
-  """
-  v = x.shape[-1]
-  num_blocks = -(-v // block)
-  if num_blocks <= k:
-    return jax.lax.top_k(x, k)
-  if num_blocks * block != v:
-    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, num_blocks * block - v)],
-                constant_values=-jnp.inf)
-  blocks = x.reshape(*x.shape[:-1], num_blocks, block)
-  _, best = jax.lax.top_k(jnp.max(blocks, axis=-1), k)
-  best = jnp.sort(best, axis=-1)  # index order: ties among candidates go to the lower index
-  candidates = jnp.take_along_axis(blocks, best[..., None], axis=-2, mode='clip')
-  values, pos = jax.lax.top_k(candidates.reshape(*x.shape[:-1], k * block), k)
-  return values, jnp.take_along_axis(best, pos // block, axis=-1, mode='clip') * block + pos % block
 
 
 def _argmax(x):
@@ -241,7 +217,7 @@ def beam_search(model, inputs, *, groups: int = 1, **kwargs):
   Keyword arguments as `beam_search_loop`. groups > 1 splits the batch into that many
   contiguous sub-batches, each searched by its own loop: the loops share no data, so XLA:CPU
   runs them on different cores at the same time (a beam step's many small ops leave a core idle
-  otherwise; README "Speed"). Each example is searched as in one loop: the same outputs, with
+  otherwise; docs/speed.md). Each example is searched as in one loop: the same outputs, with
   scores equal up to float32 rounding (a sub-batch's matmuls may sum in another order, as any
   change of batch size can make them).
   """
@@ -280,7 +256,7 @@ def beam_search_loop(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, m
     per_beam = min(2 * k, logits.shape[-1])
     restricted = _constrained(logits, seqs, t, limits, min_len, min_words, word_start,
                               no_repeat_ngram)
-    beam_top, beam_token = _top_k(restricted, per_beam)  # [batch, k, per_beam]
+    beam_top, beam_token = top_k(restricted, per_beam)  # [batch, k, per_beam]
     beam_lp = jnp.where(beam_top <= NEG_INF, NEG_INF, beam_top - log_z)
     candidates = (alive_lp[:, :, None] + beam_lp).reshape(batch, k * per_beam)
     top_lp, top_idx = jax.lax.top_k(candidates, 2 * k)

@@ -63,7 +63,7 @@ def fused_cross_entropy_sums(features, kernel, bias, targets, weights, label_smo
     label_smoothing: epsilon of the smoothed loss.
     chunk_size: target tokens per chunk (the token count is padded up to a multiple of it).
     matmul_dtype: operand dtype of the three matmuls (logits, and the two gradient matmuls),
-      accumulated in float32; None: the features' dtype. See `model.attention.matmul`.
+      accumulated in float32; None: the features' dtype. See `model.fast_ops.matmul`.
     rdrop_alpha: > 0: `rdrop_cross_entropy_sums` instead; the features are then [..., 2, d]
       (two dropout passes per target token) and the chunks hold whole pairs (an odd chunk_size
       is rounded up).
@@ -130,7 +130,7 @@ def _fused_forward_and_grads(coefficients, chunk_size, has_bias, operand_dtype, 
   # take the kernel pre-transposed. The kernel gradient stays a plain XLA dot in either
   # orientation (XLA folds a transposed copy of g back into it); accumulated transposed,
   # [d, vocab] = hᵀ g and transposed once after the loop, it measured 8% more training tokens/s
-  # on one core than gᵀ h, level on two (README, Speed)
+  # on one core than gᵀ h, level on two (docs/speed.md)
   w_in = kernel.astype(operand_dtype)  # [vocab, d]
   w_t = kernel.T.astype(operand_dtype)  # [d, vocab]
   # mean_v logits = h · mean_v(kernel) + mean(bias): no pass over the logits needed

@@ -5,7 +5,7 @@ Pre-LN by default (more stable for small data and short schedules), post-LN as i
 per row, told apart by segment ids (0 = padding) with positions restarting at 0 per example.
 """
 
-import functools
+import dataclasses
 import math
 from typing import Any
 
@@ -22,8 +22,8 @@ from model.attention import (
   make_attention_mask,
   make_causal_mask,
   make_segment_mask,
-  matmul,
 )
+from model.fast_ops import DTYPES, MATMUL_DTYPES, layer_norm, matmul, resolve_matmul_dtype
 
 # sinusoidal and learned are added to the embeddings; rope rotates self-attention's Q and K
 POSITION_TYPES = ('sinusoidal', 'learned', 'rope')
@@ -38,38 +38,11 @@ ACTIVATIONS = {
     'swiglu': jax.nn.silu,
 }
 GATED_ACTIVATIONS = frozenset({'geglu', 'swiglu'})   # one more d x mlp_dim matrix
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-MATMUL_DTYPES = (*DTYPES, 'auto')
-# x86 CPU flags of a native bfloat16 matmul; without them XLA:CPU emulates it, slower than float32
-BF16_CPU_FLAGS = frozenset({'avx512_bf16', 'amx_bf16'})
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-@functools.lru_cache
-def cpu_flags(cpuinfo: str = '/proc/cpuinfo') -> frozenset:
-  """The CPU's feature flags as Linux lists them (empty where that file does not exist)."""
-  try:
-    with open(cpuinfo) as f:
-      for line in f:
-        if line.startswith('flags'):
-          return frozenset(line.split(':', 1)[1].split())
-  except OSError:
-    pass
-  return frozenset()
-
-
-def resolve_matmul_dtype(name: str, backend: str | None = None, flags: set | None = None):
-  """config.matmul_dtype -> a dtype. 'auto' is bfloat16 where matmuls run natively in it
-  (GPUs, TPUs, x86 CPUs with AVX512-BF16 or AMX) and exact float32 elsewhere, where bfloat16 is
-  emulated and slower (README "Speed")."""
-  if name != 'auto':
-    return DTYPES[name]
-  if (backend or jax.default_backend()) != 'cpu':
-    return jnp.bfloat16
-  flags = cpu_flags() if flags is None else flags
-  return jnp.bfloat16 if BF16_CPU_FLAGS & set(flags) else jnp.float32
 
 
 def sinusoidal_positions(max_len: int, dim: int):
@@ -130,36 +103,71 @@ def _fold(rng, *data):
   return rng
 
 
-def validate_config(config):
-  """Raise ValueError naming the field for a model config that cannot build a model."""
-  def fail(field, why):
-    raise ValueError(f'config.{field}={config.get(field)!r} {why}')
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """What `EncoderDecoder` is built from: its shape and its numerics, nothing of training.
 
-  for field in ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers',
-                'num_decoder_layers', 'mlp_dim', 'max_len'):
-    value = config.get(field)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-      fail(field, 'must be a positive integer.')
-  if config.emb_dim % config.num_heads:
-    fail('num_heads', f'must divide config.emb_dim={config.emb_dim}.')
-  if config.get('position_embedding') == 'rope' and (config.emb_dim // config.num_heads) % 2:
-    fail('position_embedding', f'needs an even head dimension; emb_dim / num_heads = '
-         f'{config.emb_dim // config.num_heads}.')
-  if not config.get('qk_norm', 0.0) >= 0:
-    fail('qk_norm', 'must be >= 0 (0: off; else the initial attention scale g, e.g. 10).')
-  for field in ('dropout_rate', 'attention_dropout_rate', 'source_word_dropout'):
-    if not 0.0 <= config.get(field, 0.0) < 1.0:
-      fail(field, 'must be in [0, 1).')
-  for field, allowed in (('attention_kernel', KERNELS), ('position_embedding', POSITION_TYPES),
-                         ('layer_norm', LAYER_NORM_TYPES), ('dtype', tuple(DTYPES)),
-                         ('activation', tuple(ACTIVATIONS)),
-                         ('param_dtype', tuple(DTYPES)), ('matmul_dtype', MATMUL_DTYPES)):
-    if config.get(field, 'relu' if field == 'activation' else None) not in allowed:
-      fail(field, f'is unknown; use one of {allowed}.')
-  if not isinstance(config.get('copy_attention', False), bool):
-    fail('copy_attention', 'must be True or False.')
-  if config.get('copy_attention', False):
-    if config.attention_dropout_rate:
+  Built once from an experiment's ConfigDict (`from_config`), whose fields of the same names
+  are documented in configs/default.py; a value that cannot build a model raises ValueError
+  naming the field.
+  """
+
+  vocab_size: int
+  emb_dim: int                  # d_model
+  num_heads: int
+  num_encoder_layers: int
+  num_decoder_layers: int
+  mlp_dim: int
+  max_len: int                  # positions the model supports
+  activation: str = 'relu'      # one of ACTIVATIONS
+  dropout_rate: float = 0.1     # residual, embedding and MLP dropout
+  attention_dropout_rate: float = 0.0
+  source_word_dropout: float = 0.0
+  layer_norm: str = 'pre'       # pre | post
+  position_embedding: str = 'sinusoidal'  # one of POSITION_TYPES
+  qk_norm: float = 0.0          # > 0: QKNorm with this initial scale; 0: QK^T / sqrt(d_k)
+  share_embeddings: bool = True
+  tie_output_embedding: bool = True
+  copy_attention: bool = False  # pointer-generator
+  attention_kernel: str = 'einsum'
+  dtype: str = 'float32'        # activations
+  param_dtype: str = 'float32'
+  matmul_dtype: str = 'auto'    # one of MATMUL_DTYPES; see resolve_matmul_dtype
+
+  @classmethod
+  def from_config(cls, config) -> 'TransformerConfig':
+    """The model's fields of an experiment config (a ConfigDict or any mapping)."""
+    return cls(**{field.name: config[field.name] for field in dataclasses.fields(cls)})
+
+  def __post_init__(self):
+    def fail(field, why):
+      raise ValueError(f'config.{field}={getattr(self, field)!r} {why}')
+
+    for field in ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers',
+                  'num_decoder_layers', 'mlp_dim', 'max_len'):
+      value = getattr(self, field)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        fail(field, 'must be a positive integer.')
+    if self.emb_dim % self.num_heads:
+      fail('num_heads', f'must divide config.emb_dim={self.emb_dim}.')
+    if self.position_embedding == 'rope' and (self.emb_dim // self.num_heads) % 2:
+      fail('position_embedding', f'needs an even head dimension; emb_dim / num_heads = '
+           f'{self.emb_dim // self.num_heads}.')
+    if not self.qk_norm >= 0:
+      fail('qk_norm', 'must be >= 0 (0: off; else the initial attention scale g, e.g. 10).')
+    for field in ('dropout_rate', 'attention_dropout_rate', 'source_word_dropout'):
+      if not 0.0 <= getattr(self, field) < 1.0:
+        fail(field, 'must be in [0, 1).')
+    for field, allowed in (('attention_kernel', KERNELS), ('position_embedding', POSITION_TYPES),
+                           ('layer_norm', LAYER_NORM_TYPES), ('dtype', tuple(DTYPES)),
+                           ('activation', tuple(ACTIVATIONS)),
+                           ('param_dtype', tuple(DTYPES)), ('matmul_dtype', MATMUL_DTYPES)):
+      if getattr(self, field) not in allowed:
+        fail(field, f'is unknown; use one of {allowed}.')
+    for field in ('share_embeddings', 'tie_output_embedding', 'copy_attention'):
+      if not isinstance(getattr(self, field), bool):
+        fail(field, 'must be True or False.')
+    if self.copy_attention and self.attention_dropout_rate:
       fail('attention_dropout_rate', 'must be 0 with copy_attention (the copy distribution is '
            'the attention weights, which attention dropout would unnormalise).')
 
@@ -212,7 +220,7 @@ class LayerNorm(nnx.Module):
 
   The same parameters (`scale`, `bias`) and values as `nnx.LayerNorm`, with a hand-written
   backward pass (`layer_norm`): autodiff of nnx.LayerNorm had XLA:CPU materialise a broadcast of
-  `scale` for every normalisation's backward reductions (README, Speed).
+  `scale` for every normalisation's backward reductions (docs/speed.md).
   """
 
   def __init__(self, dim: int, *, rngs: nnx.Rngs, epsilon: float = 1e-6,
@@ -230,34 +238,6 @@ class LayerNorm(nnx.Module):
     return y.astype(self.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def layer_norm(x, scale, bias, epsilon: float):
-  """(x - mean) / sqrt(var + epsilon) * scale + bias over the last axis of x."""
-  return _layer_norm_fwd(x, scale, bias, epsilon)[0]
-
-
-def _layer_norm_fwd(x, scale, bias, epsilon):
-  centred = x - jnp.mean(x, axis=-1, keepdims=True)
-  rstd = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + epsilon)
-  normed = centred * rstd
-  return normed * scale + bias, (normed, rstd, scale)
-
-
-def _layer_norm_bwd(epsilon, residuals, g):
-  """dx = rstd (g·scale - mean(g·scale) - x̂ mean(g·scale·x̂)), the two row means as
-  matrix-vector products with `scale`; d scale = Σ g·x̂, d bias = Σ g over the other axes."""
-  del epsilon
-  normed, rstd, scale = residuals
-  dim = normed.shape[-1]
-  g_normed = g * normed
-  mean_g = jnp.dot(g, scale)[..., None] / dim
-  mean_g_normed = jnp.dot(g_normed, scale)[..., None] / dim
-  dx = rstd * (g * scale - mean_g - normed * mean_g_normed)
-  rows = tuple(range(g.ndim - 1))
-  return dx, jnp.sum(g_normed, axis=rows), jnp.sum(g, axis=rows)
-
-
-layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 def _norm(dim, config, rngs):
@@ -273,20 +253,20 @@ def _attention(config, rngs, self_attention):
                             param_dtype=DTYPES[config.param_dtype],
                             matmul_dtype=resolve_matmul_dtype(config.matmul_dtype),
                             rotary=self_attention and config.position_embedding == 'rope',
-                            qk_norm=config.get('qk_norm', 0.0))
+                            qk_norm=config.qk_norm)
 
 
 def _mlp(config, rngs):
   return MlpBlock(config.emb_dim, config.mlp_dim, config.dropout_rate, rngs=rngs,
                   dtype=DTYPES[config.dtype], param_dtype=DTYPES[config.param_dtype],
                   matmul_dtype=resolve_matmul_dtype(config.matmul_dtype),
-                  activation=config.get('activation', 'relu'))
+                  activation=config.activation)
 
 
 class EncoderLayer(_Sublayers):
   """Self-attention over the source, then the MLP; each a residual sublayer."""
 
-  def __init__(self, config, *, rngs: nnx.Rngs):
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     self.pre_ln, self.dropout_rate = config.layer_norm == 'pre', config.dropout_rate
     self.self_attention = _attention(config, rngs, self_attention=True)
     self.mlp = _mlp(config, rngs)
@@ -307,7 +287,7 @@ class EncoderLayer(_Sublayers):
 class DecoderLayer(_Sublayers):
   """Causal self-attention, cross-attention to the encoder output, then the MLP."""
 
-  def __init__(self, config, *, rngs: nnx.Rngs):
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     self.pre_ln, self.dropout_rate = config.layer_norm == 'pre', config.dropout_rate
     self.self_attention = _attention(config, rngs, self_attention=True)
     self.cross_attention = _attention(config, rngs, self_attention=False)
@@ -370,8 +350,7 @@ class EncoderDecoder(nnx.Module):
   paper's weight tying); embeddings are scaled by sqrt(emb_dim).
   """
 
-  def __init__(self, config, *, rngs: nnx.Rngs):
-    validate_config(config)
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     self.config = config
     dim = config.emb_dim
     param_dtype, self.dtype = DTYPES[config.param_dtype], DTYPES[config.dtype]
@@ -401,7 +380,7 @@ class EncoderDecoder(nnx.Module):
         dim, config.vocab_size, dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
     # Copy attention: p_gen = sigmoid(w · decoder features + b) per target position.
     self.copy_gate = nnx.Linear(dim, 1, dtype=jnp.float32, param_dtype=param_dtype,
-                                rngs=rngs) if config.get('copy_attention', False) else None
+                                rngs=rngs) if config.copy_attention else None
 
   # -- embeddings
 
@@ -439,7 +418,7 @@ class EncoderDecoder(nnx.Module):
       mask = make_segment_mask(inputs_segmentation, inputs_segmentation)
     table = self.source_embed or self.target_embed
     x = self._embed(table, inputs, inputs_positions, _fold(dropout_rng, 0),
-                    self.config.get('source_word_dropout', 0.0))
+                    self.config.source_word_dropout)
     weights = [] if return_weights else None
     for i, layer in enumerate(self.encoder_layers):
       x = layer(x, mask, _fold(dropout_rng, 1, i), weights, inputs_positions)

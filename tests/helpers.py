@@ -10,6 +10,7 @@ import numpy as np
 
 from configs import default
 from evaluation.runs import load_params, load_run
+from model.transformer import TransformerConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,6 +97,8 @@ def wait_for_checkpoint(workdir, step, process, timeout=180):
 
 
 def tiny_model_config(**overrides):
+  """The model tests' TransformerConfig: small, float32, the paper's ReLU and sinusoidal
+  positions, no QKNorm, with `overrides`."""
   config = default.get_config()
   config.update(vocab_size=50, emb_dim=16, num_heads=2, num_encoder_layers=2,
                 num_decoder_layers=2, mlp_dim=32, max_len=24,
@@ -105,8 +108,7 @@ def tiny_model_config(**overrides):
                 qk_norm=0.0,             # plain scaled dot products; VARIANTS cover QKNorm
                 matmul_dtype='float32')  # exact float32 references; bfloat16 has its own tests
   config.update(overrides)
-  return config
-  # the model tests' config: small, float32, the paper's ReLU and sinusoidal positions
+  return TransformerConfig.from_config(config)
 
 
 SRC = jnp.array([[5, 6, 7, 8, 1, 0], [9, 10, 1, 0, 0, 0]])

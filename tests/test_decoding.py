@@ -305,19 +305,6 @@ def test_eos_suppression_gives_exactly_the_budget(model):
     assert not np.isin(out[:, :-1], [PAD_ID, BOS_ID, EOS_ID]).any()
 
 
-@pytest.mark.parametrize('vocab,k', [(1000, 8), (1037, 8), (997, 3), (300, 8), (40, 8)])
-def test_two_stage_top_k_equals_numpy_stable_sort(vocab, k):
-  # Entries drawn from few values, so ties are everywhere (including between blocks); the
-  # reference orders by value, then by lower index, as lax.top_k does.
-  rng = np.random.default_rng(vocab)
-  x = rng.integers(-5, 5, (3, 4, vocab)).astype(np.float32)
-  x[0, 0, :] = 1.0                         # one row all tied
-  x[1, 1, ::7] = decoding.NEG_INF          # restricted entries
-  x[2, 3, -1] = 9.0                        # the maximum in the (possibly padded) last block
-  values, indices = decoding._top_k(jnp.asarray(x), k, block=16)
-  order = np.argsort(-x, axis=-1, kind='stable')[..., :k]
-  np.testing.assert_array_equal(np.asarray(indices), order)
-  np.testing.assert_array_equal(np.asarray(values), np.take_along_axis(x, order, axis=-1))
 
 
 class _EosFirst:

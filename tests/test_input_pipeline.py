@@ -13,7 +13,7 @@ from rouge_score import rouge_scorer
 from configs import default
 from input_pipeline import batching, datasets
 from input_pipeline import tokenizer as tokenizer_lib
-from model.transformer import EncoderDecoder, shift_right
+from model.transformer import EncoderDecoder, TransformerConfig, shift_right
 
 
 @pytest.fixture(scope='module')
@@ -454,7 +454,7 @@ def test_packed_pipeline_examples_do_not_see_each_other(encoded):
   config = default.get_config()
   config.update(vocab_size=1000, emb_dim=32, num_heads=2, num_encoder_layers=1,
                 num_decoder_layers=1, mlp_dim=64, max_len=48)
-  model = EncoderDecoder(config, rngs=nnx.Rngs(0))
+  model = EncoderDecoder(TransformerConfig.from_config(config), rngs=nnx.Rngs(0))
   batch = next(batching.TrainIterator(*encoded, batch_size=2, max_len=48))
   row = {k: jnp.asarray(v[:1]) for k, v in batch.items()}
   logits = model(row['inputs'], shift_right(row['targets'], row['targets_position']),

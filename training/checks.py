@@ -8,7 +8,7 @@ from etils import epath
 
 from input_pipeline import batching
 from input_pipeline import tokenizer as tokenizer_lib
-from model.transformer import validate_config
+from model.transformer import TransformerConfig
 
 SCHEDULES = ('rsqrt', 'cosine', 'constant')
 
@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 def validate_training_config(config):
   """Check every training field before any data is read or anything compiles."""
   try:
-    validate_config(config)
+    TransformerConfig.from_config(config)  # the model fields, checked where they are defined
   except ValueError as e:
     raise ConfigError(str(e)) from None
 

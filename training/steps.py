@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from model.losses import cross_entropy_sums, fused_cross_entropy_sums, rdrop_cross_entropy_sums
-from model.transformer import EncoderDecoder, shift_right
+from model.transformer import EncoderDecoder, TransformerConfig, shift_right
 from training.optimizer import create_learning_rate_schedule, create_optimizer
 
 
@@ -114,7 +114,7 @@ def eval_step(params, batch, *, graphdef, rest):
 
 def create_model(config, seed: int):
   """(graphdef, params, rest): the model split into structure, parameters and constants."""
-  model = EncoderDecoder(config, rngs=nnx.Rngs(seed))
+  model = EncoderDecoder(TransformerConfig.from_config(config), rngs=nnx.Rngs(seed))
   return nnx.split(model, nnx.Param, ...)
 
 
