@@ -226,7 +226,7 @@ class LayerNorm(nnx.Module):
   def __init__(self, dim: int, *, rngs: nnx.Rngs, epsilon: float = 1e-6,
                dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
     # ones and zeros; the two keys are drawn as nnx.LayerNorm draws them, so that a seed gives
-    # the other layers the same initial values as before this class replaced it
+    # every other layer the initial values it has in a model built with nnx.LayerNorm
     self.scale = nnx.Param(nnx.initializers.ones(rngs.params(), (dim,), param_dtype))
     self.bias = nnx.Param(nnx.initializers.zeros(rngs.params(), (dim,), param_dtype))
     self.epsilon, self.dtype = epsilon, dtype

@@ -35,8 +35,8 @@ def create_optimizer(config):
   adam = [optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)]
   if config.optimizer == 'adamw':
     adam.append(optax.add_decayed_weights(config.weight_decay, mask=decays_weight))
-  # A unit scale in the learning rate's place: its state (a step count) keeps the checkpoint
-  # layout of optax.adam(w)(schedule), so runs checkpointed before this change resume.
+  # A unit scale in the learning rate's place: its state (a step count) gives the checkpoints
+  # the layout of optax.adam(w)(schedule).
   adam = optax.chain(*adam, optax.scale_by_schedule(lambda count: 1.0))
   if config.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam)

@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import sacrebleu
 from flax import nnx
 
-from evaluation.decode import decode_length, make_decode_fn
+from evaluation.decode import decode_all, make_decode_fn
 from evaluation.metrics import rouge
 from input_pipeline import batching
 from model.transformer import count_params
@@ -173,28 +173,25 @@ def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoi
 
 def evaluate(params, eval_fn, greedy_fn, eval_data, tok, config, sharding, num_bleu_batches,
              prefix='eval'):
-  """Validation NLL/accuracy over the whole split; BLEU (and ROUGE for summarization) on the
-  first greedy-decoded batches; metric names '<prefix>/<name>'."""
+  """Validation NLL/accuracy over the whole split; BLEU (and ROUGE for summarization) of the
+  first `num_bleu_batches` batches of sources, decoded greedily by `decode_all` as eval.py
+  decodes; metric names '<prefix>/<name>'."""
   sources, targets, references = eval_data
   totals = {'nll_sum': 0.0, 'correct': 0.0, 'tokens': 0.0}
-  hypotheses, refs = [], []
-  for i, batch in enumerate(batching.eval_batches(sources, config.eval_batch_size,
-                                                  config.max_eval_len, targets)):
+  for batch in batching.eval_batches(sources, config.eval_batch_size, config.max_eval_len,
+                                     targets):
     arrays = global_batch({'inputs': process_rows(batch['inputs']),
                            'targets': process_rows(batch['targets'])}, sharding)
     for k, v in to_host(eval_fn(params, arrays)).items():
       totals[k] += float(v)
-    if i < num_bleu_batches:
-      width = batch['inputs'].shape[1]
-      out = to_host(greedy_fn(params, arrays['inputs'], max_len=decode_length(config, width)))
-      for row, index in enumerate(batch['index']):
-        if index >= 0:
-          hypotheses.append(tok.decode(out[row]))
-          refs.append(references[index])
   tokens = max(totals['tokens'], 1.0)
   metrics = {'nll': totals['nll_sum'] / tokens, 'accuracy': totals['correct'] / tokens}
   metrics['perplexity'] = math.exp(min(metrics['nll'], 50))
-  if hypotheses:
+  decoded = min(len(sources), num_bleu_batches * config.eval_batch_size)
+  if decoded:
+    hypotheses = [tok.decode(ids) for ids in decode_all(
+        sources[:decoded], greedy_fn, params, config, config.eval_batch_size, sharding)]
+    refs = references[:decoded]
     metrics['bleu'] = sacrebleu.corpus_bleu(hypotheses, [refs]).score
     if config.task == 'summarization':
       metrics.update(rouge(hypotheses, [[ref] for ref in refs]))
