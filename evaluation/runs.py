@@ -1,22 +1,17 @@
 """Restoring a training run: its config, tokenizer and (averaged or ensembled) parameters."""
 
-import json
 
 import jax
 import jax.numpy as jnp
 from etils import epath
 
-from configs import default
 from evaluation import EvalError
 from input_pipeline import tokenizer as tokenizer_lib
 from training.checkpoints import Checkpoints
+from training.checks import read_saved_config
 from training.steps import create_model
 
 # config fields added after runs had been trained -> their values before they existed
-FIELDS_ADDED_LATER = {'matmul_dtype': 'float32', 'qk_norm': 0.0, 'average_last': 1,
-                      'expected_result': ''}
-
-
 # config fields an ensemble's members must share: they fix what text the models read and write
 SHARED_FIELDS = ('task', 'dataset', 'source_lang', 'target_lang', 'lowercase')
 
@@ -29,12 +24,7 @@ def load_run(workdir: str, flag: str = '--workdir'):
                     f'--config=... --workdir={workdir}')
   if not (path / 'config.json').exists():
     raise EvalError(f'{workdir} holds no config.json: it is not a train.py workdir.')
-  # A field the run's config.json lacks was added later: it takes the value that reproduces
-  # the code of the time (FIELDS_ADDED_LATER), else today's default.
-  config = default.get_config()
-  config.update(FIELDS_ADDED_LATER)
-  config.update(json.loads((path / 'config.json').read_text()))
-  return config, tokenizer_lib.Tokenizer(str(path / tokenizer_lib.FILENAME))
+  return read_saved_config(workdir), tokenizer_lib.Tokenizer(str(path / tokenizer_lib.FILENAME))
 
 
 def load_params(config, workdir: str, step=None, average_last: int = 1, ema: bool = False):

@@ -3,6 +3,7 @@
 Runs that must be a separate process (SIGKILL, SIGTERM, 8 simulated devices, 2 processes) use
 subprocesses with timeouts; the rest call train_and_evaluate in-process.
 """
+import fcntl
 import functools
 import json
 import os
@@ -20,13 +21,14 @@ import pytest
 from input_pipeline import tokenizer as tokenizer_lib
 from training import steps as training_steps
 from training.checkpoints import Checkpoints
-from training.checks import ConfigError, save_or_check_config, validate_training_config
+from training.checks import ConfigError, check_resume, save_config, validate_training_config
 from training.data import SAMPLES_DIR, load_data
 from training.optimizer import create_learning_rate_schedule, decays_weight
 from training.parallel import make_mesh, to_host
 from training.steps import create_model, create_training
 from training.time_budget import TimeBudget, budget_position
 from training.trainer import train_and_evaluate
+from training.workdir import LOCK_FILE
 
 from helpers import (
   ROOT,
@@ -262,16 +264,16 @@ def test_a_time_budget_stops_the_run_and_survives_a_resume(tmp_path, monkeypatch
 def test_resuming_with_the_moving_average_or_qk_norm_turned_on_or_off_is_refused(
     tmp_path, field, on, other):
   """The average's (QKNorm's scales') presence shapes the checkpoints, so a resume may change
-  the value, not switch it (the checkpoints' structure would no longer match the state's)."""
+  the value, not switch it (the checkpoints' structure would not match the state's)."""
   for saved, resumed, ok in ((0.0, on, False), (on, 0.0, False), (on, other, True)):
     workdir = str(tmp_path / f'run_{saved}_{resumed}')
     os.makedirs(workdir)
-    save_or_check_config(tiny_run_config(tmp_path, **{field: saved}), workdir)
+    save_config(tiny_run_config(tmp_path, **{field: saved}), workdir)
     if ok:
-      save_or_check_config(tiny_run_config(tmp_path, **{field: resumed}), workdir)
+      check_resume(tiny_run_config(tmp_path, **{field: resumed}), workdir)
       continue
     with pytest.raises(ConfigError) as error:
-      save_or_check_config(tiny_run_config(tmp_path, **{field: resumed}), workdir)
+      check_resume(tiny_run_config(tmp_path, **{field: resumed}), workdir)
     assert str(error.value).startswith(
         f'--workdir={workdir} holds a run with config.{field}={saved!r}, not {resumed!r}')
   # a run from before the field existed (its config.json lacks it) had it off
@@ -281,7 +283,68 @@ def test_resuming_with_the_moving_average_or_qk_norm_turned_on_or_off_is_refused
   del fields[field]
   (workdir / 'config.json').write_text(json.dumps(fields))
   with pytest.raises(ConfigError, match=f'holds a run with config.{field}=0.0, not {on}'):
-    save_or_check_config(tiny_run_config(tmp_path, **{field: on}), str(workdir))
+    check_resume(tiny_run_config(tmp_path, **{field: on}), str(workdir))
+
+
+@pytest.mark.parametrize('field,value,refused', [
+    ('activation', 'relu', True), ('optimizer', 'adam', True), ('grad_clip_norm', 0.0, True),
+    ('num_heads', 4, True), ('num_decoder_layers', 2, True), ('param_dtype', 'bfloat16', True),
+    ('share_embeddings', False, True), ('lowercase', True, True),
+    ('learning_rate', 1e-3, False), ('seed', 3, False), ('dropout_rate', 0.3, False),
+    ('num_train_steps', 50, False), ('matmul_dtype', 'bfloat16', False),
+    ('max_len', 40, False),  # sinusoidal positions: a table computed, not checkpointed
+])
+def test_a_resume_refuses_exactly_the_fields_that_change_the_state_or_the_text(
+    tmp_path, field, value, refused):
+  """Which fields a resume refuses is derived from the state each value builds: a new field
+  that changes the parameters or optimizer state is refused without being listed anywhere."""
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  save_config(tiny_run_config(tmp_path), workdir)
+  config = tiny_run_config(tmp_path, **{field: value})
+  if not refused:
+    check_resume(config, workdir)
+    return
+  with pytest.raises(ConfigError, match=f'holds a run with config.{field}=.*, not {value!r}'):
+    check_resume(config, workdir)
+
+
+def test_a_refused_resume_keeps_every_checkpoint_and_the_config(tmp_path):
+  """The run is never thrown away: a resume with a changed structural field stops before
+  writing anything, and a checkpoint that does not fit the config (here config.json edited
+  by hand) stops the restore without being moved aside as corrupt."""
+  workdir = tmp_path / 'run'
+  train_and_evaluate(tiny_run_config(tmp_path, num_train_steps=20), str(workdir))
+  before = sorted(os.listdir(workdir / 'checkpoints')), (workdir / 'config.json').read_text()
+  relu = tiny_run_config(tmp_path, num_train_steps=30, activation='relu')
+  with pytest.raises(ConfigError, match="holds a run with config.activation='swiglu', not 'relu'"):
+    train_and_evaluate(relu, str(workdir))
+  after = sorted(os.listdir(workdir / 'checkpoints')), (workdir / 'config.json').read_text()
+  assert after == before
+  save_config(tiny_run_config(tmp_path, num_train_steps=20, activation='relu'), str(workdir))
+  with pytest.raises(ConfigError, match='checkpoint step 20 .* holds a training state that this '
+                                        'config does not build .*wi_gate.*nothing was moved'):
+    train_and_evaluate(relu, str(workdir))
+  assert sorted(os.listdir(workdir / 'checkpoints')) == before[0]
+
+
+def test_a_second_train_on_a_workdir_in_use_stops_naming_the_first(tmp_path):
+  """The workdir lock: while one process holds it, train.py stops in one line that names the
+  holder, before anything is written; a lock file left by a process that is gone (no lock
+  held on it) is taken over."""
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  lock = workdir / LOCK_FILE
+  lock.write_text('train.py, process 4242 on elsewhere since 2026-01-01 00:00:00')
+  with open(lock) as holder:  # another open file description: as a second process would
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    with pytest.raises(ConfigError, match=f'--workdir={workdir} is in use by train.py, process '
+                                          '4242 on elsewhere'):
+      train_and_evaluate(tiny_run_config(tmp_path, num_train_steps=10), str(workdir))
+  assert sorted(os.listdir(workdir)) == [LOCK_FILE]
+  train_and_evaluate(tiny_run_config(tmp_path, num_train_steps=10), str(workdir))  # stale: taken
+  assert os.path.isdir(workdir / 'checkpoints' / '10')
+  assert f'process {os.getpid()} on ' in lock.read_text()
 
 
 @pytest.mark.parametrize('copy', [False, True])

@@ -7,6 +7,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from training.checks import ConfigError, first_difference, tree_signature
+
 
 def absolute_path(path: str) -> epath.Path:
   """Local paths made absolute (orbax requires it); URIs such as gs://... kept as they are."""
@@ -16,7 +18,9 @@ def absolute_path(path: str) -> epath.Path:
 class Checkpoints:
   """Orbax checkpoints of {step, params, opt_state} plus the data iterator's JSON state.
 
-  A checkpoint that fails to restore is moved aside to checkpoints/corrupt_<step> (never
+  A checkpoint whose arrays differ in structure, shape or dtype from the state to restore was
+  written under another config: restoring stops with a ConfigError and moves nothing. A
+  checkpoint whose data cannot be read is moved aside to checkpoints/corrupt_<step> (never
   deleted) and the previous one is used.
   """
 
@@ -35,7 +39,14 @@ class Checkpoints:
 
   def restore_latest(self, abstract_state, log=print):
     """(state, data_state) of the newest checkpoint that restores, or (None, None)."""
+    expected = tree_signature(abstract_state)
     for step in sorted(self.manager.all_steps(), reverse=True):
+      saved = self._saved_signature(step)
+      if saved is not None and saved != expected:
+        raise ConfigError(
+            f'checkpoint step {step} in {self.directory} holds a training state that this config '
+            f'does not build ({first_difference(expected, saved)}); nothing was moved. Resume '
+            f'with the config the run was trained with (its config.json) or use a new --workdir.')
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
@@ -49,6 +60,19 @@ class Checkpoints:
           (self.directory / str(step)).rename(aside)
         self.manager.reload()
     return None, None
+
+  def _saved_signature(self, step: int):
+    """`tree_signature` of the state saved at `step`, from its metadata; None if unreadable."""
+    reader = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            create=False, enable_async_checkpointing=False),
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': ocp.JsonCheckpointHandler()})
+    try:
+      metadata = reader.item_metadata(step)['state']
+    except Exception:  # pylint: disable=broad-except
+      return None
+    return tree_signature(metadata) if metadata is not None else None
 
   def restore_params(self, step: int, abstract_params, key: str = 'params'):
     """The parameters ('params', or 'ema_params' for their moving average) at `step`, as NumPy

@@ -1,31 +1,25 @@
 """Config and workdir checks, run before any data is read or anything compiles."""
 
 import json
-import os
 
 import jax
+import ml_collections
 from etils import epath
 
+from configs import default
 from input_pipeline import batching
 from input_pipeline import tokenizer as tokenizer_lib
 from model.transformer import TransformerConfig
+from training.optimizer import create_optimizer
+from training.steps import create_model, init_state
 
 SCHEDULES = ('rsqrt', 'cosine', 'constant')
-
-
 OPTIMIZERS = ('adam', 'adamw')
-
-
-# Fields that fix the parameters' shapes or the text they read: a resumed run keeps them.
-MODEL_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers', 'num_decoder_layers',
-                'mlp_dim', 'max_len', 'position_embedding', 'share_embeddings',
-                'tie_output_embedding', 'layer_norm', 'param_dtype', 'copy_attention', 'lowercase')
-
-
-# Fields whose being 0 or not adds state to the checkpoints (a resume may change the value only):
-# the field -> what its checkpoints then keep.
-SWITCHED_FIELDS = {'ema_decay': 'the moving average of the parameters',
-                   'qk_norm': "QKNorm's learned scales"}
+# Fields that fix the text a run reads and writes: its tokenizer and data stay the run's.
+TEXT_FIELDS = ('lowercase', 'vocab_model_type', 'source_lang', 'target_lang')
+# Config fields added after runs had been trained -> the values that reproduce those runs.
+FIELDS_ADDED_LATER = {'matmul_dtype': 'float32', 'qk_norm': 0.0, 'average_last': 1,
+                      'expected_result': ''}
 
 
 class ConfigError(ValueError):
@@ -104,37 +98,89 @@ def validate_training_config(config):
           f'must be divisible by the {devices} devices.')
 
 
-def check_workdir(workdir: str):
-  """Fail early, in one line, if the workdir cannot be written."""
-  path = epath.Path(workdir)
-  try:
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f'.write_probe.{jax.process_index()}.{os.getpid()}'  # one per process
-    probe.write_text('ok')
-    probe.unlink()
-  except OSError as e:
-    raise ConfigError(f'--workdir={workdir} is not writable ({e.strerror or e}); choose a '
-                      f'directory you can write to.') from None
-
-
-def save_or_check_config(config, workdir: str):
-  """Write config.json; on resume, refuse a config whose parameter shapes differ, or that turns
-  the moving average of the parameters or QKNorm on or off (the checkpoints' structure)."""
+def read_saved_config(workdir: str):
+  """The config of the run in `workdir` (its config.json), or None where there is none. A field
+  the file lacks was added to the code later: it takes the value that reproduces the run
+  (FIELDS_ADDED_LATER), else the default."""
   path = epath.Path(workdir) / 'config.json'
-  if path.exists():
-    saved = json.loads(path.read_text())
-    changed = [f for f in MODEL_FIELDS if f in saved and saved[f] != config.get(f)]
-    if changed:
-      field = changed[0]
-      raise ConfigError(f'--workdir={workdir} holds a run with config.{field}={saved[field]!r}, '
-                        f'not {config.get(field)!r}; use a new --workdir or the same value.')
-    for field, what in SWITCHED_FIELDS.items():  # on or off shapes the checkpoint; the value not
-      was, now = saved.get(field, 0.0), config.get(field)  # absent: from before the field, off
-      if bool(was) != bool(now):
-        raise ConfigError(f'--workdir={workdir} holds a run with config.{field}={was!r}, '
-                          f'not {now!r}; its checkpoints {"keep" if was else "lack"} {what}, so '
-                          f'use a new --workdir or keep {field} {"> 0" if was else "at 0"}.')
-  if jax.process_index() == 0:  # write-then-rename: other processes never see half a file
+  if not path.exists():
+    return None
+  config = default.get_config()
+  config.update(FIELDS_ADDED_LATER)
+  config.update(json.loads(path.read_text()))
+  return config
+
+
+def state_signature(config) -> list:
+  """(path, shape, dtype) of every array of the training state `config` builds (parameters,
+  optimizer state, moving average), traced without computing anything."""
+  def build():
+    _, params, _ = create_model(config, 0)
+    return init_state(params, create_optimizer(config), config.ema_decay)
+  return tree_signature(jax.eval_shape(build))
+
+
+def tree_signature(tree) -> list:
+  """Sorted (path, shape, dtype) of a tree's arrays: the same for a state and for the metadata
+  of its checkpoint."""
+  def name(key):
+    for attr in ('key', 'idx', 'name'):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return sorted(('/'.join(name(k) for k in path), tuple(x.shape), str(x.dtype))
+                for path, x in leaves)
+
+
+def check_resume(config, workdir: str):
+  """On a workdir that holds a run, refuse a config under which the run cannot go on: one that
+  changes the text it reads (TEXT_FIELDS), or the structure, shapes or dtypes of the state its
+  checkpoints hold. Which fields do that is derived, not listed: each field that differs from
+  the run's is applied alone to the run's config, and the state that builds is compared with
+  the run's. Writes nothing."""
+  saved = read_saved_config(workdir)
+  if saved is None:
+    return
+  changed = sorted(f for f in config if f in saved and config[f] != saved[f])
+  if not changed:
+    return
+  signature = state_signature(saved)
+  for field in changed:
+    was, now = saved[field], config[field]
+    refuse = f'--workdir={workdir} holds a run with config.{field}={was!r}, not {now!r}'
+    if field in TEXT_FIELDS:
+      raise ConfigError(f'{refuse}: the field fixes the text the run reads and its vocabulary; '
+                        f'use a new --workdir or the same value.')
+    candidate = ml_collections.ConfigDict(saved.to_dict())
+    candidate[field] = now
+    try:
+      other = state_signature(candidate)
+    except ValueError:
+      other = None
+    if other != signature:
+      difference = first_difference(signature, other)
+      raise ConfigError(f'{refuse}: its checkpoints hold parameters or optimizer state that '
+                        f'this value changes ({difference}); use a new --workdir or the same '
+                        f'value.')
+
+
+def first_difference(signature, other) -> str:
+  """The first array path where two signatures differ, and how, for an error message."""
+  if other is None:
+    return 'it does not build with the run\'s other fields'
+  ours, theirs = dict((p, s) for p, *s in signature), dict((p, s) for p, *s in other)
+  for path in sorted(set(ours) | set(theirs)):
+    if ours.get(path) != theirs.get(path):
+      what = 'added' if path not in ours else 'removed' if path not in theirs else 'reshaped'
+      return f'{path} {what}'
+  return 'the same arrays in another order'
+
+
+def save_config(config, workdir: str):
+  """Write config.json (process 0), write-then-rename: nobody sees half a file."""
+  if jax.process_index() == 0:
+    path = epath.Path(workdir) / 'config.json'
     partial = path.parent / 'config.json.partial'
     partial.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
     partial.replace(path)

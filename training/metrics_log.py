@@ -29,7 +29,12 @@ class MetricsLog:
         f.write(json.dumps({'step': step, 'time': time.time(), **scalars}) + '\n')
 
   def print(self, message: str):
-    if self.is_main:
+    self.print_main(message)
+
+  @staticmethod
+  def print_main(message: str):
+    """Print from process 0 only."""
+    if jax.process_index() == 0:
       print(message, flush=True)
 
 

@@ -16,12 +16,13 @@ from evaluation.metrics import rouge
 from input_pipeline import batching
 from model.transformer import count_params
 from training.checkpoints import Checkpoints
-from training.checks import check_workdir, save_or_check_config, validate_training_config
+from training.checks import check_resume, save_config, validate_training_config
 from training.data import load_data
 from training.metrics_log import MetricsLog, format_eta
 from training.parallel import global_batch, make_mesh, process_rows, to_host
 from training.steps import create_training, eval_step
 from training.time_budget import TimeBudget
+from training.workdir import check_workdir, exclusive_workdir
 
 
 def train_and_evaluate(config, workdir: str, prepare_only: bool = False):
@@ -30,9 +31,16 @@ def train_and_evaluate(config, workdir: str, prepare_only: bool = False):
   validate_training_config(config)
   budget = TimeBudget(config.time_budget_minutes, config.num_train_steps)
   check_workdir(workdir)
-  save_or_check_config(config, workdir)
+  with exclusive_workdir(workdir):
+    return _prepare_and_train(config, workdir, prepare_only, budget)
+
+
+def _prepare_and_train(config, workdir: str, prepare_only: bool, budget: TimeBudget):
+  """train_and_evaluate once the workdir is this process's."""
+  check_resume(config, workdir)
+  train_iter, tok, eval_data = load_data(config, workdir, MetricsLog.print_main)
+  save_config(config, workdir)  # once the config, data and vocabulary are known good
   log = MetricsLog(workdir)
-  train_iter, tok, eval_data = load_data(config, workdir, log.print)
   if prepare_only:
     log.print(f'prepared {workdir}: config, data and vocabulary checked, nothing trained '
               f'(--prepare_only); the same command without it trains.')
