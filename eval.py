@@ -31,7 +31,6 @@ from evaluation import EvalError  # noqa: E402
 from evaluation.evaluate import (  # noqa: E402
   CONSTRAINT_FLAGS,
   attention_maps,
-  check_mbr,
   evaluate_split,
   plot_attention,
   translate_lines,
@@ -39,6 +38,7 @@ from evaluation.evaluate import (  # noqa: E402
 from evaluation.metrics import annotator_scores  # noqa: E402
 from evaluation.runs import load_ensemble, load_params, load_run  # noqa: E402
 from input_pipeline import datasets  # noqa: E402
+from training.checks import ConfigError, check_decoding  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -82,24 +82,18 @@ def main(argv):
     sys.exit('error: --workdir is required.')
   try:
     config, tok = load_run(FLAGS.workdir)
-    for flag, field in CONSTRAINT_FLAGS.items():
-      value = FLAGS[flag].value
-      if value is not None:
-        if value < 0:
-          raise EvalError(f'--{flag}={value} must be >= 0 (0: off).')
-        config[field] = value
-    beam_size = config.beam_size if FLAGS.beam_size is None else FLAGS.beam_size
-    if beam_size < 1:
-      raise EvalError(f'--beam_size={beam_size} must be >= 1 (1: greedy).')
+    # the decoding flags override the run's config fields, then the fields are checked
+    overrides = {field: FLAGS[flag].value for flag, field in
+                 (*CONSTRAINT_FLAGS.items(), ('beam_size', 'beam_size'),
+                  ('alpha', 'length_penalty'), ('average_last', 'average_last'),
+                  ('mbr_temperature', 'mbr_temperature'))}
+    config.update({field: value for field, value in overrides.items() if value is not None})
     if FLAGS.mbr is not None:
       config.mbr_utility = '' if FLAGS.mbr == 'none' else FLAGS.mbr
-    elif beam_size == 1:
+    elif config.beam_size == 1:
       config.mbr_utility = ''  # greedy: no n-best to choose from
-    average_last = config.average_last if FLAGS.average_last is None else FLAGS.average_last
-    if FLAGS.mbr_temperature is not None:
-      config.mbr_temperature = FLAGS.mbr_temperature
-    check_mbr(config, beam_size)
-    alpha = config.length_penalty if FLAGS.alpha is None else FLAGS.alpha
+    check_decoding(config)
+    beam_size, alpha, average_last = config.beam_size, config.length_penalty, config.average_last
     batch_size = FLAGS.batch_size or config.eval_batch_size
     split = FLAGS.split or config.eval_split
     if FLAGS.input is None and FLAGS.plot_attention is None:
@@ -135,7 +129,7 @@ def main(argv):
       return
     report, hyp_path = evaluate_split(config, tok, graphdef, params, rest, used, split,
                                       beam_size, alpha, batch_size, FLAGS.workdir, FLAGS.ema)
-  except (EvalError, datasets.DataError, FileNotFoundError) as e:
+  except (EvalError, ConfigError, datasets.DataError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   averaged = f', average of {len(used)} checkpoints {used}' if len(used) > 1 else ''
   averaged += ', moving average of the parameters' if FLAGS.ema else ''

@@ -65,8 +65,10 @@ def read_tsv(path: str):
       skipped += 1
       continue
     fields = line.split('\t')
-    if len(fields) < 2:
-      raise DataError(f'{path}:{number}: expected source<TAB>target, found no tab.')
+    if len(fields) != 2:
+      raise DataError(f'{path}:{number}: expected source<TAB>target, found '
+                      f'{"no tab" if len(fields) < 2 else f"{len(fields)} tab-separated fields"}; '
+                      f'one tab per line (texts with tabs: file_format=jsonl).')
     if not fields[0].strip() or not fields[1].strip():
       skipped += 1
       continue
@@ -85,10 +87,16 @@ def read_jsonl(path: str, source_key: str, target_key: str, extra_keys=()):
       record = json.loads(line)
     except json.JSONDecodeError as e:
       raise DataError(f'{path}:{number}: not valid JSON ({e.msg}).') from None
+    if not isinstance(record, dict):
+      raise DataError(f'{path}:{number}: expected a JSON object with the fields {source_key!r} '
+                      f'and {target_key!r}, found {type(record).__name__}.')
     for key in (source_key, target_key):
       if key not in record:
         raise DataError(f'{path}:{number}: field {key!r} is missing (fields: {sorted(record)}); '
                         f'set config.source_key / config.target_key.')
+      if not isinstance(record[key], str):
+        raise DataError(f'{path}:{number}: field {key!r} is {json.dumps(record[key])[:40]}, not '
+                        f'a string; give every example its text (or drop the line).')
     records.append(record)
   return records, skipped
 

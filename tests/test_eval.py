@@ -249,12 +249,15 @@ def test_split_evaluation_with_mbr_names_its_outputs(run):
     (['--workdir={run}', '--ensemble=/no/such/run'], '--ensemble=/no/such/run does not exist'),
     (['--workdir={run}', '--ensemble={run}', '--plot_attention=a b'],
      "--plot_attention draws one model's attention; drop --ensemble"),
-    (['--workdir={run}', '--no_repeat_ngram=-1'], '--no_repeat_ngram=-1 must be >= 0 (0: off)'),
-    (['--workdir={run}', '--mbr=ter'], '--mbr=ter is not one of bleu, chrf, rouge, none'),
+    (['--workdir={run}', '--no_repeat_ngram=-1'],
+     'config.no_repeat_ngram_size=-1 must be an integer >= 0 (0: off)'),
+    (['--workdir={run}', '--mbr=ter'], "config.mbr_utility='ter' is unknown"),
     (['--workdir={run}', '--mbr=bleu', '--beam_size=1'],
-     "--mbr=bleu chooses among the beam's hypotheses: set --beam_size=2 or more"),
+     "config.mbr_utility='bleu' chooses among the beam's hypotheses: it needs config.beam_size"),
     (['--workdir={run}', '--mbr=chrf', '--mbr_temperature=-1'],
-     '--mbr_temperature=-1.0 must be >= 0'),
+     'config.mbr_temperature=-1.0 must be >= 0'),
+    (['--workdir={run}', '--beam_size=0'], 'config.beam_size=0 must be an integer >= 1'),
+    (['--workdir={run}', '--average_last=0'], 'config.average_last=0 must be an integer >= 1'),
 ])
 def test_bad_requests_are_one_line_errors(run, args, message):
   result = run_eval(*[a.format(run=run) for a in args])

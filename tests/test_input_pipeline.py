@@ -188,6 +188,17 @@ def test_missing_file_missing_field_and_empty_split(tmp_path):
   with pytest.raises(datasets.DataError, match=r"d\.jsonl:2: field 'tgt' is missing"):
     datasets.load_examples(files_config(f'{tmp_path}/d.jsonl', 'jsonl', source_key='src',
                                         target_key='tgt'), 'train')
+  for line, message in (('"just text"', 'expected a JSON object .* found str'),
+                        ('{"src": "c", "tgt": null}', "field 'tgt' is null, not a string"),
+                        ('{"src": ["c"], "tgt": "d"}', "field 'src' is \\[\"c\"\\], not a string")):
+    (tmp_path / 'd.jsonl').write_text('{"src": "a", "tgt": "b"}\n' + line + '\n')
+    with pytest.raises(datasets.DataError, match=r'd\.jsonl:2: ' + message):
+      datasets.load_examples(files_config(f'{tmp_path}/d.jsonl', 'jsonl', source_key='src',
+                                          target_key='tgt'), 'train')
+  (tmp_path / 'three.tsv').write_text('a\tb\nc\td\te\n')
+  with pytest.raises(datasets.DataError, match=r'three\.tsv:2: expected source<TAB>target, found '
+                                               r'3 tab-separated fields'):
+    datasets.load_examples(files_config(f'{tmp_path}/three.tsv', 'tsv'), 'train')
   (tmp_path / 'empty.tsv').write_text('\n\n')
   with pytest.raises(datasets.DataError, match='no non-empty examples'):
     datasets.load_examples(files_config(f'{tmp_path}/empty.tsv', 'tsv'), 'train')

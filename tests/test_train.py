@@ -547,6 +547,10 @@ def test_make_train_ensemble_trains_the_seeds_at_once_on_one_vocabulary(tmp_path
                                 "config.optimizer='adamw'"),
     ('--config.vocab_model_type=bpe --config.subword_sampling_alpha=1.0',
      'error: config.subword_sampling_alpha=1.0 must be >= 0 (0: off), and below 1 for a BPE'),
+    ('--config.task=summarisation', "error: config.task='summarisation' is unknown; use one of"),
+    ('--config.seed=-1', 'error: config.seed=-1 must be an integer >= 0.'),
+    ('--config.max_decode_len_a=-1', 'error: config.max_decode_len_a=-1.0 must be >= 0'),
+    ('--config.mbr_utility=ter', "error: config.mbr_utility='ter' is unknown"),
 ])
 def test_bad_config_is_a_one_line_error_before_anything_runs(tmp_path, flag, message):
   result = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path}/run',

@@ -1,5 +1,6 @@
 """Config and workdir checks, run before any data is read or anything compiles."""
 
+import functools
 import json
 
 import jax
@@ -15,6 +16,8 @@ from training.steps import create_model, init_state
 
 SCHEDULES = ('rsqrt', 'cosine', 'constant')
 OPTIMIZERS = ('adam', 'adamw')
+TASKS = ('translation', 'summarization')
+MBR_UTILITIES = ('', 'bleu', 'chrf', 'rouge')
 # Fields that fix the text a run reads and writes: its tokenizer and data stay the run's.
 TEXT_FIELDS = ('lowercase', 'vocab_model_type', 'source_lang', 'target_lang')
 # Config fields added after runs had been trained -> the values that reproduce those runs.
@@ -33,17 +36,15 @@ def validate_training_config(config):
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
-  def require(ok, field, why):
-    if not ok:
-      raise ConfigError(f'config.{field}={config.get(field)!r} {why}')
-
+  require = functools.partial(_require, config)
   for field in ('num_train_steps', 'batch_size', 'eval_batch_size', 'max_tokens',
                 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps',
-                'eval_every_steps', 'max_train_len', 'max_eval_len', 'pack_window', 'beam_size',
-                'average_last'):
-    value = config.get(field)
-    require(isinstance(value, int) and not isinstance(value, bool) and value > 0, field,
-            'must be a positive integer.')
+                'eval_every_steps', 'max_train_len', 'max_eval_len', 'pack_window'):
+    require(_is_int(config.get(field), 1), field, 'must be a positive integer.')
+  require(config.task in TASKS, 'task', f'is unknown; use one of {TASKS}.')
+  require(_is_int(config.seed, 0), 'seed', 'must be an integer >= 0.')
+  require(_is_int(config.num_eval_bleu_batches, 0), 'num_eval_bleu_batches',
+          'must be an integer >= 0 (0: no BLEU during training).')
   require(config.warmup_steps >= 0, 'warmup_steps', 'must be >= 0.')
   require(config.learning_rate > 0, 'learning_rate', 'must be positive.')
   require(0 <= config.label_smoothing < 1, 'label_smoothing', 'must be in [0, 1).')
@@ -55,13 +56,6 @@ def validate_training_config(config):
           'without it the two passes are identical; set rdrop_alpha=0.')
   require(isinstance(config.loss_chunk_size, int) and config.loss_chunk_size >= 0,
           'loss_chunk_size', 'must be an integer >= 0 (0: plain logits path).')
-  require(isinstance(config.beam_groups, int) and not isinstance(config.beam_groups, bool)
-          and config.beam_groups >= 0, 'beam_groups',
-          'must be an integer >= 0 (0: auto, 2 on one CPU device, else 1).')
-  for field in ('min_decode_len', 'min_decode_words', 'no_repeat_ngram_size'):
-    value = config.get(field)
-    require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, field,
-            'must be an integer >= 0 (0: off).')
   require(config.time_budget_minutes >= 0, 'time_budget_minutes',
           'must be >= 0 (0: no budget, train config.num_train_steps).')
   require(config.grad_clip_norm >= 0, 'grad_clip_norm', 'must be >= 0 (0 disables).')
@@ -96,7 +90,40 @@ def validate_training_config(config):
           f'must be divisible by the {devices} devices.')
   require(config.eval_batch_size % devices == 0, 'eval_batch_size',
           f'must be divisible by the {devices} devices.')
+  check_decoding(config)
 
+
+def check_decoding(config):
+  """The decoding fields (eval.py's flags override them; it calls this after they have)."""
+  require = functools.partial(_require, config)
+  require(_is_int(config.beam_size, 1), 'beam_size', 'must be an integer >= 1 (1: greedy).')
+  require(_is_int(config.average_last, 1), 'average_last',
+          'must be an integer >= 1 (the number of last checkpoints averaged).')
+  require(config.length_penalty >= 0, 'length_penalty', 'must be >= 0 (0: no length penalty).')
+  require(config.max_decode_len_a >= 0, 'max_decode_len_a',
+          'must be >= 0 (outputs get at most a x source length + b tokens).')
+  require(_is_int(config.max_decode_len_b, 0) and (config.max_decode_len_a > 0
+                                                   or config.max_decode_len_b > 0),
+          'max_decode_len_b', 'must be an integer >= 0, and above 0 where max_decode_len_a is 0.')
+  require(_is_int(config.beam_groups, 0), 'beam_groups',
+          'must be an integer >= 0 (0: auto, 2 on one CPU device, else 1).')
+  for field in ('min_decode_len', 'min_decode_words', 'no_repeat_ngram_size'):
+    require(_is_int(config.get(field), 0), field, 'must be an integer >= 0 (0: off).')
+  require(config.mbr_utility in MBR_UTILITIES, 'mbr_utility',
+          f"is unknown; use one of {MBR_UTILITIES} ('': the beam's best).")
+  require(not config.mbr_utility or config.beam_size >= 2, 'mbr_utility',
+          f"chooses among the beam's hypotheses: it needs config.beam_size >= 2, not "
+          f"{config.beam_size} (eval.py: --beam_size=20, or --mbr=none).")
+  require(config.mbr_temperature >= 0, 'mbr_temperature', 'must be >= 0 (0: equal weights).')
+
+
+def _require(config, ok, field, why):
+  if not ok:
+    raise ConfigError(f'config.{field}={config.get(field)!r} {why}')
+
+
+def _is_int(value, minimum: int) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 def read_saved_config(workdir: str):
   """The config of the run in `workdir` (its config.json), or None where there is none. A field
