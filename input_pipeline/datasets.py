@@ -265,8 +265,9 @@ def splits_of(config):
     return list(MULTI30K_SPLITS)
   if config.dataset == 'aeslc':
     return list(AESLC_SPLITS)
-  if config.dataset == 'files':
-    return ['train', 'eval']
+  if config.dataset == 'files':  # eval_files answers to 'eval' and to the config's eval_split
+    return ['train', 'eval'] + ([config.eval_split] if config.eval_split not in ('train', 'eval')
+                                else [])
   return None
 
 
@@ -316,7 +317,8 @@ def load_examples(config, split: str):
 
 
 def _file_examples(config, split):
-  """config.train_files / config.eval_files: 'src_path,tgt_path' (parallel) or one path."""
+  """config.train_files (split 'train') or config.eval_files (any other split the dataset has:
+  'eval' and config.eval_split): 'src_path,tgt_path' (parallel) or one path."""
   spec = config.train_files if split == 'train' else config.eval_files
   if not spec:
     raise DataError(f'config.{"train" if split == "train" else "eval"}_files is empty; give the '

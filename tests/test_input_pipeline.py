@@ -168,6 +168,22 @@ def test_parallel_tsv_and_jsonl_files_give_the_same_pairs(tmp_path):
     assert [(e['source'], e['target']) for e in examples] == pairs
 
 
+def test_files_with_the_default_config_read_eval_files_for_its_eval_split(tmp_path):
+  """The own-data recipe as documented: --config.dataset=files with the default config, whose
+  eval_split is 'val', validates on eval_files; 'eval' names the same file."""
+  (tmp_path / 'train.tsv').write_text('a house\tein Haus\n')
+  (tmp_path / 'dev.tsv').write_text('a car\tein Auto\n')
+  config = default.get_config()
+  config.update(dataset='files', file_format='tsv', train_files=str(tmp_path / 'train.tsv'),
+                eval_files=str(tmp_path / 'dev.tsv'))
+  for split in (config.eval_split, 'eval'):
+    examples, _ = datasets.load_examples(config, split)
+    assert [e['target'] for e in examples] == ['ein Auto']
+  assert datasets.load_examples(config, 'train')[0][0]['target'] == 'ein Haus'
+  with pytest.raises(datasets.DataError, match="unknown split 'test'"):
+    datasets.load_examples(config, 'test')
+
+
 def test_parallel_files_of_different_length_name_both_files_and_counts(tmp_path):
   (tmp_path / 'a.en').write_text('one\ntwo\nthree\n')
   (tmp_path / 'a.de').write_text('eins\nzwei\n')
