@@ -57,12 +57,14 @@ train-ensemble: setup  ## train the runs of ENSEMBLE_SEEDS at once, then evaluat
 eval: setup
 	$(PY) eval.py --workdir=$(WORKDIR) --split=test_2016_flickr
 
-test: setup  ## lint, then the whole suite (CI runs this)
+test: setup  ## lint and format check, then the whole suite (CI runs this)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses=4 $(PYTEST_ARGS) tests
 
-test-fast: setup  ## lint, then skip the slow end-to-end tests
+test-fast: setup  ## lint and format check, then skip the slow end-to-end tests
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses=4 -m "not slow" $(PYTEST_ARGS) tests
 
 clean:

@@ -44,33 +44,61 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  flags.DEFINE_string('workdir', None, 'A training run\'s workdir.')
+  flags.DEFINE_string('workdir', None, "A training run's workdir.")
   flags.DEFINE_string('split', None, 'Split to decode and score (default: config.eval_split).')
   flags.DEFINE_integer('beam_size', None, 'Beam size (default: config.beam_size); 1 = greedy.')
   flags.DEFINE_float('alpha', None, 'GNMT length penalty (default: config.length_penalty).')
-  flags.DEFINE_integer('min_len', None, 'Tokens before EOS at least (default: '
-                       'config.min_decode_len).')
-  flags.DEFINE_integer('min_words', None, 'Words (word-initial subwords) before EOS at least '
-                       '(default: config.min_decode_words).')
-  flags.DEFINE_integer('no_repeat_ngram', None, 'n > 0: never output an n-gram of subwords '
-                       'twice (default: config.no_repeat_ngram_size).')
-  flags.DEFINE_string('mbr', None, 'bleu | chrf | rouge: minimum Bayes risk choice among the '
-                      'beam\'s n-best with this utility; none: the beam\'s best (default: '
-                      'config.mbr_utility).')
-  flags.DEFINE_float('mbr_temperature', None, 'MBR weights exp(score / T); 0 = equal weights '
-                     '(default: config.mbr_temperature).')
+  flags.DEFINE_integer(
+    'min_len', None, 'Tokens before EOS at least (default: config.min_decode_len).'
+  )
+  flags.DEFINE_integer(
+    'min_words',
+    None,
+    'Words (word-initial subwords) before EOS at least (default: config.min_decode_words).',
+  )
+  flags.DEFINE_integer(
+    'no_repeat_ngram',
+    None,
+    'n > 0: never output an n-gram of subwords twice (default: config.no_repeat_ngram_size).',
+  )
+  flags.DEFINE_string(
+    'mbr',
+    None,
+    'bleu | chrf | rouge: minimum Bayes risk choice among the '
+    "beam's n-best with this utility; none: the beam's best (default: "
+    'config.mbr_utility).',
+  )
+  flags.DEFINE_float(
+    'mbr_temperature',
+    None,
+    'MBR weights exp(score / T); 0 = equal weights (default: config.mbr_temperature).',
+  )
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-  flags.DEFINE_integer('average_last', None, 'Average the parameters of the last K checkpoints '
-                       '(default: config.average_last).')
-  flags.DEFINE_list('ensemble', [], 'Workdirs of more runs to decode with --workdir\'s as one '
-                    'ensemble (mean of the next-token probabilities; the same vocabulary).')
-  flags.DEFINE_bool('ema', False, 'Decode with the moving average of the parameters (a run '
-                    'trained with config.ema_decay > 0).')
+  flags.DEFINE_integer(
+    'average_last',
+    None,
+    'Average the parameters of the last K checkpoints (default: config.average_last).',
+  )
+  flags.DEFINE_list(
+    'ensemble',
+    [],
+    "Workdirs of more runs to decode with --workdir's as one "
+    'ensemble (mean of the next-token probabilities; the same vocabulary).',
+  )
+  flags.DEFINE_bool(
+    'ema',
+    False,
+    'Decode with the moving average of the parameters (a run trained with config.ema_decay > 0).',
+  )
   flags.DEFINE_integer('batch_size', None, 'Sentences per batch (default: config.eval_batch_size).')
   flags.DEFINE_string('input', None, 'Translate/summarise lines of this file (- for stdin).')
   flags.DEFINE_string('plot_attention', None, 'Sentence whose attention maps to draw.')
-  flags.DEFINE_bool('score_annotations', False, 'Decode nothing: score the split\'s human '
-                    'annotations against its other references (`annotator_scores`).')
+  flags.DEFINE_bool(
+    'score_annotations',
+    False,
+    "Decode nothing: score the split's human "
+    'annotations against its other references (`annotator_scores`).',
+  )
   flags.DEFINE_string('output', 'attention.png', 'Image path for --plot_attention.')
 
 
@@ -83,10 +111,16 @@ def main(argv):
   try:
     config, tok = load_run(FLAGS.workdir)
     # the decoding flags override the run's config fields, then the fields are checked
-    overrides = {field: FLAGS[flag].value for flag, field in
-                 (*CONSTRAINT_FLAGS.items(), ('beam_size', 'beam_size'),
-                  ('alpha', 'length_penalty'), ('average_last', 'average_last'),
-                  ('mbr_temperature', 'mbr_temperature'))}
+    overrides = {
+      field: FLAGS[flag].value
+      for flag, field in (
+        *CONSTRAINT_FLAGS.items(),
+        ('beam_size', 'beam_size'),
+        ('alpha', 'length_penalty'),
+        ('average_last', 'average_last'),
+        ('mbr_temperature', 'mbr_temperature'),
+      )
+    }
     config.update({field: value for field, value in overrides.items() if value is not None})
     if FLAGS.mbr is not None:
       config.mbr_utility = '' if FLAGS.mbr == 'none' else FLAGS.mbr
@@ -105,50 +139,82 @@ def main(argv):
         print(f'  {key:16s} {value:6.2f}')
       return
     if FLAGS.ensemble and FLAGS.plot_attention is not None:
-      raise EvalError('--plot_attention draws one model\'s attention; drop --ensemble.')
+      raise EvalError("--plot_attention draws one model's attention; drop --ensemble.")
     if FLAGS.ensemble:
-      graphdef, params, rest, used = load_ensemble(config, tok, FLAGS.workdir, FLAGS.ensemble,
-                                                   FLAGS.step, average_last, FLAGS.ema)
+      graphdef, params, rest, used = load_ensemble(
+        config, tok, FLAGS.workdir, FLAGS.ensemble, FLAGS.step, average_last, FLAGS.ema
+      )
     else:
-      graphdef, params, rest, used = load_params(config, FLAGS.workdir, FLAGS.step,
-                                                 average_last, FLAGS.ema)
+      graphdef, params, rest, used = load_params(
+        config, FLAGS.workdir, FLAGS.step, average_last, FLAGS.ema
+      )
     if FLAGS.input is not None:
-      lines = (sys.stdin.read() if FLAGS.input == '-' else
-               epath.Path(FLAGS.input).read_text()).split('\n')
+      lines = (
+        sys.stdin.read() if FLAGS.input == '-' else epath.Path(FLAGS.input).read_text()
+      ).split('\n')
       if lines and lines[-1] == '':
         lines = lines[:-1]
-      for line in translate_lines(config, tok, graphdef, params, rest, beam_size, alpha,
-                                  batch_size, lines):
+      for line in translate_lines(
+        config, tok, graphdef, params, rest, beam_size, alpha, batch_size, lines
+      ):
         print(line)
       return
     if FLAGS.plot_attention is not None:
-      maps = attention_maps(config, tok, graphdef, params, rest, FLAGS.plot_attention,
-                            beam_size, alpha)
+      maps = attention_maps(
+        config, tok, graphdef, params, rest, FLAGS.plot_attention, beam_size, alpha
+      )
       plot_attention(*maps, FLAGS.output)
       print(f'output: {tok.sp.decode(maps[1])}\nattention maps written to {FLAGS.output}')
       return
-    report, hyp_path = evaluate_split(config, tok, graphdef, params, rest, used, split,
-                                      beam_size, alpha, batch_size, FLAGS.workdir, FLAGS.ema)
+    report, hyp_path = evaluate_split(
+      config,
+      tok,
+      graphdef,
+      params,
+      rest,
+      used,
+      split,
+      beam_size,
+      alpha,
+      batch_size,
+      FLAGS.workdir,
+      FLAGS.ema,
+    )
   except (EvalError, ConfigError, datasets.DataError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   averaged = f', average of {len(used)} checkpoints {used}' if len(used) > 1 else ''
   averaged += ', moving average of the parameters' if FLAGS.ema else ''
   averaged += f', ensemble with {",".join(FLAGS.ensemble)}' if FLAGS.ensemble else ''
-  settings = ''.join(f', {flag} {config[field]}' for flag, field in CONSTRAINT_FLAGS.items()
-                     if config[field])
+  settings = ''.join(
+    f', {flag} {config[field]}' for flag, field in CONSTRAINT_FLAGS.items() if config[field]
+  )
   if config.mbr_utility:
     settings += f', MBR {config.mbr_utility} (temperature {config.mbr_temperature:g})'
-  print(f'{split}: {report["num_examples"]} examples, beam {beam_size}, alpha {alpha}{settings}, '
-        f'step {used[-1]}{averaged}; decoded in {report["decode_seconds"]:.1f} s')
+  print(
+    f'{split}: {report["num_examples"]} examples, beam {beam_size}, alpha {alpha}{settings}, '
+    f'step {used[-1]}{averaged}; decoded in {report["decode_seconds"]:.1f} s'
+  )
   for key, value in report.items():
     if isinstance(value, float) and key not in ('alpha', 'decode_seconds', 'mbr_temperature'):
       signature = report.get(f'{key}_signature', '')
       print(f'  {key:16s} {value:6.2f}  {signature}')
   print(f'hypotheses: {hyp_path}')
-  decoding_flags = ('beam_size', 'alpha', 'mbr', 'mbr_temperature', 'average_last', 'step',
-                    'ensemble', 'ema', *CONSTRAINT_FLAGS)
-  if (config.expected_result and split == config.eval_split
-      and all(FLAGS[f].value == FLAGS[f].default for f in decoding_flags)):
+  decoding_flags = (
+    'beam_size',
+    'alpha',
+    'mbr',
+    'mbr_temperature',
+    'average_last',
+    'step',
+    'ensemble',
+    'ema',
+    *CONSTRAINT_FLAGS,
+  )
+  if (
+    config.expected_result
+    and split == config.eval_split
+    and all(FLAGS[f].value == FLAGS[f].default for f in decoding_flags)
+  ):
     print(f'expected for this config: {config.expected_result}')
 
 

@@ -72,8 +72,9 @@ def load_sweep(path):
 def trial_name(overrides, varying=None):
   """Readable directory name from the overrides that vary across the sweep:
   num_heads=4,num_encoder_layers=2 (all overrides when `varying` is None)."""
-  parts = [f'{k[len("config."):]}={v}' for k, v in overrides.items()
-           if varying is None or k in varying]
+  parts = [
+    f'{k[len("config.") :]}={v}' for k, v in overrides.items() if varying is None or k in varying
+  ]
   return ','.join(parts).replace('/', '_').replace(' ', '') or 'base'
 
 
@@ -84,10 +85,19 @@ def varying_keys(trials):
 
 def commands(overrides, trial_dir):
   flags_ = [f'--{k}={v}' for k, v in overrides.items()]
-  train_cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={FLAGS.config}',
-               f'--workdir={trial_dir}', *flags_]
-  eval_cmd = [sys.executable, os.path.join(ROOT, 'eval.py'), f'--workdir={trial_dir}',
-              *shlex.split(FLAGS.eval_args)]
+  train_cmd = [
+    sys.executable,
+    os.path.join(ROOT, 'train.py'),
+    f'--config={FLAGS.config}',
+    f'--workdir={trial_dir}',
+    *flags_,
+  ]
+  eval_cmd = [
+    sys.executable,
+    os.path.join(ROOT, 'eval.py'),
+    f'--workdir={trial_dir}',
+    *shlex.split(FLAGS.eval_args),
+  ]
   return train_cmd, eval_cmd
 
 
@@ -104,17 +114,29 @@ def run_trial(overrides, trial_dir):
     with open(os.path.join(trial_dir, f'{name}.log'), 'a') as log:
       code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     if code:
-      return {'overrides': overrides, 'status': f'{name} failed (exit {code}); see '
-                                                f'{trial_dir}/{name}.log'}
-  reports = sorted((os.path.join(trial_dir, 'eval', f) for f in os.listdir(
-      os.path.join(trial_dir, 'eval')) if f.endswith('.json')), key=os.path.getmtime)
+      return {
+        'overrides': overrides,
+        'status': f'{name} failed (exit {code}); see {trial_dir}/{name}.log',
+      }
+  reports = sorted(
+    (
+      os.path.join(trial_dir, 'eval', f)
+      for f in os.listdir(os.path.join(trial_dir, 'eval'))
+      if f.endswith('.json')
+    ),
+    key=os.path.getmtime,
+  )
   with open(reports[-1]) as f:
     scores = {k: v for k, v in json.load(f).items() if isinstance(v, (int, float))}
   with open(os.path.join(trial_dir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
   train_metrics = [r for r in records if 'train/loss' in r]
-  result = {'overrides': overrides, 'scores': scores, 'minutes': (time.time() - start) / 60,
-            'final_train_loss': train_metrics[-1]['train/loss'] if train_metrics else None}
+  result = {
+    'overrides': overrides,
+    'scores': scores,
+    'minutes': (time.time() - start) / 60,
+    'final_train_loss': train_metrics[-1]['train/loss'] if train_metrics else None,
+  }
   with open(done, 'w') as f:
     json.dump(result, f, indent=2)
   return {**result, 'status': 'done'}
@@ -125,7 +147,7 @@ def write_results(results, workdir, metric):
   score_keys = sorted({k for r in results for k in r.get('scores', {})} - {'beam_size'})
   rows = []
   for r in results:
-    row = {k[len('config.'):]: r['overrides'].get(k, '') for k in keys}
+    row = {k[len('config.') :]: r['overrides'].get(k, '') for k in keys}
     row.update({k: r.get('scores', {}).get(k, '') for k in score_keys})
     row.update({'minutes': r.get('minutes', ''), 'status': r['status']})
     rows.append(row)
@@ -150,8 +172,10 @@ def plot(results, keys, metric, path):
   if not done or not keys:
     return
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   x_key, line_key = keys[0], (keys[1] if len(keys) > 1 else None)
   varying = [k for k in keys if len({str(r['overrides'].get(k)) for r in done}) > 1]
   if varying:
@@ -160,11 +184,14 @@ def plot(results, keys, metric, path):
   fig, ax = plt.subplots(figsize=(5, 3.5))
   groups = sorted({r['overrides'].get(line_key) for r in done}, key=str) if line_key else [None]
   for group in groups:
-    points = sorted((r['overrides'][x_key], r['scores'][metric]) for r in done
-                    if line_key is None or r['overrides'].get(line_key) == group)
-    label = f'{line_key[len("config."):]}={group}' if line_key else None
+    points = sorted(
+      (r['overrides'][x_key], r['scores'][metric])
+      for r in done
+      if line_key is None or r['overrides'].get(line_key) == group
+    )
+    label = f'{line_key[len("config.") :]}={group}' if line_key else None
     ax.plot([p[0] for p in points], [p[1] for p in points], marker='o', label=label)
-  ax.set_xlabel(x_key[len('config.'):])
+  ax.set_xlabel(x_key[len('config.') :])
   ax.set_ylabel(metric)
   if line_key:
     ax.legend(fontsize=8)
@@ -211,12 +238,15 @@ def main(argv):
       i = futures[future]
       results[i] = future.result()
       scores = results[i].get('scores', {})
-      shown = ' '.join(f'{k}={v:.2f}' for k, v in scores.items()
-                       if k in ('bleu', 'tok_lc_bleu', 'chrf', 'rouge1', 'rouge2', 'rougeLsum'))
-      print(f'[{i + 1}/{len(trials)}] {names[i]}: {results[i]["status"]} {shown}',
-            flush=True)
-  metric = FLAGS.metric or ('rouge1' if any('rouge1' in r.get('scores', {}) for r in results)
-                            else 'bleu')
+      shown = ' '.join(
+        f'{k}={v:.2f}'
+        for k, v in scores.items()
+        if k in ('bleu', 'tok_lc_bleu', 'chrf', 'rouge1', 'rouge2', 'rougeLsum')
+      )
+      print(f'[{i + 1}/{len(trials)}] {names[i]}: {results[i]["status"]} {shown}', flush=True)
+  metric = FLAGS.metric or (
+    'rouge1' if any('rouge1' in r.get('scores', {}) for r in results) else 'bleu'
+  )
   print(write_results(results, FLAGS.workdir, metric))
   failed = [r for r in results if 'failed' in r['status']]
   if failed:

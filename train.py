@@ -27,16 +27,21 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  config_flags.DEFINE_config_file('config', 'configs/default.py', 'Training configuration.',
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+    'config', 'configs/default.py', 'Training configuration.', lock_config=True
+  )
   flags.DEFINE_string('workdir', None, 'Output directory (checkpoints, logs); may be gs://.')
   flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (auto-detect).')
   flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
   flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
   flags.DEFINE_integer('process_id', None, 'Multi-process: this process (0-based).')
-  flags.DEFINE_bool('prepare_only', False, 'Check the config and data, build the vocabulary '
-                    '(tokenizer.model) and config.json in --workdir, and exit without training: '
-                    'runs that must share one vocabulary (an ensemble) copy it from there.')
+  flags.DEFINE_bool(
+    'prepare_only',
+    False,
+    'Check the config and data, build the vocabulary '
+    '(tokenizer.model) and config.json in --workdir, and exit without training: '
+    'runs that must share one vocabulary (an ensemble) copy it from there.',
+  )
 
 
 def main(argv):
@@ -58,8 +63,9 @@ def unknown_field(error) -> str:
   text = str(error).replace('\\n', ' ').replace("\\'", "'")
   names = re.findall(r"'(\w+)'", text)
   hint = re.search(r'Did you mean "(\w+)"', text)
-  return (f'error: --config.{names[0] if names else "?"} is not a config field'
-          + (f'; did you mean --config.{hint.group(1)}?' if hint else '.'))
+  return f'error: --config.{names[0] if names else "?"} is not a config field' + (
+    f'; did you mean --config.{hint.group(1)}?' if hint else '.'
+  )
 
 
 def parse_flags(argv):

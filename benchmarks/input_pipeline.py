@@ -20,7 +20,7 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_integer('batches', 300, 'Batches to time.')
 flags.DEFINE_integer('train_steps', 10, 'Train steps to time (0 skips).')
 flags.DEFINE_enum('batching', 'packed', ['packed', 'bucketed'], 'Batching mode.')
-flags.DEFINE_integer('pack_window', None, 'Packing window (default: the config\'s).')
+flags.DEFINE_integer('pack_window', None, "Packing window (default: the config's).")
 FLAGS = flags.FLAGS
 
 import jax  # noqa: E402
@@ -50,8 +50,10 @@ def main(argv):
     target_tokens += int((batch['targets'] != 0).sum())
   seconds = time.perf_counter() - start
   pipeline_tgt = target_tokens / seconds
-  print(f'== input pipeline, {config.dataset} {config.source_lang}->{config.target_lang}, '
-        f'{config.batching}, {FLAGS.batches} batches, {os.cpu_count()} cores')
+  print(
+    f'== input pipeline, {config.dataset} {config.source_lang}->{config.target_lang}, '
+    f'{config.batching}, {FLAGS.batches} batches, {os.cpu_count()} cores'
+  )
   print(f'examples/s               {examples / seconds:,.0f}')
   print(f'tokens/s (src+tgt)       {tokens / seconds:,.0f}')
   print(f'target tokens/s          {pipeline_tgt:,.0f}')

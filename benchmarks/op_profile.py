@@ -29,6 +29,7 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 def op_times(run, calls: int):
   """Calls `run()` `calls` times under the profiler; {hlo op name: (seconds, events)}."""
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+
   space = xplane_pb2.XSpace()
   with tempfile.TemporaryDirectory(prefix='op_profile_') as directory:
     with jax.profiler.trace(directory):
@@ -46,8 +47,14 @@ def op_times(run, calls: int):
         name = plane.event_metadata[event.metadata_id].name
         if name.startswith(_SKIP_PREFIXES):
           continue
-        op = next((plane.stat_metadata[s.ref_value].name if s.ref_value else s.str_value
-                   for s in event.stats if s.metadata_id == hlo_op_stat), None)
+        op = next(
+          (
+            plane.stat_metadata[s.ref_value].name if s.ref_value else s.str_value
+            for s in event.stats
+            if s.metadata_id == hlo_op_stat
+          ),
+          None,
+        )
         if op is None:
           continue
         totals[op][0] += event.duration_ps * 1e-12
@@ -72,19 +79,28 @@ def op_sources(hlo_text: str):
 def print_op_table(times, sources, calls: int, top: int = 25, width: int = 100):
   """Prints the `top` ops by total time: ms per call, share of all op time, kind, source."""
   total = sum(seconds for seconds, _ in times.values())
-  print(f'== per-op time, {calls} calls, {1e3 * total / calls:.1f} ms of op time per call '
-        f'({len(times)} ops)')
+  print(
+    f'== per-op time, {calls} calls, {1e3 * total / calls:.1f} ms of op time per call '
+    f'({len(times)} ops)'
+  )
   by_kind = collections.defaultdict(float)
   by_primitive = collections.defaultdict(float)
   for op, (seconds, _) in times.items():
     by_kind[sources.get(op, ('?', ''))[0]] += seconds
     by_primitive[sources.get(op, ('?', ''))[1].rsplit('/', 1)[-1] or '?'] += seconds
   for label, shares in (('kind', by_kind), ('primitive', by_primitive)):
-    print(f'by {label}: ' + ', '.join(f'{key} {100 * s / total:.1f}%' for key, s in
-                                      sorted(shares.items(), key=lambda kv: -kv[1])[:8]))
+    print(
+      f'by {label}: '
+      + ', '.join(
+        f'{key} {100 * s / total:.1f}%'
+        for key, s in sorted(shares.items(), key=lambda kv: -kv[1])[:8]
+      )
+    )
   print(f'{"ms/call":>8} {"share":>6} {"n/call":>6}  {"op":24s} {"kind":10s} source')
   for op, (seconds, count) in sorted(times.items(), key=lambda kv: -kv[1][0])[:top]:
     kind, source = sources.get(op, ('?', ''))
-    source = source if len(source) <= width else '...' + source[-(width - 3):]
-    print(f'{1e3 * seconds / calls:8.2f} {100 * seconds / total:5.1f}% {count / calls:6.1f}  '
-          f'{op[:24]:24s} {kind[:10]:10s} {source}')
+    source = source if len(source) <= width else '...' + source[-(width - 3) :]
+    print(
+      f'{1e3 * seconds / calls:8.2f} {100 * seconds / total:5.1f}% {count / calls:6.1f}  '
+      f'{op[:24]:24s} {kind[:10]:10s} {source}'
+    )

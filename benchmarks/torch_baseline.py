@@ -21,8 +21,10 @@ import time
 import torch
 from torch import nn
 
-SHAPES = {'tiny': dict(layers=4, dim=128, heads=4, mlp=256),
-          'small': dict(layers=6, dim=256, heads=4, mlp=1024)}
+SHAPES = {
+  'tiny': dict(layers=4, dim=128, heads=4, mlp=256),
+  'small': dict(layers=6, dim=256, heads=4, mlp=1024),
+}
 
 
 class Seq2Seq(nn.Module):
@@ -32,14 +34,15 @@ class Seq2Seq(nn.Module):
     super().__init__()
     self.embed = nn.Embedding(vocab, dim)
     self.pos = nn.Parameter(torch.randn(1, 512, dim) * 0.02)
-    self.transformer = nn.Transformer(dim, heads, layers, layers, mlp, dropout, batch_first=True,
-                                      norm_first=True)
-    self.scale = dim ** 0.5
+    self.transformer = nn.Transformer(
+      dim, heads, layers, layers, mlp, dropout, batch_first=True, norm_first=True
+    )
+    self.scale = dim**0.5
 
   def forward(self, src, tgt):
     n = tgt.shape[1]
     mask = nn.Transformer.generate_square_subsequent_mask(n, device=tgt.device)
-    s = self.embed(src) * self.scale + self.pos[:, :src.shape[1]]
+    s = self.embed(src) * self.scale + self.pos[:, : src.shape[1]]
     t = self.embed(tgt) * self.scale + self.pos[:, :n]
     h = self.transformer(s, t, tgt_mask=mask, tgt_is_causal=True)
     return h @ self.embed.weight.T
@@ -49,8 +52,9 @@ def cpu_name():
   """The CPU's model name from /proc/cpuinfo ('' where there is none)."""
   try:
     with open('/proc/cpuinfo') as f:
-      return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')),
-                  '')
+      return next(
+        (line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), ''
+      )
   except OSError:
     return ''
 
@@ -61,7 +65,7 @@ def matmul_peak_gflops(n=2048, reps=10):
   t = time.perf_counter()
   for _ in range(reps):
     x @ x
-  return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+  return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def main():
@@ -83,8 +87,10 @@ def main():
   loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
 
   def batch():
-    return (torch.randint(1, args.vocab, (args.batch, args.length)),
-            torch.randint(1, args.vocab, (args.batch, args.length + 1)))
+    return (
+      torch.randint(1, args.vocab, (args.batch, args.length)),
+      torch.randint(1, args.vocab, (args.batch, args.length + 1)),
+    )
 
   def step(src, tgt):
     optimizer.zero_grad(set_to_none=True)
@@ -109,10 +115,14 @@ def main():
   peak = matmul_peak_gflops()
   rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
   mode = 'torch.compile' if args.compile else 'eager'
-  print(f'== PyTorch {torch.__version__} nn.Transformer, {mode}, {args.shape}: batch {args.batch}'
-        f' x length {args.length}, {torch.get_num_threads()} threads, {cpu_name()}')
-  print(f'target tokens/s          {statistics.median(rates):,.0f}   (median of {args.repeats} x '
-        f'{args.steps} steps)')
+  print(
+    f'== PyTorch {torch.__version__} nn.Transformer, {mode}, {args.shape}: batch {args.batch}'
+    f' x length {args.length}, {torch.get_num_threads()} threads, {cpu_name()}'
+  )
+  print(
+    f'target tokens/s          {statistics.median(rates):,.0f}   (median of {args.repeats} x '
+    f'{args.steps} steps)'
+  )
   print(f'f32 matmul peak GFLOP/s  {peak:.1f}')
   print(f'warm-up (3 steps)        {warmup_s:.1f} s')
   print(f'peak RSS                 {rss_gb:.2f} GB')

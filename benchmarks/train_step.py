@@ -29,8 +29,12 @@ flags.DEFINE_integer('batch', 128, 'Sentence pairs per batch.')
 flags.DEFINE_integer('length', 32, 'Source and target length.')
 flags.DEFINE_bool('real_data', False, 'Use the default config and its real input pipeline.')
 flags.DEFINE_string('override', '', 'Comma-separated config overrides, e.g. dtype=bfloat16.')
-flags.DEFINE_integer('profile_ops', 0, 'N > 0: also trace --steps steps and print the N ops '
-                     'that take the most time (benchmarks/op_profile.py).')
+flags.DEFINE_integer(
+  'profile_ops',
+  0,
+  'N > 0: also trace --steps steps and print the N ops '
+  'that take the most time (benchmarks/op_profile.py).',
+)
 FLAGS = flags.FLAGS
 
 import jax  # noqa: E402
@@ -55,7 +59,7 @@ def matmul_peak_gflops(n=2048, reps=10, dtype=jnp.float32):
   for _ in range(reps):
     y = f(x)
   y.block_until_ready()
-  return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+  return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def model_flops_per_step(config, src_tokens, tgt_tokens, src_len, tgt_len):
@@ -66,8 +70,16 @@ def model_flops_per_step(config, src_tokens, tgt_tokens, src_len, tgt_len):
   dec = config.num_decoder_layers * (2 * attn_params + mlp_params)
   flops = 6 * enc * src_tokens + 6 * dec * tgt_tokens + 6 * d * v * tgt_tokens
   # attention scores (QKᵀ) and weighted values: 2 matmuls, 2 FLOPs per MAC, x3 fwd+bwd
-  flops += 3 * 2 * 2 * d * (config.num_encoder_layers * src_tokens * src_len
-                            + config.num_decoder_layers * tgt_tokens * (tgt_len + src_len))
+  flops += (
+    3
+    * 2
+    * 2
+    * d
+    * (
+      config.num_encoder_layers * src_tokens * src_len
+      + config.num_decoder_layers * tgt_tokens * (tgt_len + src_len)
+    )
+  )
   return flops
 
 
@@ -92,16 +104,18 @@ def main(argv):
     config = default.get_config(FLAGS.shape)
     config.vocab_size = 10000
     config.dropout_rate = 0.1
-    config.activation = 'relu'   # the baselines' MLP (the default tiny config's is swiglu)
+    config.activation = 'relu'  # the baselines' MLP (the default tiny config's is swiglu)
     config.position_embedding = 'sinusoidal'  # the baselines' (the default tiny config's: rope)
-    config.qk_norm = 0.0         # the baselines' scaled dot products (the default tiny: QKNorm)
+    config.qk_norm = 0.0  # the baselines' scaled dot products (the default tiny: QKNorm)
     config.max_len = max(FLAGS.length, 64)
   for item in filter(None, FLAGS.override.split(',')):
     key, value = item.split('=')
-    config[key] = type(config[key])(value) if not isinstance(config[key], bool) else \
-        value.lower() == 'true'
+    config[key] = (
+      type(config[key])(value) if not isinstance(config[key], bool) else value.lower() == 'true'
+    )
   if FLAGS.real_data:
     import tempfile  # pylint: disable=g-import-not-at-top
+
     workdir = tempfile.mkdtemp()
     batches, _, _ = load_data(config, workdir, print)
   else:
@@ -122,9 +136,16 @@ def main(argv):
     host = [next(batches) for _ in range(FLAGS.steps)]
     src = sum(int((b['inputs'] != 0).sum()) for b in host)
     tgt = sum(int((b['targets'] != 0).sum()) for b in host)
-    flops = sum(model_flops_per_step(config, int((b['inputs'] != 0).sum()),
-                                     int((b['targets'] != 0).sum()), b['inputs'].shape[1],
-                                     b['targets'].shape[1]) for b in host)
+    flops = sum(
+      model_flops_per_step(
+        config,
+        int((b['inputs'] != 0).sum()),
+        int((b['targets'] != 0).sum()),
+        b['inputs'].shape[1],
+        b['targets'].shape[1],
+      )
+      for b in host
+    )
     t = time.perf_counter()
     for b in host:
       state, metrics = compiled(state, global_batch(b, data_sharding), 0.0)
@@ -133,14 +154,20 @@ def main(argv):
     results.append((tgt / dt, (src + tgt) / dt, flops / dt / 1e9))
   tgt_s, all_s, gflops = (float(np.median([r[i] for r in results])) for i in range(3))
   rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-  label = 'default config, real data' if FLAGS.real_data else (
-      f'{FLAGS.shape}: batch {FLAGS.batch} x length {FLAGS.length}')
+  label = (
+    'default config, real data'
+    if FLAGS.real_data
+    else (f'{FLAGS.shape}: batch {FLAGS.batch} x length {FLAGS.length}')
+  )
   matmul_dtype = jnp.dtype(resolve_matmul_dtype(config.matmul_dtype))
-  print(f'== train step, {label}, {jax.device_count()} {jax.devices()[0].platform} device(s), '
-        f'{os.cpu_count()} cores, matmul_dtype {config.matmul_dtype} ({matmul_dtype.name}), '
-        f'overrides [{FLAGS.override}]')
-  print(f'target tokens/s          {tgt_s:,.0f}   (median of {FLAGS.repeats} x {FLAGS.steps} '
-        f'steps)')
+  print(
+    f'== train step, {label}, {jax.device_count()} {jax.devices()[0].platform} device(s), '
+    f'{os.cpu_count()} cores, matmul_dtype {config.matmul_dtype} ({matmul_dtype.name}), '
+    f'overrides [{FLAGS.override}]'
+  )
+  print(
+    f'target tokens/s          {tgt_s:,.0f}   (median of {FLAGS.repeats} x {FLAGS.steps} steps)'
+  )
   print(f'source+target tokens/s   {all_s:,.0f}')
   print(f'model GFLOP/s            {gflops:.1f}')
   print(f'f32 matmul peak GFLOP/s  {peak:.1f}')
@@ -160,8 +187,9 @@ def main(argv):
       return box[0], step_metrics
 
     times = op_profile.op_times(step, FLAGS.steps)
-    op_profile.print_op_table(times, op_profile.op_sources(compiled.as_text()), FLAGS.steps,
-                              top=FLAGS.profile_ops)
+    op_profile.print_op_table(
+      times, op_profile.op_sources(compiled.as_text()), FLAGS.steps, top=FLAGS.profile_ops
+    )
 
 
 if __name__ == '__main__':

@@ -36,7 +36,7 @@ def get_config():
   config.max_tokens = 65536
   config.eval_batch_size = 32
   config.learning_rate = 1e-3
-  config.weight_decay = 0.1            # AdamW; the default's 0.3 was chosen on Multi30k only
+  config.weight_decay = 0.1  # AdamW; the default's 0.3 was chosen on Multi30k only
   config.schedule = 'rsqrt'
   config.warmup_steps = 8000
   config.num_train_steps = 100_000
@@ -44,7 +44,7 @@ def get_config():
   config.eval_every_steps = 5000
   config.max_decode_len_a = 0.0
   config.max_decode_len_b = 128
-  config.beam_size = 4                 # the paper's decoding, not chosen on data here
+  config.beam_size = 4  # the paper's decoding, not chosen on data here
   config.length_penalty = 0.6
   config.average_last = 1
   config.mbr_utility = ''

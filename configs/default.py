@@ -23,10 +23,10 @@ import ml_collections
 
 # name: (emb_dim, num_heads, encoder layers, decoder layers, mlp_dim)
 MODEL_SIZES = {
-    'tiny': (128, 4, 4, 4, 256),    # Wu et al. 2021's Transformer-tiny for Multi30k
-    'small': (256, 4, 6, 6, 1024),
-    'base': (512, 8, 6, 6, 2048),   # Vaswani et al. 2017, Table 3 "base" (~65M params)
-    'big': (1024, 16, 6, 6, 4096),  # Vaswani et al. 2017, Table 3 "big"
+  'tiny': (128, 4, 4, 4, 256),  # Wu et al. 2021's Transformer-tiny for Multi30k
+  'small': (256, 4, 6, 6, 1024),
+  'base': (512, 8, 6, 6, 2048),  # Vaswani et al. 2017, Table 3 "base" (~65M params)
+  'big': (1024, 16, 6, 6, 4096),  # Vaswani et al. 2017, Table 3 "big"
 }
 
 
@@ -37,60 +37,60 @@ def get_config(size: str = 'tiny'):
   config = ml_collections.ConfigDict()
 
   # ---- data
-  config.task = 'translation'          # translation (BLEU, chrF) | summarization (ROUGE)
-  config.dataset = 'multi30k'          # shipped: multi30k, aeslc; tfds catalog names; or 'files'
-  config.source_lang = 'en'            # multi30k direction (any of en, de, fr)
+  config.task = 'translation'  # translation (BLEU, chrF) | summarization (ROUGE)
+  config.dataset = 'multi30k'  # shipped: multi30k, aeslc; tfds catalog names; or 'files'
+  config.source_lang = 'en'  # multi30k direction (any of en, de, fr)
   config.target_lang = 'de'
-  config.source_key = ''               # tfds catalog / jsonl field names ('' = dataset default)
+  config.source_key = ''  # tfds catalog / jsonl field names ('' = dataset default)
   config.target_key = ''
-  config.train_files = ''              # 'files' dataset: see data/README.md for the formats
+  config.train_files = ''  # 'files' dataset: see data/README.md for the formats
   config.eval_files = ''
-  config.file_format = 'parallel'      # parallel (one file per language) | tsv | jsonl
+  config.file_format = 'parallel'  # parallel (one file per language) | tsv | jsonl
   config.train_split = 'train'
   config.eval_split = 'val'
-  config.data_dir = ''                 # tfds data dir; '' = <repo>/data/tfds
-  config.lowercase = False             # train and decode lowercased text (Multi30k papers' data;
-                                       # not better on val BLEU here)
-  config.vocab_size = 8000             # SentencePiece vocabulary (joint source+target)
+  config.data_dir = ''  # tfds data dir; '' = <repo>/data/tfds
+  config.lowercase = False  # train and decode lowercased text (Multi30k papers' data;
+  # not better on val BLEU here)
+  config.vocab_size = 8000  # SentencePiece vocabulary (joint source+target)
   config.vocab_model_type = 'unigram'  # unigram | bpe
   config.vocab_max_chars = 10_000_000  # characters of training text used to fit the vocabulary
   config.subword_sampling_alpha = 0.0  # > 0: each epoch re-tokenizes training pairs with sampled
-                                       # segmentations: unigram subword regularization (Kudo
-                                       # 2018, smoothing alpha) or BPE-dropout (probability);
-                                       # draws are saved in the workdir (docs/design.md)
-  config.subword_sampling_nbest = -1   # unigram: sample among the n best segmentations; -1: all
-  config.gap_sentences = False         # also train on PEGASUS gap-sentence pairs made from the
-                                       # training sources (a body with its principal sentence
-                                       # masked -> that sentence; summarization)
-  config.max_len = 128                 # positions the model supports (source and target)
-  config.max_train_len = 64            # longer training pairs are dropped (and counted)
-  config.max_target_len = 0            # training targets' own row length; 0: max_train_len
-  config.truncate_inputs = False       # instead cut training sources to max_train_len (summaries)
-  config.max_eval_len = 128            # eval sources are truncated to this (with a warning)
-  config.batching = 'packed'           # packed (rows of several examples) | bucketed (token budget)
-  config.batch_size = 32               # rows of max_train_len tokens per global batch (packed)
-  config.pack_window = 1               # packed: rows filled first-fit from this many examples;
-                                       # 1 = next-fit. 64: 11% more target tokens a batch and
-                                       # lower val NLL, but not higher val BLEU
-  config.max_tokens = 4096             # bucketed: target tokens per global batch
-  config.eval_batch_size = 64          # sentences per evaluation/decoding batch
+  # segmentations: unigram subword regularization (Kudo
+  # 2018, smoothing alpha) or BPE-dropout (probability);
+  # draws are saved in the workdir (docs/design.md)
+  config.subword_sampling_nbest = -1  # unigram: sample among the n best segmentations; -1: all
+  config.gap_sentences = False  # also train on PEGASUS gap-sentence pairs made from the
+  # training sources (a body with its principal sentence
+  # masked -> that sentence; summarization)
+  config.max_len = 128  # positions the model supports (source and target)
+  config.max_train_len = 64  # longer training pairs are dropped (and counted)
+  config.max_target_len = 0  # training targets' own row length; 0: max_train_len
+  config.truncate_inputs = False  # instead cut training sources to max_train_len (summaries)
+  config.max_eval_len = 128  # eval sources are truncated to this (with a warning)
+  config.batching = 'packed'  # packed (rows of several examples) | bucketed (token budget)
+  config.batch_size = 32  # rows of max_train_len tokens per global batch (packed)
+  config.pack_window = 1  # packed: rows filled first-fit from this many examples;
+  # 1 = next-fit. 64: 11% more target tokens a batch and
+  # lower val NLL, but not higher val BLEU
+  config.max_tokens = 4096  # bucketed: target tokens per global batch
+  config.eval_batch_size = 64  # sentences per evaluation/decoding batch
 
   # ---- model
   emb_dim, num_heads, enc_layers, dec_layers, mlp_dim = MODEL_SIZES[size]
-  config.emb_dim = emb_dim             # model width d_model
-  config.num_heads = num_heads         # attention heads; must divide emb_dim
+  config.emb_dim = emb_dim  # model width d_model
+  config.num_heads = num_heads  # attention heads; must divide emb_dim
   config.num_encoder_layers = enc_layers
   config.num_decoder_layers = dec_layers
-  config.mlp_dim = mlp_dim             # inner width of the position-wise MLP
+  config.mlp_dim = mlp_dim  # inner width of the position-wise MLP
   # MLP: relu | gelu | silu | geglu | swiglu (gated: one more d x mlp_dim matrix, Shazeer 2020).
   # SwiGLU for tiny (chosen on Multi30k val, docs/ablations.md); the paper's ReLU
   # for the larger shapes, where it was not compared.
   config.activation = 'swiglu' if size == 'tiny' else 'relu'
-  config.dropout_rate = 0.2            # residual, embedding and MLP dropout
+  config.dropout_rate = 0.2  # residual, embedding and MLP dropout
   config.attention_dropout_rate = 0.0  # dropout on attention weights
-  config.source_word_dropout = 0.0     # drop whole source token embeddings (Sennrich and Zhang
-                                       # 2019's low-resource recipe: 0.1)
-  config.layer_norm = 'pre'            # pre (stable default) | post (the paper)
+  config.source_word_dropout = 0.0  # drop whole source token embeddings (Sennrich and Zhang
+  # 2019's low-resource recipe: 0.1)
+  config.layer_norm = 'pre'  # pre (stable default) | post (the paper)
   # Positions: sinusoidal | learned (added to the embeddings) | rope (rotary, in self-attention;
   # Su et al. 2021). Rope for tiny (chosen on Multi30k val, docs/ablations.md); the
   # paper's sinusoidal for the larger shapes, where it was not compared.
@@ -100,64 +100,70 @@ def get_config(size: str = 'tiny'):
   # 10 for tiny (chosen on Multi30k val, docs/ablations.md); off for the larger
   # shapes, where it was not compared.
   config.qk_norm = 10.0 if size == 'tiny' else 0.0
-  config.share_embeddings = True       # one embedding table for source and target
-  config.tie_output_embedding = True   # target embedding doubles as the output projection
-  config.copy_attention = False        # pointer-generator: also copy source tokens (summaries)
-  config.attention_kernel = 'einsum'   # einsum (own path) | jax (jax.nn.dot_product_attention)
-  config.dtype = 'float32'             # activations: float32 | bfloat16
+  config.share_embeddings = True  # one embedding table for source and target
+  config.tie_output_embedding = True  # target embedding doubles as the output projection
+  config.copy_attention = False  # pointer-generator: also copy source tokens (summaries)
+  config.attention_kernel = 'einsum'  # einsum (own path) | jax (jax.nn.dot_product_attention)
+  config.dtype = 'float32'  # activations: float32 | bfloat16
   config.param_dtype = 'float32'
-  config.matmul_dtype = 'auto'         # matmul operands: bfloat16 (f32 sums) | float32 (exact) |
-                                       # auto: bfloat16 where native (AVX512-BF16/AMX, GPU, TPU)
+  config.matmul_dtype = 'auto'  # matmul operands: bfloat16 (f32 sums) | float32 (exact) |
+  # auto: bfloat16 where native (AVX512-BF16/AMX, GPU, TPU)
 
   # ---- training
   config.seed = 0
-  config.num_train_steps = 11000       # 35 min on a 2-core AMD EPYC Zen 5
+  config.num_train_steps = 11000  # 35 min on a 2-core AMD EPYC Zen 5
   config.time_budget_minutes = 60.0 if size == 'tiny' else 0.0  # stop at num_train_steps or
-                                       # at this much wall time, the schedule following whichever
-                                       # comes first (docs/design.md); 0: no budget
-  config.optimizer = 'adamw'           # adamw | adam (docs/ablations.md)
-  config.learning_rate = 3e-3          # peak learning rate
-  config.schedule = 'cosine'           # cosine (to 0 at the end) | rsqrt (the paper's) | constant
+  # at this much wall time, the schedule following whichever
+  # comes first (docs/design.md); 0: no budget
+  config.optimizer = 'adamw'  # adamw | adam (docs/ablations.md)
+  config.learning_rate = 3e-3  # peak learning rate
+  config.schedule = 'cosine'  # cosine (to 0 at the end) | rsqrt (the paper's) | constant
   config.warmup_steps = 1500
   config.adam_b1 = 0.9
   config.adam_b2 = 0.98
   config.adam_eps = 1e-9
-  config.weight_decay = 0.3            # adamw only: decoupled decay (lr x this per step) of the
-                                       # kernels and embeddings, not of biases and norms
-  config.grad_clip_norm = 1.0          # 0 disables
+  config.weight_decay = 0.3  # adamw only: decoupled decay (lr x this per step) of the
+  # kernels and embeddings, not of biases and norms
+  config.grad_clip_norm = 1.0  # 0 disables
   config.label_smoothing = 0.1
-  config.ema_decay = 0.0               # > 0 (e.g. 0.999): also keep an exponential moving average
-                                       # of the parameters, checkpointed and validated beside
-                                       # them (eval_ema/); eval.py --ema decodes with it
-  config.rdrop_alpha = 0.0             # > 0: R-Drop (Liang et al. 2021): each row runs twice (two
-                                       # dropout masks, ~2.3x the step time) and the loss adds
-                                       # alpha/4 x the two passes' symmetric KL (paper: 5 for IWSLT)
-  config.loss_chunk_size = 512         # fused chunked loss over this many tokens; 0: plain logits
+  config.ema_decay = 0.0  # > 0 (e.g. 0.999): also keep an exponential moving average
+  # of the parameters, checkpointed and validated beside
+  # them (eval_ema/); eval.py --ema decodes with it
+  config.rdrop_alpha = 0.0  # > 0: R-Drop (Liang et al. 2021): each row runs twice (two
+  # dropout masks, ~2.3x the step time) and the loss adds
+  # alpha/4 x the two passes' symmetric KL (paper: 5 for IWSLT)
+  config.loss_chunk_size = 512  # fused chunked loss over this many tokens; 0: plain logits
 
   # ---- checkpoints, logging, evaluation during training
   config.checkpoint_every_steps = 200
-  config.keep_checkpoints = 10         # eval.py --average_last=K averages the last K
+  config.keep_checkpoints = 10  # eval.py --average_last=K averages the last K
   config.log_every_steps = 50
   config.eval_every_steps = 1000
-  config.num_eval_bleu_batches = 4     # greedy-decoded validation batches for the BLEU in logs
+  config.num_eval_bleu_batches = 4  # greedy-decoded validation batches for the BLEU in logs
 
   # ---- decoding (eval.py flags override); the decoding chosen on Multi30k val (docs/results.md)
-  config.beam_size = 20                # beam width; 1 = greedy
-  config.length_penalty = 1.5          # GNMT alpha
-  config.average_last = 10             # decode with the mean of the last K checkpoints' parameters
-  config.max_decode_len_a = 1.2        # max output length = a * source length + b
+  config.beam_size = 20  # beam width; 1 = greedy
+  config.length_penalty = 1.5  # GNMT alpha
+  config.average_last = 10  # decode with the mean of the last K checkpoints' parameters
+  config.max_decode_len_a = 1.2  # max output length = a * source length + b
   config.max_decode_len_b = 10
-  config.min_decode_len = 0            # at least this many tokens before EOS (summaries)
-  config.min_decode_words = 0          # at least this many words (word-initial subwords)
-  config.no_repeat_ngram_size = 0      # n > 0: never emit an n-gram (of subwords) twice
-  config.beam_groups = 0               # beam search as this many concurrent sub-batch searches
-                                       # (same outputs); 0 = auto: 2 on one CPU device, else 1
-  config.mbr_utility = 'bleu'          # '' = the beam's best | bleu | chrf | rouge: minimum
-                                       # Bayes risk choice among the beam's n-best (Kumar and
-                                       # Byrne 2004)
-  config.mbr_temperature = 0.15        # MBR weights exp(score / T) of the length-normalised
-                                       # log-probabilities; 0 = equal weights
+  config.min_decode_len = 0  # at least this many tokens before EOS (summaries)
+  config.min_decode_words = 0  # at least this many words (word-initial subwords)
+  config.no_repeat_ngram_size = 0  # n > 0: never emit an n-gram (of subwords) twice
+  config.beam_groups = 0  # beam search as this many concurrent sub-batch searches
+  # (same outputs); 0 = auto: 2 on one CPU device, else 1
+  config.mbr_utility = 'bleu'  # '' = the beam's best | bleu | chrf | rouge: minimum
+  # Bayes risk choice among the beam's n-best (Kumar and
+  # Byrne 2004)
+  config.mbr_temperature = 0.15  # MBR weights exp(score / T) of the length-normalised
+  # log-probabilities; 0 = equal weights
   # what eval.py should print on eval_split at this decoding, as docs/results.md reports it
-  config.expected_result = ('tok_lc_bleu 43.14-43.32 (seeds 0-2 of make train, 2-core AMD EPYC '
-                            'Zen 5; docs/results.md, Multi30k)') if size == 'tiny' else ''
+  config.expected_result = (
+    (
+      'tok_lc_bleu 43.14-43.32 (seeds 0-2 of make train, 2-core AMD EPYC '
+      'Zen 5; docs/results.md, Multi30k)'
+    )
+    if size == 'tiny'
+    else ''
+  )
   return config

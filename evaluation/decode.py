@@ -16,9 +16,13 @@ from training.parallel import process_rows, to_host
 def decoding_options(config, tok):
   """The keyword arguments of decoding.greedy_decode / beam_search that the config sets: the
   output length budget and the constraints on the output."""
-  options = dict(len_a=config.max_decode_len_a, len_b=config.max_decode_len_b,
-                 min_len=config.min_decode_len, min_words=config.min_decode_words,
-                 no_repeat_ngram=config.no_repeat_ngram_size)
+  options = dict(
+    len_a=config.max_decode_len_a,
+    len_b=config.max_decode_len_b,
+    min_len=config.min_decode_len,
+    min_words=config.min_decode_words,
+    no_repeat_ngram=config.no_repeat_ngram_size,
+  )
   if options['min_words']:
     options['word_start'] = jnp.asarray(tok.word_starts())
   return options
@@ -35,8 +39,9 @@ def merge(graphdef, params, rest):
   return nnx.merge(graphdef, params, rest)
 
 
-def make_decode_fn(graphdef, rest, config, tok, beam_size: int, alpha: float, use_cache=True,
-                   n_best=False):
+def make_decode_fn(
+  graphdef, rest, config, tok, beam_size: int, alpha: float, use_cache=True, n_best=False
+):
   """jit-compiled batch decoder: (params, inputs, max_len) -> token ids [batch, max_len]
   (n_best: the beam's finished hypotheses and their scores, see `decoding.beam_search`);
   graphdef, params and rest may be lists (an ensemble's members, see `merge`)."""
@@ -48,10 +53,17 @@ def make_decode_fn(graphdef, rest, config, tok, beam_size: int, alpha: float, us
     kwargs = dict(max_len=max_len, use_cache=use_cache, **options)
     if beam_size == 1:
       return decoding.greedy_decode(model, inputs, **kwargs)
-    out = decoding.beam_search(model, inputs, beam_size=beam_size, alpha=alpha,
-                               groups=decoding.auto_beam_groups(config.beam_groups),
-                               n_best=n_best, **kwargs)
+    out = decoding.beam_search(
+      model,
+      inputs,
+      beam_size=beam_size,
+      alpha=alpha,
+      groups=decoding.auto_beam_groups(config.beam_groups),
+      n_best=n_best,
+      **kwargs,
+    )
     return out if n_best else out[0]
+
   return decode
 
 
@@ -63,16 +75,18 @@ def decode_all(sources, decode_fn, params, config, batch_size, sharding=None):
     inputs = batch['inputs']
     if sharding is not None:
       inputs = jax.make_array_from_process_local_data(sharding, process_rows(inputs))
-    out = to_host(decode_fn(
-        params, inputs, max_len=decode_length(config, batch['inputs'].shape[1])))
+    out = to_host(
+      decode_fn(params, inputs, max_len=decode_length(config, batch['inputs'].shape[1]))
+    )
     for row, index in enumerate(batch['index']):
       if index >= 0:
         outputs[index] = jax.tree.map(lambda x, row=row: x[row], out)
   return outputs
 
 
-def decode_texts(sources, config, tok, graphdef, params, rest, beam_size, alpha, batch_size,
-                 sharding=None):
+def decode_texts(
+  sources, config, tok, graphdef, params, rest, beam_size, alpha, batch_size, sharding=None
+):
   """Decode tokenized sources -> output strings: each beam search's best, or with
   config.mbr_utility set, the minimum Bayes risk choice among its n-best (`mbr_select`)."""
   utility = config.get('mbr_utility', '')
@@ -84,6 +98,12 @@ def decode_texts(sources, config, tok, graphdef, params, rest, beam_size, alpha,
   for ids, scores in outputs:
     finished = scores > decoding.NEG_INF / 2  # slots no hypothesis reached are left out
     finished[0] = True
-    texts.append(mbr_select([tok.decode(row) for row in ids[finished]], scores[finished],
-                            utility, config.mbr_temperature))
+    texts.append(
+      mbr_select(
+        [tok.decode(row) for row in ids[finished]],
+        scores[finished],
+        utility,
+        config.mbr_temperature,
+      )
+    )
   return texts

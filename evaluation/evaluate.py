@@ -20,15 +20,19 @@ from model.transformer import shift_right
 from training.parallel import make_mesh
 
 # eval.py flags that override a decoding constraint of the config (0: off)
-CONSTRAINT_FLAGS = {'min_len': 'min_decode_len', 'min_words': 'min_decode_words',
-                    'no_repeat_ngram': 'no_repeat_ngram_size'}
+CONSTRAINT_FLAGS = {
+  'min_len': 'min_decode_len',
+  'min_words': 'min_decode_words',
+  'no_repeat_ngram': 'no_repeat_ngram_size',
+}
 
 
 def constraints_tag(config) -> str:
   """Output-file suffix naming the constraints in force, e.g. '.min2.norep2' ('' for none)."""
   short = {'min_len': 'min', 'min_words': 'minw', 'no_repeat_ngram': 'norep'}
-  return ''.join(f'.{short[flag]}{config[field]}' for flag, field in CONSTRAINT_FLAGS.items()
-                 if config[field])
+  return ''.join(
+    f'.{short[flag]}{config[field]}' for flag, field in CONSTRAINT_FLAGS.items() if config[field]
+  )
 
 
 def mbr_tag(config) -> str:
@@ -43,46 +47,74 @@ def check_mbr(config, beam_size):
   if utility not in ('', 'bleu', 'chrf', 'rouge'):
     raise EvalError(f'--mbr={utility} is not one of bleu, chrf, rouge, none.')
   if utility and beam_size < 2:
-    raise EvalError(f'--mbr={utility} chooses among the beam\'s hypotheses: set '
-                    f'--beam_size=2 or more (the Multi30k setting: 20).')
+    raise EvalError(
+      f"--mbr={utility} chooses among the beam's hypotheses: set "
+      f'--beam_size=2 or more (the Multi30k setting: 20).'
+    )
   if config.get('mbr_temperature', 0.0) < 0:
-    raise EvalError(f'--mbr_temperature={config.mbr_temperature} must be >= 0 (0: equal '
-                    f'weights).')
+    raise EvalError(f'--mbr_temperature={config.mbr_temperature} must be >= 0 (0: equal weights).')
 
 
-def evaluate_split(config, tok, graphdef, params, rest, used_steps, split, beam_size, alpha,
-                   batch_size, workdir, ema=False):
+def evaluate_split(
+  config,
+  tok,
+  graphdef,
+  params,
+  rest,
+  used_steps,
+  split,
+  beam_size,
+  alpha,
+  batch_size,
+  workdir,
+  ema=False,
+):
   examples, _ = datasets.load_examples(config, split)
   sources = tok.encode([e['source'] for e in examples])
   too_long = sum(len(s) > config.max_eval_len for s in sources)
   if too_long:
-    print(f'warning: {too_long} sources longer than max_eval_len={config.max_eval_len} are '
-          f'truncated', file=sys.stderr)
+    print(
+      f'warning: {too_long} sources longer than max_eval_len={config.max_eval_len} are truncated',
+      file=sys.stderr,
+    )
   mesh = make_mesh()
   sharding = NamedSharding(mesh, P('data'))
   start = time.time()
-  hypotheses = decode_texts(sources, config, tok, graphdef, params, rest, beam_size, alpha,
-                            batch_size, sharding)
+  hypotheses = decode_texts(
+    sources, config, tok, graphdef, params, rest, beam_size, alpha, batch_size, sharding
+  )
   seconds = time.time() - start
   if config.get('task', 'translation') == 'summarization':
     scores = rouge_scores(hypotheses, examples)
   else:
     scores = translation_scores(hypotheses, examples, config.get('target_lang'))
   members = len(graphdef) if isinstance(graphdef, list) else 1
-  tag = (f'{split}.step{used_steps[-1]}' + (f'.avg{len(used_steps)}' if len(used_steps) > 1
-                                            else '') + ('.ema' if ema else '')
-         + (f'.ens{members}' if members > 1 else '')
-         + f'.beam{beam_size}'
-         + (f'.alpha{alpha:g}' if beam_size > 1 else '')
-         + constraints_tag(config) + mbr_tag(config))
+  tag = (
+    f'{split}.step{used_steps[-1]}'
+    + (f'.avg{len(used_steps)}' if len(used_steps) > 1 else '')
+    + ('.ema' if ema else '')
+    + (f'.ens{members}' if members > 1 else '')
+    + f'.beam{beam_size}'
+    + (f'.alpha{alpha:g}' if beam_size > 1 else '')
+    + constraints_tag(config)
+    + mbr_tag(config)
+  )
   out_dir = epath.Path(workdir) / 'eval'
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / f'{tag}.txt').write_text('\n'.join(hypotheses) + '\n')
-  report = {'split': split, 'steps': used_steps, 'ema': ema, 'members': members,
-            'beam_size': beam_size,
-            'alpha': alpha, 'mbr_utility': config.get('mbr_utility', ''),
-            'mbr_temperature': config.get('mbr_temperature', 0.0),
-            'num_examples': len(examples), 'decode_seconds': seconds, **scores}
+  report = {
+    'split': split,
+    'steps': used_steps,
+    'ema': ema,
+    'members': members,
+    'beam_size': beam_size,
+    'alpha': alpha,
+    'mbr_utility': config.get('mbr_utility', ''),
+    'mbr_temperature': config.get('mbr_temperature', 0.0),
+    'num_examples': len(examples),
+    'decode_seconds': seconds,
+    **scores,
+  }
   (out_dir / f'{tag}.json').write_text(json.dumps(report, indent=2))
   return report, str(out_dir / f'{tag}.txt')
 
@@ -93,12 +125,16 @@ def translate_lines(config, tok, graphdef, params, rest, beam_size, alpha, batch
   sources = tok.encode([datasets.model_text(config, lines[i]) for i in keep])
   for i, s in zip(keep, sources):
     if len(s) > config.max_eval_len:
-      print(f'warning: line {i + 1} has {len(s)} tokens, more than max_eval_len='
-            f'{config.max_eval_len}; decoding its first {config.max_eval_len}.', file=sys.stderr)
+      print(
+        f'warning: line {i + 1} has {len(s)} tokens, more than max_eval_len='
+        f'{config.max_eval_len}; decoding its first {config.max_eval_len}.',
+        file=sys.stderr,
+      )
   outputs = [''] * len(lines)
   if sources:
-    for i, text in zip(keep, decode_texts(sources, config, tok, graphdef, params, rest,
-                                          beam_size, alpha, batch_size)):
+    for i, text in zip(
+      keep, decode_texts(sources, config, tok, graphdef, params, rest, beam_size, alpha, batch_size)
+    ):
       outputs[i] = text
   return outputs
 
@@ -106,36 +142,53 @@ def translate_lines(config, tok, graphdef, params, rest, beam_size, alpha, batch
 def attention_maps(config, tok, graphdef, params, rest, sentence, beam_size, alpha):
   """Decode `sentence`; return (source pieces, output pieces, encoder self-attention
   [layers][heads, src, src], cross-attention [layers][heads, out, src])."""
-  source = batching.truncate(tok.encode([datasets.model_text(config, sentence)])[0],
-                             config.max_eval_len)[None]
+  source = batching.truncate(
+    tok.encode([datasets.model_text(config, sentence)])[0], config.max_eval_len
+  )[None]
   decode_fn = make_decode_fn(graphdef, rest, config, tok, beam_size, alpha)
-  out = np.asarray(decode_fn(params, source, max_len=decode_length(config,
-                                                                          source.shape[1])))[0]
-  length = int(np.argmax(out == tokenizer_lib.EOS_ID)) + 1 if (
-      out == tokenizer_lib.EOS_ID).any() else len(out)
+  out = np.asarray(decode_fn(params, source, max_len=decode_length(config, source.shape[1])))[0]
+  length = (
+    int(np.argmax(out == tokenizer_lib.EOS_ID)) + 1
+    if (out == tokenizer_lib.EOS_ID).any()
+    else len(out)
+  )
   target = out[None, :length]
   model = nnx.merge(graphdef, params, rest)
   encoded, enc_weights = model.encode(jnp.asarray(source), return_weights=True)
-  _, dec_weights = model.decode(encoded, jnp.asarray(source), shift_right(jnp.asarray(target)),
-                                return_weights=True)
-  return (tok.pieces(source[0]), tok.pieces(target[0]), [np.asarray(w[0]) for w in enc_weights],
-          [np.asarray(w[0]) for w in dec_weights])
+  _, dec_weights = model.decode(
+    encoded, jnp.asarray(source), shift_right(jnp.asarray(target)), return_weights=True
+  )
+  return (
+    tok.pieces(source[0]),
+    tok.pieces(target[0]),
+    [np.asarray(w[0]) for w in enc_weights],
+    [np.asarray(w[0]) for w in dec_weights],
+  )
 
 
 def plot_attention(src_pieces, out_pieces, enc_weights, cross_weights, path: str):
   """One row per layer: cross-attention heads, then encoder self-attention heads."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   layers, heads = len(cross_weights), cross_weights[0].shape[0]
-  fig, axes = plt.subplots(layers, 2 * heads, squeeze=False,
-                           figsize=(2 * heads * (1.2 + 0.28 * len(src_pieces)),
-                                    layers * (1.2 + 0.28 * max(len(out_pieces), len(src_pieces)))))
+  fig, axes = plt.subplots(
+    layers,
+    2 * heads,
+    squeeze=False,
+    figsize=(
+      2 * heads * (1.2 + 0.28 * len(src_pieces)),
+      layers * (1.2 + 0.28 * max(len(out_pieces), len(src_pieces))),
+    ),
+  )
   for layer in range(layers):
     for head in range(heads):
       for column, weights, rows, title in (
-          (head, cross_weights[layer][head], out_pieces, 'cross'),
-          (heads + head, enc_weights[layer][head], src_pieces, 'encoder self')):
+        (head, cross_weights[layer][head], out_pieces, 'cross'),
+        (heads + head, enc_weights[layer][head], src_pieces, 'encoder self'),
+      ):
         ax = axes[layer][column]
         ax.imshow(weights, cmap='viridis', vmin=0.0, vmax=1.0)
         ax.set_xticks(range(len(src_pieces)), src_pieces, rotation=90, fontsize=7)

@@ -1,6 +1,5 @@
 """Restoring a training run: its config, tokenizer and (averaged or ensembled) parameters."""
 
-
 import jax
 import jax.numpy as jnp
 from etils import epath
@@ -20,8 +19,10 @@ def load_run(workdir: str, flag: str = '--workdir'):
   """(config, tokenizer) of a training run's workdir (named by `flag` in errors)."""
   path = epath.Path(workdir)
   if not path.exists():
-    raise EvalError(f'{flag}={workdir} does not exist; train first: python train.py '
-                    f'--config=... --workdir={workdir}')
+    raise EvalError(
+      f'{flag}={workdir} does not exist; train first: python train.py '
+      f'--config=... --workdir={workdir}'
+    )
   if not (path / 'config.json').exists():
     raise EvalError(f'{workdir} holds no config.json: it is not a train.py workdir.')
   return read_saved_config(workdir), tokenizer_lib.Tokenizer(str(path / tokenizer_lib.FILENAME))
@@ -34,8 +35,10 @@ def load_params(config, workdir: str, step=None, average_last: int = 1, ema: boo
   Returns (graphdef, params, rest, the steps used).
   """
   if ema and not config.ema_decay:
-    raise EvalError(f'--ema: {workdir} kept no moving average (its config.ema_decay is 0); '
-                    f'drop --ema, or train with --config.ema_decay=0.999.')
+    raise EvalError(
+      f'--ema: {workdir} kept no moving average (its config.ema_decay is 0); '
+      f'drop --ema, or train with --config.ema_decay=0.999.'
+    )
   graphdef, params, rest = create_model(config, 0)
   checkpoints = Checkpoints(workdir, keep=max(config.keep_checkpoints, average_last))
   steps = sorted(checkpoints.manager.all_steps())
@@ -50,8 +53,7 @@ def load_params(config, workdir: str, step=None, average_last: int = 1, ema: boo
   used = steps[-average_last:]
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
   key = 'ema_params' if ema else 'params'
-  restored = [jax.tree.map(jnp.asarray, checkpoints.restore_params(s, abstract, key))
-              for s in used]
+  restored = [jax.tree.map(jnp.asarray, checkpoints.restore_params(s, abstract, key)) for s in used]
   # The mean in float32 on the device, as the scores in docs/results.md were computed: summed and
   # divided in NumPy instead, some parameters differ in the last bit, and so do a few beams.
   averaged = jax.tree.map(lambda *xs: sum(xs) / len(xs), *restored)
@@ -68,13 +70,17 @@ def load_ensemble(config, tok, workdir, members, step=None, average_last=1, ema=
   for member in members:
     member_config, member_tok = load_run(member, '--ensemble')
     if member_tok.vocabulary() != tok.vocabulary():
-      raise EvalError(f'--ensemble: {member} has another vocabulary than {workdir}; members '
-                      f'share one: copy {workdir}/{tokenizer_lib.FILENAME} into a new workdir '
-                      f'before training it there.')
+      raise EvalError(
+        f'--ensemble: {member} has another vocabulary than {workdir}; members '
+        f'share one: copy {workdir}/{tokenizer_lib.FILENAME} into a new workdir '
+        f'before training it there.'
+      )
     for field in SHARED_FIELDS:
       if member_config.get(field) != config.get(field):
-        raise EvalError(f'--ensemble: {member} has config.{field}={member_config.get(field)!r}, '
-                        f'{workdir} {config.get(field)!r}; members must agree.')
+        raise EvalError(
+          f'--ensemble: {member} has config.{field}={member_config.get(field)!r}, '
+          f'{workdir} {config.get(field)!r}; members must agree.'
+        )
     runs.append((member_config, member))
   loaded = [load_params(c, w, step, average_last, ema) for c, w in runs]
   graphdefs, params, rests, used = zip(*loaded)

@@ -13,8 +13,14 @@ every checkpoint: a resumed run sees exactly the batches an uninterrupted run wo
 import numpy as np
 
 BATCHINGS = ('packed', 'bucketed')
-KEYS = ('inputs', 'targets', 'inputs_position', 'targets_position', 'inputs_segmentation',
-        'targets_segmentation')
+KEYS = (
+  'inputs',
+  'targets',
+  'inputs_position',
+  'targets_position',
+  'inputs_segmentation',
+  'targets_segmentation',
+)
 
 
 def bucket_lengths(max_len: int, step: int = 8):
@@ -57,18 +63,36 @@ class TrainIterator:
   the workdir), it sees the same batches as an uninterrupted run.
   """
 
-  def __init__(self, sources, targets, *, batching='packed', batch_size=64, max_len=64,
-               max_tokens=4096, seed=0, process_index=0, process_count=1, row_multiple=1,
-               max_target_len=None, pack_window=1, resample=None):
+  def __init__(
+    self,
+    sources,
+    targets,
+    *,
+    batching='packed',
+    batch_size=64,
+    max_len=64,
+    max_tokens=4096,
+    seed=0,
+    process_index=0,
+    process_count=1,
+    row_multiple=1,
+    max_target_len=None,
+    pack_window=1,
+    resample=None,
+  ):
     if batching not in BATCHINGS:
       raise ValueError(f'config.batching={batching!r} is unknown; use one of {BATCHINGS}.')
     self.separate_target_len = bool(max_target_len)
     self.max_target_len = max_target_len or max_len
-    keep = [i for i in range(len(sources))
-            if 0 < len(sources[i]) <= max_len and 0 < len(targets[i]) <= self.max_target_len]
+    keep = [
+      i
+      for i in range(len(sources))
+      if 0 < len(sources[i]) <= max_len and 0 < len(targets[i]) <= self.max_target_len
+    ]
     if not keep:
-      raise ValueError(f'no training pair fits config.max_train_len={max_len} (targets: '
-                       f'{self.max_target_len}).')
+      raise ValueError(
+        f'no training pair fits config.max_train_len={max_len} (targets: {self.max_target_len}).'
+      )
     self.dropped = len(sources) - len(keep)
     self.row_limits = np.array([max_len, self.max_target_len])
     self._keep, self._resample, self._tokens_epoch = keep, resample, None
@@ -82,32 +106,39 @@ class TrainIterator:
         raise ValueError(f'config.pack_window={pack_window} must be at least 1 (1: next-fit).')
       self.pack_window = pack_window
       if batch_size % multiple:
-        raise ValueError(f'config.batch_size={batch_size} must be divisible by {multiple} '
-                         f'(devices x processes).')
+        raise ValueError(
+          f'config.batch_size={batch_size} must be divisible by {multiple} (devices x processes).'
+        )
       self.rows = batch_size
     else:
       self.buckets = bucket_lengths(max_len)
-      self.bucket_rows = [max(multiple, max_tokens // length // multiple * multiple)
-                          for length in self.buckets]
+      self.bucket_rows = [
+        max(multiple, max_tokens // length // multiple * multiple) for length in self.buckets
+      ]
     # pending: per length bucket (bucketed) or the packing window (packed), drawn examples not
     # yet in a batch, in draw order.
-    self.state = {'epoch': 0, 'index': 0, 'pending': [[] for _ in range(
-        len(self.buckets) if batching == 'bucketed' else 1)]}
+    self.state = {
+      'epoch': 0,
+      'index': 0,
+      'pending': [[] for _ in range(len(self.buckets) if batching == 'bucketed' else 1)],
+    }
     self.real_tokens = self.total_tokens = 0
     self._perm_epoch, self._perm = None, None
 
   # -- state
 
   def get_state(self) -> dict:
-    return {'epoch': self.state['epoch'], 'index': self.state['index'],
-            'pending': [list(map(int, p)) for p in self.state['pending']]}
+    return {
+      'epoch': self.state['epoch'],
+      'index': self.state['index'],
+      'pending': [list(map(int, p)) for p in self.state['pending']],
+    }
 
   def set_state(self, state: dict):
     pending = [list(map(int, p)) for p in state['pending']]
     if self.batching == 'packed' and not pending:  # saved before packing had a window
       pending = [[]]
-    self.state = {'epoch': int(state['epoch']), 'index': int(state['index']),
-                  'pending': pending}
+    self.state = {'epoch': int(state['epoch']), 'index': int(state['index']), 'pending': pending}
 
   @property
   def padding_fraction(self) -> float:
@@ -176,7 +207,7 @@ class TrainIterator:
     self.total_tokens += batch['inputs'].size + batch['targets'].size
     share = len(rows) // self.process_count
     lo = self.process_index * share
-    return {k: v[lo:lo + share] for k, v in batch.items()}
+    return {k: v[lo : lo + share] for k, v in batch.items()}
 
   def _packed_rows(self):
     window, pairs = self.state['pending'][0], self._pairs
@@ -256,7 +287,7 @@ def eval_batches(sources, batch_size: int, max_len: int, targets=None, length_st
       width = min(max_len, -(-longest // length_step) * length_step)
       array = np.zeros((batch_size, width), np.int32)
       for r, seq in enumerate(chunk):
-        array[r, :len(seq)] = seq
+        array[r, : len(seq)] = seq
       batch[key] = array
     yield batch
 
@@ -266,4 +297,4 @@ def truncate(seq, max_len):
   seq = np.asarray(seq, np.int32)
   if len(seq) <= max_len:
     return seq
-  return np.concatenate([seq[:max_len - 1], seq[-1:]])
+  return np.concatenate([seq[: max_len - 1], seq[-1:]])

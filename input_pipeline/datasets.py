@@ -19,8 +19,13 @@ import tensorflow_datasets as tfds
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAW_DIR = os.path.join(REPO, 'data')
 MULTI30K_LANGS = ('en', 'de', 'fr')
-MULTI30K_SPLITS = {'train': 29000, 'val': 1014, 'test_2016_flickr': 1000,
-                   'test_2017_flickr': 1000, 'test_2017_mscoco': 461}
+MULTI30K_SPLITS = {
+  'train': 29000,
+  'val': 1014,
+  'test_2016_flickr': 1000,
+  'test_2017_flickr': 1000,
+  'test_2017_mscoco': 461,
+}
 AESLC_SPLITS = {'train': 14436, 'validation': 1960, 'test': 1906}
 FILE_FORMATS = ('parallel', 'tsv', 'jsonl')
 
@@ -42,8 +47,9 @@ def read_lines(path: str, skip_empty: bool = False):
       try:
         line = raw.decode('utf-8').rstrip('\r\n')
       except UnicodeDecodeError as e:
-        raise DataError(f'{path}:{number}: invalid UTF-8 ({e.reason}); re-encode the file as '
-                        f'UTF-8.') from None
+        raise DataError(
+          f'{path}:{number}: invalid UTF-8 ({e.reason}); re-encode the file as UTF-8.'
+        ) from None
       lines.append(line)
   return lines
 
@@ -52,8 +58,10 @@ def read_parallel(source_path: str, target_path: str):
   """Aligned lines of two files -> (pairs, number of pairs skipped for an empty side)."""
   sources, targets = read_lines(source_path), read_lines(target_path)
   if len(sources) != len(targets):
-    raise DataError(f'parallel files differ in length: {source_path} has {len(sources)} lines, '
-                    f'{target_path} has {len(targets)}.')
+    raise DataError(
+      f'parallel files differ in length: {source_path} has {len(sources)} lines, '
+      f'{target_path} has {len(targets)}.'
+    )
   pairs = [(s, t) for s, t in zip(sources, targets) if s.strip() and t.strip()]
   return pairs, len(sources) - len(pairs)
 
@@ -66,9 +74,11 @@ def read_tsv(path: str):
       continue
     fields = line.split('\t')
     if len(fields) != 2:
-      raise DataError(f'{path}:{number}: expected source<TAB>target, found '
-                      f'{"no tab" if len(fields) < 2 else f"{len(fields)} tab-separated fields"}; '
-                      f'one tab per line (texts with tabs: file_format=jsonl).')
+      raise DataError(
+        f'{path}:{number}: expected source<TAB>target, found '
+        f'{"no tab" if len(fields) < 2 else f"{len(fields)} tab-separated fields"}; '
+        f'one tab per line (texts with tabs: file_format=jsonl).'
+      )
     if not fields[0].strip() or not fields[1].strip():
       skipped += 1
       continue
@@ -88,15 +98,21 @@ def read_jsonl(path: str, source_key: str, target_key: str, extra_keys=()):
     except json.JSONDecodeError as e:
       raise DataError(f'{path}:{number}: not valid JSON ({e.msg}).') from None
     if not isinstance(record, dict):
-      raise DataError(f'{path}:{number}: expected a JSON object with the fields {source_key!r} '
-                      f'and {target_key!r}, found {type(record).__name__}.')
+      raise DataError(
+        f'{path}:{number}: expected a JSON object with the fields {source_key!r} '
+        f'and {target_key!r}, found {type(record).__name__}.'
+      )
     for key in (source_key, target_key):
       if key not in record:
-        raise DataError(f'{path}:{number}: field {key!r} is missing (fields: {sorted(record)}); '
-                        f'set config.source_key / config.target_key.')
+        raise DataError(
+          f'{path}:{number}: field {key!r} is missing (fields: {sorted(record)}); '
+          f'set config.source_key / config.target_key.'
+        )
       if not isinstance(record[key], str):
-        raise DataError(f'{path}:{number}: field {key!r} is {json.dumps(record[key])[:40]}, not '
-                        f'a string; give every example its text (or drop the line).')
+        raise DataError(
+          f'{path}:{number}: field {key!r} is {json.dumps(record[key])[:40]}, not '
+          f'a string; give every example its text (or drop the line).'
+        )
     records.append(record)
   return records, skipped
 
@@ -118,9 +134,11 @@ class Multi30k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     text.update({f'{lang}_tok': tfds.features.Text() for lang in MULTI30K_LANGS})
     text['index'] = tfds.features.Scalar(np.int64)  # line number: tfds shuffles on write
     return tfds.core.DatasetInfo(
-        builder=self, features=tfds.features.FeaturesDict(text),
-        homepage='https://github.com/multi30k/dataset',
-        citation='Elliott et al. 2016, Multi30K: Multilingual English-German Image Descriptions.')
+      builder=self,
+      features=tfds.features.FeaturesDict(text),
+      homepage='https://github.com/multi30k/dataset',
+      citation='Elliott et al. 2016, Multi30K: Multilingual English-German Image Descriptions.',
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # the corpus is vendored in data/multi30k
@@ -131,8 +149,7 @@ class Multi30k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     columns = {lang: read_lines(os.path.join(root, f'{split}.{lang}')) for lang in MULTI30K_LANGS}
     for lang in MULTI30K_LANGS:
       tok = os.path.join(root, 'tok', f'{split}.lc.norm.tok.{lang}')
-      columns[f'{lang}_tok'] = read_lines(tok) if os.path.exists(tok) else [''] * len(
-          columns[lang])
+      columns[f'{lang}_tok'] = read_lines(tok) if os.path.exists(tok) else [''] * len(columns[lang])
     for i in range(len(columns['en'])):
       yield i, {'index': i, **{key: lines[i] for key, lines in columns.items()}}
 
@@ -145,13 +162,18 @@ class Aeslc(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({
-            'index': tfds.features.Scalar(np.int64),
-            'email_body': tfds.features.Text(), 'subject_line': tfds.features.Text(),
-            'annotations': tfds.features.Sequence(tfds.features.Text())}),
-        homepage='https://github.com/ryanzhumich/AESLC',
-        citation='Zhang and Tetreault 2019, This Email Could Save Your Life (ACL).')
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          'index': tfds.features.Scalar(np.int64),
+          'email_body': tfds.features.Text(),
+          'subject_line': tfds.features.Text(),
+          'annotations': tfds.features.Sequence(tfds.features.Text()),
+        }
+      ),
+      homepage='https://github.com/ryanzhumich/AESLC',
+      citation='Zhang and Tetreault 2019, This Email Could Save Your Life (ACL).',
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -161,9 +183,15 @@ class Aeslc(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     path = os.path.join(RAW_DIR, 'aeslc', f'{split}.jsonl')
     records, _ = read_jsonl(path, 'email_body', 'subject_line')
     for i, record in enumerate(records):
-      yield record['id'], {'index': i, 'email_body': record['email_body'],
-                           'subject_line': record['subject_line'],
-                           'annotations': record.get('annotations', [])}
+      yield (
+        record['id'],
+        {
+          'index': i,
+          'email_body': record['email_body'],
+          'subject_line': record['subject_line'],
+          'annotations': record.get('annotations', []),
+        },
+      )
 
 
 tfds.disable_progress_bar()
@@ -223,17 +251,21 @@ def _catalog_source(config, split):
   try:
     builder = tfds.builder(config.dataset, data_dir=data_dir, file_format='array_record')
   except tfds.core.registered.DatasetNotFoundError:
-    raise DataError(f'config.dataset={config.dataset!r} is neither a shipped dataset '
-                    f'({sorted(BUILDERS)}), "files", nor a tfds catalog name.') from None
+    raise DataError(
+      f'config.dataset={config.dataset!r} is neither a shipped dataset '
+      f'({sorted(BUILDERS)}), "files", nor a tfds catalog name.'
+    ) from None
   if not builder.is_prepared():
     raise DataError(
-        f'tfds dataset {config.dataset!r} is not prepared in {builder.data_dir_root}. On a machine '
-        f'with network access run: python -m tensorflow_datasets.scripts.download_and_prepare '
-        f'--datasets={config.dataset} --data_dir=<dir> '
-        f'--file_format=array_record, then set --config.data_dir=<dir>.')
+      f'tfds dataset {config.dataset!r} is not prepared in {builder.data_dir_root}. On a machine '
+      f'with network access run: python -m tensorflow_datasets.scripts.download_and_prepare '
+      f'--datasets={config.dataset} --data_dir=<dir> '
+      f'--file_format=array_record, then set --config.data_dir=<dir>.'
+    )
   if split not in builder.info.splits:
-    raise DataError(f'split {split!r} is not in {config.dataset}; splits: '
-                    f'{sorted(builder.info.splits)}.')
+    raise DataError(
+      f'split {split!r} is not in {config.dataset}; splits: {sorted(builder.info.splits)}.'
+    )
   return builder.as_data_source(split=split)
 
 
@@ -266,8 +298,9 @@ def splits_of(config):
   if config.dataset == 'aeslc':
     return list(AESLC_SPLITS)
   if config.dataset == 'files':  # eval_files answers to 'eval' and to the config's eval_split
-    return ['train', 'eval'] + ([config.eval_split] if config.eval_split not in ('train', 'eval')
-                                else [])
+    return ['train', 'eval'] + (
+      [config.eval_split] if config.eval_split not in ('train', 'eval') else []
+    )
   return None
 
 
@@ -281,33 +314,49 @@ def load_examples(config, split: str):
   if config.dataset == 'multi30k':
     src, tgt = config.source_lang, config.target_lang
     if src not in MULTI30K_LANGS or tgt not in MULTI30K_LANGS or src == tgt:
-      raise DataError(f'multi30k direction {src}->{tgt} is not available; source_lang and '
-                      f'target_lang must be two different of {MULTI30K_LANGS}.')
+      raise DataError(
+        f'multi30k direction {src}->{tgt} is not available; source_lang and '
+        f'target_lang must be two different of {MULTI30K_LANGS}.'
+      )
     records = _records_in_file_order('multi30k', config, split)
-    examples = [{'source': _text(r[src]), 'target': _text(r[tgt]),
-                 'references': [_text(r[tgt])], 'tok_reference': _text(r[f'{tgt}_tok'])}
-                for r in records]
+    examples = [
+      {
+        'source': _text(r[src]),
+        'target': _text(r[tgt]),
+        'references': [_text(r[tgt])],
+        'tok_reference': _text(r[f'{tgt}_tok']),
+      }
+      for r in records
+    ]
   elif config.dataset == 'aeslc':
     examples = []
     for r in _records_in_file_order('aeslc', config, split):
       target = _text(r['subject_line'])
       extra = [_text(a) for a in r['annotations']]
-      examples.append({'source': _text(r['email_body']), 'target': target,
-                       'references': [target] + extra})
+      examples.append(
+        {'source': _text(r['email_body']), 'target': target, 'references': [target] + extra}
+      )
   else:
     source = _catalog_source(config, split)
     src_key, tgt_key = config.source_key, config.target_key
     if not src_key or not tgt_key:
-      raise DataError(f'set config.source_key and config.target_key for tfds dataset '
-                      f'{config.dataset!r} (e.g. "en" and "de", or "article" and "highlights").')
+      raise DataError(
+        f'set config.source_key and config.target_key for tfds dataset '
+        f'{config.dataset!r} (e.g. "en" and "de", or "article" and "highlights").'
+      )
     examples = []
     for i in range(len(source)):
       record = source[i]
       for key in (src_key, tgt_key):
         if key not in record:
           raise DataError(f'{config.dataset} has no field {key!r}; fields: {sorted(record)}.')
-      examples.append({'source': _text(record[src_key]), 'target': _text(record[tgt_key]),
-                       'references': [_text(record[tgt_key])]})
+      examples.append(
+        {
+          'source': _text(record[src_key]),
+          'target': _text(record[tgt_key]),
+          'references': [_text(record[tgt_key])],
+        }
+      )
   kept = [e for e in examples if e['source'].strip() and e['target'].strip()]
   for e in kept:  # what the model reads and writes; 'references' stay as written, for scoring
     e['source'], e['target'] = model_text(config, e['source']), model_text(config, e['target'])
@@ -321,11 +370,14 @@ def _file_examples(config, split):
   'eval' and config.eval_split): 'src_path,tgt_path' (parallel) or one path."""
   spec = config.train_files if split == 'train' else config.eval_files
   if not spec:
-    raise DataError(f'config.{"train" if split == "train" else "eval"}_files is empty; give the '
-                    f'path(s) of your {split} data (see data/README.md).')
+    raise DataError(
+      f'config.{"train" if split == "train" else "eval"}_files is empty; give the '
+      f'path(s) of your {split} data (see data/README.md).'
+    )
   if config.file_format not in FILE_FORMATS:
-    raise DataError(f'config.file_format={config.file_format!r} is unknown; use one of '
-                    f'{FILE_FORMATS}.')
+    raise DataError(
+      f'config.file_format={config.file_format!r} is unknown; use one of {FILE_FORMATS}.'
+    )
   if config.file_format == 'parallel':
     paths = spec.split(',')
     if len(paths) != 2:
@@ -349,7 +401,7 @@ def _file_examples(config, split):
 
 # ----------------------------------------------------------------------------- gap sentences
 
-GAP_MASK = '<mask>'   # stands for the removed sentence; no real AESLC body contains it
+GAP_MASK = '<mask>'  # stands for the removed sentence; no real AESLC body contains it
 
 
 def _unigram_f1(words, other_words) -> float:

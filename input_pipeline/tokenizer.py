@@ -40,20 +40,28 @@ class Tokenizer:
     Not reproducible: SentencePiece (0.2.3) samples from abseil's generator, which mixes
     per-process entropy into any seed. train.py saves each epoch's samples in the workdir.
     """
-    return [ids + [EOS_ID] for ids in self.sp.encode(
-        list(texts), enable_sampling=True, alpha=alpha, nbest_size=nbest_size)]
+    return [
+      ids + [EOS_ID]
+      for ids in self.sp.encode(
+        list(texts), enable_sampling=True, alpha=alpha, nbest_size=nbest_size
+      )
+    ]
 
   def decode(self, ids) -> str:
     ids = [int(i) for i in ids]
     if EOS_ID in ids:
-      ids = ids[:ids.index(EOS_ID)]
+      ids = ids[: ids.index(EOS_ID)]
     return self.sp.decode([i for i in ids if i not in (PAD_ID, BOS_ID)])
 
   def word_starts(self) -> np.ndarray:
     """[vocab_size] bool: the pieces that begin a word (SentencePiece's '\u2581' marker), the
     words that min_decode_words counts; False for the control ids."""
-    return np.array([self.sp.id_to_piece(i).startswith('\u2581') and not self.sp.is_control(i)
-                     for i in range(self.vocab_size)])
+    return np.array(
+      [
+        self.sp.id_to_piece(i).startswith('\u2581') and not self.sp.is_control(i)
+        for i in range(self.vocab_size)
+      ]
+    )
 
   def vocabulary(self):
     """[(piece, score)] by id: two tokenizers with equal vocabularies segment text alike (the
@@ -65,12 +73,19 @@ class Tokenizer:
     return [self.sp.id_to_piece(int(i)) for i in ids]
 
 
-def train_tokenizer(texts, model_path: str, vocab_size: int, model_type: str = 'unigram',
-                    max_chars: int = 10_000_000, seed: int = 0) -> Tokenizer:
+def train_tokenizer(
+  texts,
+  model_path: str,
+  vocab_size: int,
+  model_type: str = 'unigram',
+  max_chars: int = 10_000_000,
+  seed: int = 0,
+) -> Tokenizer:
   """Fit SentencePiece on `texts` (a deterministic sample of at most `max_chars` characters)."""
   if model_type not in MODEL_TYPES:
-    raise ValueError(f'config.vocab_model_type={model_type!r} is unknown; use one of '
-                     f'{MODEL_TYPES}.')
+    raise ValueError(
+      f'config.vocab_model_type={model_type!r} is unknown; use one of {MODEL_TYPES}.'
+    )
   texts = [t for t in texts if t.strip()]
   order = np.random.default_rng(seed).permutation(len(texts))
   sample, chars = [], 0
@@ -83,15 +98,26 @@ def train_tokenizer(texts, model_path: str, vocab_size: int, model_type: str = '
     prefix = os.path.join(tmp, 'spm')
     try:
       spm.SentencePieceTrainer.train(
-          sentence_iterator=iter(sample), model_prefix=prefix, vocab_size=vocab_size,
-          model_type=model_type, character_coverage=1.0, pad_id=PAD_ID, eos_id=EOS_ID,
-          bos_id=BOS_ID, unk_id=UNK_ID, input_sentence_size=len(sample),
-          shuffle_input_sentence=False, num_threads=os.cpu_count() or 1,
-          minloglevel=2, max_sentence_length=1 << 16)
+        sentence_iterator=iter(sample),
+        model_prefix=prefix,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        character_coverage=1.0,
+        pad_id=PAD_ID,
+        eos_id=EOS_ID,
+        bos_id=BOS_ID,
+        unk_id=UNK_ID,
+        input_sentence_size=len(sample),
+        shuffle_input_sentence=False,
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,
+        max_sentence_length=1 << 16,
+      )
     except RuntimeError as e:
-      raise ValueError(f'SentencePiece could not train a vocabulary of config.vocab_size='
-                       f'{vocab_size} on {len(sample)} texts: {e}. Lower config.vocab_size.') \
-          from None
+      raise ValueError(
+        f'SentencePiece could not train a vocabulary of config.vocab_size='
+        f'{vocab_size} on {len(sample)} texts: {e}. Lower config.vocab_size.'
+      ) from None
     # Write-then-rename: never a half-written tokenizer (local or GCS workdir).
     target = epath.Path(model_path)
     partial = target.parent / (target.name + '.partial')
@@ -106,5 +132,6 @@ def load_or_train(config, workdir: str, train_examples) -> Tokenizer:
   if epath.Path(path).exists():
     return Tokenizer(path)
   texts = [e['source'] for e in train_examples] + [e['target'] for e in train_examples]
-  return train_tokenizer(texts, path, config.vocab_size, config.vocab_model_type,
-                         config.vocab_max_chars, config.seed)
+  return train_tokenizer(
+    texts, path, config.vocab_size, config.vocab_model_type, config.vocab_max_chars, config.seed
+  )

@@ -79,9 +79,18 @@ def combine_masks(*masks):
 # ----------------------------------------------------------------------------- core kernel
 
 
-def dot_product_attention(query, key, value, mask=None, *, kernel: str = 'einsum',
-                          dropout_rate: float = 0.0, dropout_rng=None,
-                          return_weights: bool = False, kv_heads_major: bool = False):
+def dot_product_attention(
+  query,
+  key,
+  value,
+  mask=None,
+  *,
+  kernel: str = 'einsum',
+  dropout_rate: float = 0.0,
+  dropout_rng=None,
+  return_weights: bool = False,
+  kv_heads_major: bool = False,
+):
   """softmax(Q Kᵀ / sqrt(d_k)) V over the keys, with masked keys getting exactly zero weight.
 
   Args:
@@ -108,8 +117,9 @@ def dot_product_attention(query, key, value, mask=None, *, kernel: str = 'einsum
     raise ValueError(f'attention kernel={kernel!r} is unknown; use one of {KERNELS}.')
   # A query row with no key to attend to: its output is defined as zero.
   row_has_key = None if mask is None else jnp.any(mask, axis=-1)  # [b, h|1, q]
-  use_einsum = (kernel == 'einsum' or return_weights
-                or (dropout_rate > 0 and dropout_rng is not None))
+  use_einsum = (
+    kernel == 'einsum' or return_weights or (dropout_rate > 0 and dropout_rng is not None)
+  )
   if not use_einsum:
     if kv_heads_major:
       key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
@@ -121,8 +131,9 @@ def dot_product_attention(query, key, value, mask=None, *, kernel: str = 'einsum
   depth = query.shape[-1]
   # [batch, heads, q_len, kv_len]
   kv = 'bhkd' if kv_heads_major else 'bkhd'
-  scores = jnp.einsum(f'bqhd,{kv}->bhqk', query, key,
-                      preferred_element_type=jnp.float32) / math.sqrt(depth)
+  scores = jnp.einsum(
+    f'bqhd,{kv}->bhqk', query, key, preferred_element_type=jnp.float32
+  ) / math.sqrt(depth)
   weights = masked_softmax(scores, mask)
   if dropout_rate > 0 and dropout_rng is not None:
     keep = dropout_keep_mask(dropout_rng, dropout_rate, weights.shape)
@@ -131,23 +142,23 @@ def dot_product_attention(query, key, value, mask=None, *, kernel: str = 'einsum
   return (out, weights) if return_weights else out
 
 
-
-
 def _check_qkv(query, key, value):
   for name, x in (('query', query), ('key', key), ('value', value)):
     if x.ndim != 4:
-      raise ValueError(f'{name} must have rank 4 [batch, length, heads, head_dim], '
-                       f'got shape {x.shape}.')
+      raise ValueError(
+        f'{name} must have rank 4 [batch, length, heads, head_dim], got shape {x.shape}.'
+      )
   if not query.shape[0] == key.shape[0] == value.shape[0]:
-    raise ValueError(f'batch sizes differ: query {query.shape}, key {key.shape}, '
-                     f'value {value.shape}.')
+    raise ValueError(
+      f'batch sizes differ: query {query.shape}, key {key.shape}, value {value.shape}.'
+    )
   if key.shape[1] != value.shape[1]:
     raise ValueError(f'key and value lengths differ: {key.shape} vs {value.shape}.')
   if query.shape[2:] != key.shape[2:] or query.shape[2] != value.shape[2]:
-    raise ValueError(f'query {query.shape} and key {key.shape} must share heads and head_dim, '
-                     f'value {value.shape} the number of heads.')
-
-
+    raise ValueError(
+      f'query {query.shape} and key {key.shape} must share heads and head_dim, '
+      f'value {value.shape} the number of heads.'
+    )
 
 
 def dropout(x, rate: float, rng, whole_vectors: bool = False):
@@ -185,10 +196,22 @@ class MultiHeadAttention(nnx.Module):
   97.5th percentile of the training lengths.
   """
 
-  def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs, head_dim: int | None = None,
-               self_attention: bool = True, dropout_rate: float = 0.0, kernel: str = 'einsum',
-               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-               matmul_dtype: Any = None, rotary: bool = False, qk_norm: float = 0.0):
+  def __init__(
+    self,
+    d_model: int,
+    num_heads: int,
+    *,
+    rngs: nnx.Rngs,
+    head_dim: int | None = None,
+    self_attention: bool = True,
+    dropout_rate: float = 0.0,
+    kernel: str = 'einsum',
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    matmul_dtype: Any = None,
+    rotary: bool = False,
+    qk_norm: float = 0.0,
+  ):
     if num_heads <= 0 or d_model <= 0:
       raise ValueError(f'num_heads={num_heads} and d_model={d_model} must be positive.')
     if head_dim is None:
@@ -198,8 +221,10 @@ class MultiHeadAttention(nnx.Module):
     if kernel not in KERNELS:
       raise ValueError(f'attention kernel={kernel!r} is unknown; use one of {KERNELS}.')
     if rotary and (not self_attention or head_dim % 2):
-      raise ValueError(f'rotary embedding applies to self-attention with an even head_dim, got '
-                       f'self_attention={self_attention}, head_dim={head_dim}.')
+      raise ValueError(
+        f'rotary embedding applies to self-attention with an even head_dim, got '
+        f'self_attention={self_attention}, head_dim={head_dim}.'
+      )
     if qk_norm < 0:
       raise ValueError(f'qk_norm={qk_norm} must be >= 0 (0: off; else the initial scale g).')
     self.rotary = rotary
@@ -215,20 +240,23 @@ class MultiHeadAttention(nnx.Module):
       self.qkv_kernel = param((d_model, 3, num_heads, head_dim), lecun)
       self.qkv_bias = param((3, num_heads, head_dim), nnx.initializers.zeros)
     else:
-      self.q_kernel = param((d_model, num_heads, head_dim),
-                            nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)))
+      self.q_kernel = param(
+        (d_model, num_heads, head_dim), nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+      )
       self.q_bias = param((num_heads, head_dim), nnx.initializers.zeros)
       self.kv_kernel = param((d_model, 2, num_heads, head_dim), lecun)
       self.kv_bias = param((2, num_heads, head_dim), nnx.initializers.zeros)
-    self.out_kernel = param((num_heads, head_dim, d_model),
-                            nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2))
+    self.out_kernel = param(
+      (num_heads, head_dim, d_model), nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+    )
     self.out_bias = param((d_model,), nnx.initializers.zeros)
-    self.qk_scale = (nnx.Param(jnp.asarray(qk_norm, param_dtype)) if qk_norm > 0 else None)
+    self.qk_scale = nnx.Param(jnp.asarray(qk_norm, param_dtype)) if qk_norm > 0 else None
 
   def _project(self, x, kernel, bias, spec):
     x = x.astype(self.dtype)
-    return (matmul(spec, x, kernel[...].astype(self.dtype), self.matmul_dtype)
-            + bias[...].astype(self.dtype))
+    return matmul(spec, x, kernel[...].astype(self.dtype), self.matmul_dtype) + bias[...].astype(
+      self.dtype
+    )
 
   def project_qkv(self, x, positions=None):
     """Self-attention Q, K, V, each [batch, len, heads, head_dim]; with `rotary`, Q and K rotated
@@ -270,16 +298,32 @@ class MultiHeadAttention(nnx.Module):
 
   def attend(self, q, k, v, mask, dropout_rng=None, return_weights=False, kv_heads_major=False):
     """Attention over given projected Q, K, V, then the output projection to d_model."""
-    result = dot_product_attention(q, k, v, mask, kernel=self.kernel,
-                                   dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
-                                   return_weights=return_weights, kv_heads_major=kv_heads_major)
+    result = dot_product_attention(
+      q,
+      k,
+      v,
+      mask,
+      kernel=self.kernel,
+      dropout_rate=self.dropout_rate,
+      dropout_rng=dropout_rng,
+      return_weights=return_weights,
+      kv_heads_major=kv_heads_major,
+    )
     out, weights = result if return_weights else (result, None)
     out = matmul('btnh,nhd->btd', out, self.out_kernel[...].astype(self.dtype), self.matmul_dtype)
     out = out + self.out_bias[...].astype(self.dtype)
     return (out, weights) if return_weights else out
 
-  def __call__(self, inputs_q, inputs_kv=None, mask=None, *, dropout_rng=None,
-               return_weights=False, positions=None):
+  def __call__(
+    self,
+    inputs_q,
+    inputs_kv=None,
+    mask=None,
+    *,
+    dropout_rng=None,
+    return_weights=False,
+    positions=None,
+  ):
     """inputs_q: [batch, q_len, d_model]; inputs_kv: [batch, kv_len, d_model] for cross-attention
     (None for self-attention); mask broadcastable to [batch, heads, q_len, kv_len]; positions
     (rotary self-attention): int [batch or 1, q_len], None for 0, 1, ..."""
@@ -293,8 +337,9 @@ class MultiHeadAttention(nnx.Module):
       if inputs_kv is None:
         raise ValueError('cross-attention needs inputs_kv (the encoder output).')
       if inputs_kv.ndim != 3 or inputs_kv.shape[0] != inputs_q.shape[0]:
-        raise ValueError(f'inputs_kv must be [batch={inputs_q.shape[0]}, length, d_model], '
-                         f'got {inputs_kv.shape}.')
+        raise ValueError(
+          f'inputs_kv must be [batch={inputs_q.shape[0]}, length, d_model], got {inputs_kv.shape}.'
+        )
       q = self.project_q(inputs_q)
       k, v = self.project_kv(inputs_kv)
     return self.attend(q, k, v, mask, dropout_rng, return_weights)
@@ -312,19 +357,25 @@ class MultiHeadAttention(nnx.Module):
 
     def write(buffer, new):  # new: [batch, 1, heads, head_dim] -> position `index` of buffer
       return jax.lax.dynamic_update_slice_in_dim(
-          buffer, jnp.swapaxes(new, 1, 2).astype(buffer.dtype), index, 2)
+        buffer, jnp.swapaxes(new, 1, 2).astype(buffer.dtype), index, 2
+      )
+
     key, value = write(cache['key'], k), write(cache['value'], v)
     max_len = key.shape[2]
     mask = (jnp.arange(max_len) <= index)[None, None, None, :]  # [1, 1, 1, max_len]
     new_cache = {'key': key, 'value': value, 'index': index + 1}
     if return_weights:
-      out, weights = self.attend(q, key, value, mask, dropout_rng, return_weights=True,
-                                 kv_heads_major=True)
+      out, weights = self.attend(
+        q, key, value, mask, dropout_rng, return_weights=True, kv_heads_major=True
+      )
       return out, new_cache, weights
     return self.attend(q, key, value, mask, dropout_rng, kv_heads_major=True), new_cache
 
   def init_cache(self, batch_size: int, max_len: int, dtype=None):
     shape = (batch_size, self.num_heads, max_len, self.head_dim)
     dtype = dtype or self.dtype
-    return {'key': jnp.zeros(shape, dtype), 'value': jnp.zeros(shape, dtype),
-            'index': jnp.array(0, jnp.int32)}
+    return {
+      'key': jnp.zeros(shape, dtype),
+      'value': jnp.zeros(shape, dtype),
+      'index': jnp.array(0, jnp.int32),
+    }

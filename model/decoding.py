@@ -65,14 +65,14 @@ class Ensemble:
 
   def decode_step(self, tokens, cache, cross_kv, inputs):
     """As `EncoderDecoder.decode_step`: (ensemble log-probabilities [batch, vocab], caches)."""
-    steps = [m.decode_step(tokens, c, kv, inputs)
-             for m, c, kv in zip(self.models, cache, cross_kv)]
+    steps = [m.decode_step(tokens, c, kv, inputs) for m, c, kv in zip(self.models, cache, cross_kv)]
     return self._mean_probs([logits for logits, _ in steps]), tuple(c for _, c in steps)
 
   def decode(self, encoded, inputs, decoder_inputs):
     """As `EncoderDecoder.decode` (teacher forcing): ensemble log-probabilities."""
-    return self._mean_probs([m.decode(e, inputs, decoder_inputs)
-                             for m, e in zip(self.models, encoded)])
+    return self._mean_probs(
+      [m.decode(e, inputs, decoder_inputs) for m, e in zip(self.models, encoded)]
+    )
 
 
 def _stepper(model, inputs, batch_repeat: int, max_len: int, use_cache: bool):
@@ -86,6 +86,7 @@ def _stepper(model, inputs, batch_repeat: int, max_len: int, use_cache: bool):
     def step(cache, tokens, t):
       del t
       return model.decode_step(tokens, cache, cross_kv, inputs)
+
     return model.init_cache(inputs.shape[0], max_len), step
 
   encoded = jax.tree.map(lambda x: jnp.repeat(x, batch_repeat, axis=0), encoded)  # (members)
@@ -95,6 +96,7 @@ def _stepper(model, inputs, batch_repeat: int, max_len: int, use_cache: bool):
     prefix = jax.lax.dynamic_update_slice_in_dim(prefix, tokens[:, None], t, axis=1)
     logits = model.decode(encoded, inputs, prefix)  # causal: position t sees prefix[:t + 1]
     return jax.lax.dynamic_index_in_dim(logits, t, 1, keepdims=False), prefix
+
   return jnp.full((inputs.shape[0], max_len), PAD_ID, jnp.int32), step_recompute
 
 
@@ -106,8 +108,7 @@ def _reorder(tree, source_beam):
 
   # One row gather per array. mode='clip' (the rows are in range) keeps XLA from adding a
   # pass over the whole cache that masks out-of-range rows, as take_along_axis's 'fill' does.
-  return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, rows, axis=0, mode='clip'),
-                      tree)
+  return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, rows, axis=0, mode='clip'), tree)
 
 
 def _argmax(x):
@@ -143,8 +144,11 @@ def _repeated_ngram_tokens(seqs, t, n: int, vocab_size: int):
     match = match & (jnp.roll(seqs, -j, axis=-1) == last_j)
   following = jnp.roll(seqs, -m, axis=-1).reshape(-1, length)  # token i + m
   rows = jnp.arange(following.shape[0])[:, None]
-  hits = jnp.zeros((following.shape[0], vocab_size), jnp.int32).at[rows, following].add(
-      match.reshape(-1, length).astype(jnp.int32))
+  hits = (
+    jnp.zeros((following.shape[0], vocab_size), jnp.int32)
+    .at[rows, following]
+    .add(match.reshape(-1, length).astype(jnp.int32))
+  )
   return (hits > 0).reshape(seqs.shape[:-1] + (vocab_size,))
 
 
@@ -163,14 +167,26 @@ def _restrict(log_probs, t, limits, no_eos, banned=None):
 
 def _constrained(logits, seqs, t, limits, min_len, min_words, word_start, no_repeat_ngram):
   """_restrict with the constraints on the sequences so far (seqs: [..., max_len])."""
-  banned = (_repeated_ngram_tokens(seqs, t, no_repeat_ngram, logits.shape[-1])
-            if no_repeat_ngram else None)
+  banned = (
+    _repeated_ngram_tokens(seqs, t, no_repeat_ngram, logits.shape[-1]) if no_repeat_ngram else None
+  )
   return _restrict(logits, t, limits, _too_short(seqs, t, min_len, min_words, word_start), banned)
 
 
-def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int = 10,
-                  use_cache: bool = True, allow_eos: bool = True, min_len: int = 0,
-                  min_words: int = 0, word_start=None, no_repeat_ngram: int = 0):
+def greedy_decode(
+  model,
+  inputs,
+  *,
+  max_len: int,
+  len_a: float = 1.2,
+  len_b: int = 10,
+  use_cache: bool = True,
+  allow_eos: bool = True,
+  min_len: int = 0,
+  min_words: int = 0,
+  word_start=None,
+  no_repeat_ngram: int = 0,
+):
   """Argmax decoding: [batch, src_len] -> [batch, max_len] token ids (EOS, then padding).
 
   allow_eos=False suppresses EOS until the length budget (fixed-length benchmarks). Within the
@@ -186,8 +202,9 @@ def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int
     t, tokens, out, done, state = carry
     logits, state = step(state, tokens, t)
     # argmax of the logits = argmax of the log-probabilities: no softmax needed
-    next_tokens = _argmax(_constrained(logits, out, t, limits, min_len, min_words, word_start,
-                                       no_repeat_ngram))
+    next_tokens = _argmax(
+      _constrained(logits, out, t, limits, min_len, min_words, word_start, no_repeat_ngram)
+    )
     next_tokens = jnp.where(done, PAD_ID, next_tokens)
     out = out.at[:, t].set(next_tokens)
     return t + 1, next_tokens, out, done | (next_tokens == EOS_ID), state
@@ -196,8 +213,13 @@ def greedy_decode(model, inputs, *, max_len: int, len_a: float = 1.2, len_b: int
     t, _, _, done, _ = carry
     return (t < max_len) & ~jnp.all(done)
 
-  init = (jnp.array(0), jnp.full((batch,), BOS_ID, jnp.int32),
-          jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((batch,), bool), state)
+  init = (
+    jnp.array(0),
+    jnp.full((batch,), BOS_ID, jnp.int32),
+    jnp.zeros((batch, max_len), jnp.int32),
+    jnp.zeros((batch,), bool),
+    state,
+  )
   return jax.lax.while_loop(cond, body, init)[2]
 
 
@@ -230,10 +252,23 @@ def beam_search(model, inputs, *, groups: int = 1, **kwargs):
   return tuple(jnp.concatenate(arrays) for arrays in zip(*parts))
 
 
-def beam_search_loop(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, max_len: int,
-                     len_a: float = 1.2, len_b: int = 10, use_cache: bool = True,
-                     allow_eos: bool = True, min_len: int = 0, min_words: int = 0,
-                     word_start=None, no_repeat_ngram: int = 0, n_best: bool = False):
+def beam_search_loop(
+  model,
+  inputs,
+  *,
+  beam_size: int = 4,
+  alpha: float = 0.6,
+  max_len: int,
+  len_a: float = 1.2,
+  len_b: int = 10,
+  use_cache: bool = True,
+  allow_eos: bool = True,
+  min_len: int = 0,
+  min_words: int = 0,
+  word_start=None,
+  no_repeat_ngram: int = 0,
+  n_best: bool = False,
+):
   """Beam search over the whole batch in one loop (see `beam_search`). allow_eos and the
   constraints (min_len, min_words, no_repeat_ngram) as in `greedy_decode`. n_best: return the
   beam_size best finished hypotheses [batch, beam_size, max_len] and their scores [batch,
@@ -254,8 +289,9 @@ def beam_search_loop(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, m
     # 2k of the logits first, then the top 2k of those k x 2k candidates. Same result (and tie
     # order) as one top_k over all candidates, without building the [batch, k * vocab] array.
     per_beam = min(2 * k, logits.shape[-1])
-    restricted = _constrained(logits, seqs, t, limits, min_len, min_words, word_start,
-                              no_repeat_ngram)
+    restricted = _constrained(
+      logits, seqs, t, limits, min_len, min_words, word_start, no_repeat_ngram
+    )
     beam_top, beam_token = top_k(restricted, per_beam)  # [batch, k, per_beam]
     beam_lp = jnp.where(beam_top <= NEG_INF, NEG_INF, beam_top - log_z)
     candidates = (alive_lp[:, :, None] + beam_lp).reshape(batch, k * per_beam)
@@ -286,8 +322,14 @@ def beam_search_loop(model, inputs, *, beam_size: int = 4, alpha: float = 0.6, m
     return (t < max_len) & ~done
 
   init_lp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1)), (batch, 1))
-  init = (jnp.array(0), jnp.zeros((batch, k, max_len), jnp.int32), init_lp,
-          jnp.zeros((batch, k, max_len), jnp.int32), jnp.full((batch, k), NEG_INF), state)
+  init = (
+    jnp.array(0),
+    jnp.zeros((batch, k, max_len), jnp.int32),
+    init_lp,
+    jnp.zeros((batch, k, max_len), jnp.int32),
+    jnp.full((batch, k), NEG_INF),
+    state,
+  )
   _, _, _, fin_seqs, fin_scores, _ = jax.lax.while_loop(cond, body, init)
   if n_best:
     return fin_seqs, fin_scores

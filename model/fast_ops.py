@@ -73,8 +73,10 @@ def _matmul_specs(spec):
   inputs, out = spec.replace(' ', '').split('->')
   x, w = inputs.split(',')
   if not (set(x) <= set(w + out) and set(w) <= set(x + out)):
-    raise ValueError(f'matmul spec {spec!r} is not a plain contraction: an index of one operand '
-                     'must appear in the other operand or in the output.')
+    raise ValueError(
+      f'matmul spec {spec!r} is not a plain contraction: an index of one operand '
+      'must appear in the other operand or in the output.'
+    )
   return x, w, out
 
 
@@ -205,7 +207,7 @@ def dropout_keep_mask(rng, rate: float, shape):
   size = math.prod(shape)
   counter = jax.lax.iota(jnp.uint32, size).reshape(shape)
   bits = _lowbias32(_lowbias32(counter ^ seeds[0]) ^ seeds[1])
-  threshold = min(int(round(rate * 2.0 ** 32)), 2 ** 32 - 1)
+  threshold = min(int(round(rate * 2.0**32)), 2**32 - 1)
   return bits >= jnp.uint32(threshold)
 
 
@@ -240,8 +242,9 @@ def top_k(x, k: int, block: int = 50):
   if num_blocks <= k:
     return jax.lax.top_k(x, k)
   if num_blocks * block != v:
-    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, num_blocks * block - v)],
-                constant_values=-jnp.inf)
+    x = jnp.pad(
+      x, [(0, 0)] * (x.ndim - 1) + [(0, num_blocks * block - v)], constant_values=-jnp.inf
+    )
   blocks = x.reshape(*x.shape[:-1], num_blocks, block)
   _, best = jax.lax.top_k(jnp.max(blocks, axis=-1), k)
   best = jnp.sort(best, axis=-1)  # index order: ties among candidates go to the lower index

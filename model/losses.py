@@ -51,8 +51,17 @@ def rdrop_cross_entropy_sums(logits, targets, weights, label_smoothing: float, a
   return loss + 0.25 * alpha * jnp.sum(sym_kl * weights), nll, correct
 
 
-def fused_cross_entropy_sums(features, kernel, bias, targets, weights, label_smoothing: float,
-                             chunk_size: int = 512, matmul_dtype=None, rdrop_alpha: float = 0.0):
+def fused_cross_entropy_sums(
+  features,
+  kernel,
+  bias,
+  targets,
+  weights,
+  label_smoothing: float,
+  chunk_size: int = 512,
+  matmul_dtype=None,
+  rdrop_alpha: float = 0.0,
+):
   """`cross_entropy_sums` of logits = features · kernelᵀ + bias, without building the logits.
 
   Args:
@@ -84,25 +93,35 @@ def fused_cross_entropy_sums(features, kernel, bias, targets, weights, label_smo
   has_bias = bias is not None
   b = bias if has_bias else jnp.zeros((kernel.shape[0],), jnp.float32)
   operand_dtype = jnp.dtype(matmul_dtype or h.dtype)
-  loss, metrics = _fused((float(label_smoothing), float(rdrop_alpha)), int(chunk_size), has_bias,
-                         operand_dtype, h, kernel, b, t, w)
+  loss, metrics = _fused(
+    (float(label_smoothing), float(rdrop_alpha)),
+    int(chunk_size),
+    has_bias,
+    operand_dtype,
+    h,
+    kernel,
+    b,
+    t,
+    w,
+  )
   nll, correct = jax.lax.stop_gradient(metrics)
   return loss, nll, correct
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _fused(coefficients, chunk_size, has_bias, operand_dtype, h, kernel, bias, targets,
-           weights):
-  loss, metrics, _ = _fused_forward_and_grads(coefficients, chunk_size, has_bias,
-                                              operand_dtype, h, kernel, bias, targets, weights)
+def _fused(coefficients, chunk_size, has_bias, operand_dtype, h, kernel, bias, targets, weights):
+  loss, metrics, _ = _fused_forward_and_grads(
+    coefficients, chunk_size, has_bias, operand_dtype, h, kernel, bias, targets, weights
+  )
   return loss, metrics
 
 
-def _fused_fwd(coefficients, chunk_size, has_bias, operand_dtype, h, kernel, bias, targets,
-               weights):
-  loss, metrics, grads = _fused_forward_and_grads(coefficients, chunk_size, has_bias,
-                                                  operand_dtype, h, kernel, bias, targets,
-                                                  weights)
+def _fused_fwd(
+  coefficients, chunk_size, has_bias, operand_dtype, h, kernel, bias, targets, weights
+):
+  loss, metrics, grads = _fused_forward_and_grads(
+    coefficients, chunk_size, has_bias, operand_dtype, h, kernel, bias, targets, weights
+  )
   return (loss, metrics), grads
 
 
@@ -110,15 +129,21 @@ def _fused_bwd(coefficients, chunk_size, has_bias, operand_dtype, residuals, cot
   del coefficients, chunk_size, has_bias, operand_dtype
   dh, dkernel, dbias = residuals
   scale = cotangents[0]  # the metrics' cotangents are zero: they are stop_gradient-ed outside
-  return (dh * scale.astype(dh.dtype), dkernel * scale.astype(dkernel.dtype),
-          dbias * scale.astype(dbias.dtype), None, None)
+  return (
+    dh * scale.astype(dh.dtype),
+    dkernel * scale.astype(dkernel.dtype),
+    dbias * scale.astype(dbias.dtype),
+    None,
+    None,
+  )
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def _fused_forward_and_grads(coefficients, chunk_size, has_bias, operand_dtype, h, kernel,
-                             bias, targets, weights):
+def _fused_forward_and_grads(
+  coefficients, chunk_size, has_bias, operand_dtype, h, kernel, bias, targets, weights
+):
   """Loss sums and d(loss_sum)/d(h, kernel, bias), one [chunk, vocab] block at a time.
 
   coefficients: (label smoothing epsilon, R-Drop alpha); with alpha > 0 rows 2i and 2i + 1 are
@@ -170,14 +195,21 @@ def _fused_forward_and_grads(coefficients, chunk_size, has_bias, operand_dtype, 
     if has_bias:
       dbias = dbias + jnp.sum(g, axis=0)
     dh = jnp.dot(g.astype(operand_dtype), w_in, preferred_element_type=jnp.float32)
-    dkernel = dkernel + jnp.dot(hc_in.T, g.astype(operand_dtype),  # [d, vocab]
-                                preferred_element_type=jnp.float32)
-    return (loss_sum + jnp.sum(loss * wc), nll_sum + jnp.sum(nll * wc),
-            correct_sum + jnp.sum(correct * wc), dkernel, dbias), dh.astype(h.dtype)
+    dkernel = dkernel + jnp.dot(
+      hc_in.T,
+      g.astype(operand_dtype),  # [d, vocab]
+      preferred_element_type=jnp.float32,
+    )
+    return (
+      loss_sum + jnp.sum(loss * wc),
+      nll_sum + jnp.sum(nll * wc),
+      correct_sum + jnp.sum(correct * wc),
+      dkernel,
+      dbias,
+    ), dh.astype(h.dtype)
 
   n = h.shape[0] // chunk_size
-  xs = (h.reshape(n, chunk_size, d), targets.reshape(n, chunk_size),
-        weights.reshape(n, chunk_size))
+  xs = (h.reshape(n, chunk_size, d), targets.reshape(n, chunk_size), weights.reshape(n, chunk_size))
   zero = jnp.zeros((), jnp.float32)
   init = (zero, zero, zero, jnp.zeros((d, vocab), jnp.float32), jnp.zeros((vocab,), jnp.float32))
   (loss, nll, correct, dkernel, dbias), dh = jax.lax.scan(chunk, init, xs)

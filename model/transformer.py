@@ -31,18 +31,16 @@ LAYER_NORM_TYPES = ('pre', 'post')
 # the MLP's nonlinearity; the 'glu' names are gated linear units (Shazeer 2020, "GLU Variants
 # Improve Transformer"): act(x W_gate) * (x W_in), one more d x mlp_dim matrix
 ACTIVATIONS = {
-    'relu': jax.nn.relu,                                      # Vaswani et al. 2017
-    'gelu': lambda x: jax.nn.gelu(x, approximate=False),      # Hendrycks and Gimpel 2016 (erf)
-    'silu': jax.nn.silu,                                      # x * sigmoid(x), a.k.a. swish
-    'geglu': lambda x: jax.nn.gelu(x, approximate=False),
-    'swiglu': jax.nn.silu,
+  'relu': jax.nn.relu,  # Vaswani et al. 2017
+  'gelu': lambda x: jax.nn.gelu(x, approximate=False),  # Hendrycks and Gimpel 2016 (erf)
+  'silu': jax.nn.silu,  # x * sigmoid(x), a.k.a. swish
+  'geglu': lambda x: jax.nn.gelu(x, approximate=False),
+  'swiglu': jax.nn.silu,
 }
-GATED_ACTIVATIONS = frozenset({'geglu', 'swiglu'})   # one more d x mlp_dim matrix
+GATED_ACTIVATIONS = frozenset({'geglu', 'swiglu'})  # one more d x mlp_dim matrix
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
 
 
 def sinusoidal_positions(max_len: int, dim: int):
@@ -90,8 +88,10 @@ def pointer_generator_log_probs(logits, gate_logit, attention, source_ids):
   copy = copy.reshape(lead + (length, vocab))
   has_copy = copy > 0
   log_copy = jnp.where(has_copy, jnp.log(jnp.where(has_copy, copy, 1.0)), -jnp.inf)
-  return jnp.logaddexp(jax.nn.log_sigmoid(gate_logit) + jax.nn.log_softmax(logits, axis=-1),
-                       jax.nn.log_sigmoid(-gate_logit) + log_copy)
+  return jnp.logaddexp(
+    jax.nn.log_sigmoid(gate_logit) + jax.nn.log_softmax(logits, axis=-1),
+    jax.nn.log_sigmoid(-gate_logit) + log_copy,
+  )
 
 
 def _fold(rng, *data):
@@ -113,26 +113,26 @@ class TransformerConfig:
   """
 
   vocab_size: int
-  emb_dim: int                  # d_model
+  emb_dim: int  # d_model
   num_heads: int
   num_encoder_layers: int
   num_decoder_layers: int
   mlp_dim: int
-  max_len: int                  # positions the model supports
-  activation: str = 'relu'      # one of ACTIVATIONS
-  dropout_rate: float = 0.1     # residual, embedding and MLP dropout
+  max_len: int  # positions the model supports
+  activation: str = 'relu'  # one of ACTIVATIONS
+  dropout_rate: float = 0.1  # residual, embedding and MLP dropout
   attention_dropout_rate: float = 0.0
   source_word_dropout: float = 0.0
-  layer_norm: str = 'pre'       # pre | post
+  layer_norm: str = 'pre'  # pre | post
   position_embedding: str = 'sinusoidal'  # one of POSITION_TYPES
-  qk_norm: float = 0.0          # > 0: QKNorm with this initial scale; 0: QK^T / sqrt(d_k)
+  qk_norm: float = 0.0  # > 0: QKNorm with this initial scale; 0: QK^T / sqrt(d_k)
   share_embeddings: bool = True
   tie_output_embedding: bool = True
   copy_attention: bool = False  # pointer-generator
   attention_kernel: str = 'einsum'
-  dtype: str = 'float32'        # activations
+  dtype: str = 'float32'  # activations
   param_dtype: str = 'float32'
-  matmul_dtype: str = 'auto'    # one of MATMUL_DTYPES; see resolve_matmul_dtype
+  matmul_dtype: str = 'auto'  # one of MATMUL_DTYPES; see resolve_matmul_dtype
 
   @classmethod
   def from_config(cls, config) -> 'TransformerConfig':
@@ -143,33 +143,50 @@ class TransformerConfig:
     def fail(field, why):
       raise ValueError(f'config.{field}={getattr(self, field)!r} {why}')
 
-    for field in ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers',
-                  'num_decoder_layers', 'mlp_dim', 'max_len'):
+    for field in (
+      'vocab_size',
+      'emb_dim',
+      'num_heads',
+      'num_encoder_layers',
+      'num_decoder_layers',
+      'mlp_dim',
+      'max_len',
+    ):
       value = getattr(self, field)
       if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         fail(field, 'must be a positive integer.')
     if self.emb_dim % self.num_heads:
       fail('num_heads', f'must divide config.emb_dim={self.emb_dim}.')
     if self.position_embedding == 'rope' and (self.emb_dim // self.num_heads) % 2:
-      fail('position_embedding', f'needs an even head dimension; emb_dim / num_heads = '
-           f'{self.emb_dim // self.num_heads}.')
+      fail(
+        'position_embedding',
+        f'needs an even head dimension; emb_dim / num_heads = {self.emb_dim // self.num_heads}.',
+      )
     if not self.qk_norm >= 0:
       fail('qk_norm', 'must be >= 0 (0: off; else the initial attention scale g, e.g. 10).')
     for field in ('dropout_rate', 'attention_dropout_rate', 'source_word_dropout'):
       if not 0.0 <= getattr(self, field) < 1.0:
         fail(field, 'must be in [0, 1).')
-    for field, allowed in (('attention_kernel', KERNELS), ('position_embedding', POSITION_TYPES),
-                           ('layer_norm', LAYER_NORM_TYPES), ('dtype', tuple(DTYPES)),
-                           ('activation', tuple(ACTIVATIONS)),
-                           ('param_dtype', tuple(DTYPES)), ('matmul_dtype', MATMUL_DTYPES)):
+    for field, allowed in (
+      ('attention_kernel', KERNELS),
+      ('position_embedding', POSITION_TYPES),
+      ('layer_norm', LAYER_NORM_TYPES),
+      ('dtype', tuple(DTYPES)),
+      ('activation', tuple(ACTIVATIONS)),
+      ('param_dtype', tuple(DTYPES)),
+      ('matmul_dtype', MATMUL_DTYPES),
+    ):
       if getattr(self, field) not in allowed:
         fail(field, f'is unknown; use one of {allowed}.')
     for field in ('share_embeddings', 'tie_output_embedding', 'copy_attention'):
       if not isinstance(getattr(self, field), bool):
         fail(field, 'must be True or False.')
     if self.copy_attention and self.attention_dropout_rate:
-      fail('attention_dropout_rate', 'must be 0 with copy_attention (the copy distribution is '
-           'the attention weights, which attention dropout would unnormalise).')
+      fail(
+        'attention_dropout_rate',
+        'must be 0 with copy_attention (the copy distribution is '
+        'the attention weights, which attention dropout would unnormalise).',
+      )
 
 
 # ----------------------------------------------------------------------------- layers
@@ -179,15 +196,27 @@ class MlpBlock(nnx.Module):
   """Position-wise feed-forward network: Linear(d -> mlp_dim), activation, dropout,
   Linear(-> d); a gated activation ('geglu', 'swiglu') multiplies act(x W_gate) into x W_in."""
 
-  def __init__(self, dim: int, mlp_dim: int, dropout_rate: float, *, rngs: nnx.Rngs,
-               dtype: Any, param_dtype: Any, matmul_dtype: Any = None,
-               activation: str = 'relu'):
+  def __init__(
+    self,
+    dim: int,
+    mlp_dim: int,
+    dropout_rate: float,
+    *,
+    rngs: nnx.Rngs,
+    dtype: Any,
+    param_dtype: Any,
+    matmul_dtype: Any = None,
+    activation: str = 'relu',
+  ):
     self.dropout_rate, self.dtype, self.matmul_dtype = dropout_rate, dtype, matmul_dtype
     self.activation = activation
     self.wi = nnx.Linear(dim, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.wo = nnx.Linear(mlp_dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.wi_gate = (nnx.Linear(dim, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                    if activation in GATED_ACTIVATIONS else None)
+    self.wi_gate = (
+      nnx.Linear(dim, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+      if activation in GATED_ACTIVATIONS
+      else None
+    )
 
   def _dense(self, layer, x):  # layer(x), its matmul in matmul_dtype
     kernel, bias = layer.kernel[...].astype(self.dtype), layer.bias[...].astype(self.dtype)
@@ -223,8 +252,15 @@ class LayerNorm(nnx.Module):
   `scale` for every normalisation's backward reductions (docs/speed.md).
   """
 
-  def __init__(self, dim: int, *, rngs: nnx.Rngs, epsilon: float = 1e-6,
-               dtype: Any = jnp.float32, param_dtype: Any = jnp.float32):
+  def __init__(
+    self,
+    dim: int,
+    *,
+    rngs: nnx.Rngs,
+    epsilon: float = 1e-6,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+  ):
     # ones and zeros; the two keys are drawn as nnx.LayerNorm draws them, so that a seed gives
     # every other layer the initial values it has in a model built with nnx.LayerNorm
     self.scale = nnx.Param(nnx.initializers.ones(rngs.params(), (dim,), param_dtype))
@@ -233,34 +269,45 @@ class LayerNorm(nnx.Module):
 
   def __call__(self, x):
     f32 = jnp.float32
-    y = layer_norm(x.astype(f32), self.scale[...].astype(f32), self.bias[...].astype(f32),
-                   self.epsilon)
+    y = layer_norm(
+      x.astype(f32), self.scale[...].astype(f32), self.bias[...].astype(f32), self.epsilon
+    )
     return y.astype(self.dtype)
 
 
-
-
 def _norm(dim, config, rngs):
-  return LayerNorm(dim, epsilon=1e-6, dtype=DTYPES[config.dtype],
-                   param_dtype=DTYPES[config.param_dtype], rngs=rngs)
+  return LayerNorm(
+    dim, epsilon=1e-6, dtype=DTYPES[config.dtype], param_dtype=DTYPES[config.param_dtype], rngs=rngs
+  )
 
 
 def _attention(config, rngs, self_attention):
-  return MultiHeadAttention(config.emb_dim, config.num_heads, rngs=rngs,
-                            self_attention=self_attention,
-                            dropout_rate=config.attention_dropout_rate,
-                            kernel=config.attention_kernel, dtype=DTYPES[config.dtype],
-                            param_dtype=DTYPES[config.param_dtype],
-                            matmul_dtype=resolve_matmul_dtype(config.matmul_dtype),
-                            rotary=self_attention and config.position_embedding == 'rope',
-                            qk_norm=config.qk_norm)
+  return MultiHeadAttention(
+    config.emb_dim,
+    config.num_heads,
+    rngs=rngs,
+    self_attention=self_attention,
+    dropout_rate=config.attention_dropout_rate,
+    kernel=config.attention_kernel,
+    dtype=DTYPES[config.dtype],
+    param_dtype=DTYPES[config.param_dtype],
+    matmul_dtype=resolve_matmul_dtype(config.matmul_dtype),
+    rotary=self_attention and config.position_embedding == 'rope',
+    qk_norm=config.qk_norm,
+  )
 
 
 def _mlp(config, rngs):
-  return MlpBlock(config.emb_dim, config.mlp_dim, config.dropout_rate, rngs=rngs,
-                  dtype=DTYPES[config.dtype], param_dtype=DTYPES[config.param_dtype],
-                  matmul_dtype=resolve_matmul_dtype(config.matmul_dtype),
-                  activation=config.activation)
+  return MlpBlock(
+    config.emb_dim,
+    config.mlp_dim,
+    config.dropout_rate,
+    rngs=rngs,
+    dtype=DTYPES[config.dtype],
+    param_dtype=DTYPES[config.param_dtype],
+    matmul_dtype=resolve_matmul_dtype(config.matmul_dtype),
+    activation=config.activation,
+  )
 
 
 class EncoderLayer(_Sublayers):
@@ -274,12 +321,14 @@ class EncoderLayer(_Sublayers):
 
   def __call__(self, x, mask, rng=None, weights=None, positions=None):
     """positions: the tokens' positions [batch or 1, len] for rotary self-attention."""
+
     def attend(h):
       if weights is None:
         return self.self_attention(h, mask=mask, dropout_rng=_fold(rng, 0), positions=positions)
       out, w = self.self_attention(h, mask=mask, return_weights=True, positions=positions)
       weights.append(w)
       return out
+
     x = self.residual(x, self.norm1, attend, _fold(rng, 1))
     return self.residual(x, self.norm2, lambda h: self.mlp(h, _fold(rng, 2)), _fold(rng, 3))
 
@@ -294,8 +343,9 @@ class DecoderLayer(_Sublayers):
     self.mlp = _mlp(config, rngs)
     self.norm1, self.norm2, self.norm3 = (_norm(config.emb_dim, config, rngs) for _ in range(3))
 
-  def __call__(self, x, cross_kv, self_mask, cross_mask, rng=None, cache=None, weights=None,
-               positions=None):
+  def __call__(
+    self, x, cross_kv, self_mask, cross_mask, rng=None, cache=None, weights=None, positions=None
+  ):
     """x: [batch, tgt_len, d]; cross_kv: (K, V) projected from the encoder output; positions:
     [batch or 1, tgt_len] for rotary self-attention (with `cache`, the cache index).
 
@@ -309,8 +359,9 @@ class DecoderLayer(_Sublayers):
     def self_attend(h):
       nonlocal new_cache
       if cache is None:
-        return self.self_attention(h, mask=self_mask, dropout_rng=_fold(rng, 0),
-                                   positions=positions)
+        return self.self_attention(
+          h, mask=self_mask, dropout_rng=_fold(rng, 0), positions=positions
+        )
       out, new_cache = self.self_attention.decode_step(h, cache)
       return out
 
@@ -323,11 +374,13 @@ class DecoderLayer(_Sublayers):
       group = batch // cross_kv[0].shape[0]
       q = q.reshape(batch // group, group * length, *q.shape[2:])
       if weights is None:
-        out = self.cross_attention.attend(q, *cross_kv, cross_mask, _fold(rng, 2),
-                                          kv_heads_major=heads_major)
+        out = self.cross_attention.attend(
+          q, *cross_kv, cross_mask, _fold(rng, 2), kv_heads_major=heads_major
+        )
         return out.reshape(batch, length, -1)
-      out, w = self.cross_attention.attend(q, *cross_kv, cross_mask, return_weights=True,
-                                           kv_heads_major=heads_major)
+      out, w = self.cross_attention.attend(
+        q, *cross_kv, cross_mask, return_weights=True, kv_heads_major=heads_major
+      )
       # [sources, heads, group x length, src_len] -> [batch, heads, length, src_len]
       w = w.reshape(w.shape[0], w.shape[1], group, length, w.shape[-1])
       weights.append(jnp.swapaxes(w, 1, 2).reshape(batch, w.shape[1], length, w.shape[-1]))
@@ -355,32 +408,48 @@ class EncoderDecoder(nnx.Module):
     dim = config.emb_dim
     param_dtype, self.dtype = DTYPES[config.param_dtype], DTYPES[config.dtype]
     self.matmul_dtype = resolve_matmul_dtype(config.matmul_dtype)
-    embed_init = nnx.initializers.normal(stddev=dim ** -0.5)
+    embed_init = nnx.initializers.normal(stddev=dim**-0.5)
 
     def embedding():
-      return nnx.Embed(config.vocab_size, dim, dtype=self.dtype, param_dtype=param_dtype,
-                       embedding_init=embed_init, rngs=rngs)
+      return nnx.Embed(
+        config.vocab_size,
+        dim,
+        dtype=self.dtype,
+        param_dtype=param_dtype,
+        embedding_init=embed_init,
+        rngs=rngs,
+      )
+
     self.target_embed = embedding()
     self.source_embed = None if config.share_embeddings else embedding()
     if config.position_embedding == 'learned':
       self.position_table = nnx.Param(
-          nnx.initializers.normal(0.02)(rngs.params(), (config.max_len, dim), param_dtype))
+        nnx.initializers.normal(0.02)(rngs.params(), (config.max_len, dim), param_dtype)
+      )
     elif config.position_embedding == 'rope':
       self.position_table = None  # positions enter self-attention (rotary_embedding)
     else:
       self.position_table = nnx.Variable(sinusoidal_positions(config.max_len, dim))
-    self.encoder_layers = nnx.List([EncoderLayer(config, rngs=rngs)
-                                    for _ in range(config.num_encoder_layers)])
-    self.decoder_layers = nnx.List([DecoderLayer(config, rngs=rngs)
-                                    for _ in range(config.num_decoder_layers)])
+    self.encoder_layers = nnx.List(
+      [EncoderLayer(config, rngs=rngs) for _ in range(config.num_encoder_layers)]
+    )
+    self.decoder_layers = nnx.List(
+      [DecoderLayer(config, rngs=rngs) for _ in range(config.num_decoder_layers)]
+    )
     pre_ln = config.layer_norm == 'pre'
     self.encoder_norm = _norm(dim, config, rngs) if pre_ln else None
     self.decoder_norm = _norm(dim, config, rngs) if pre_ln else None
-    self.logits_dense = None if config.tie_output_embedding else nnx.Linear(
-        dim, config.vocab_size, dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
+    self.logits_dense = (
+      None
+      if config.tie_output_embedding
+      else nnx.Linear(dim, config.vocab_size, dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
+    )
     # Copy attention: p_gen = sigmoid(w · decoder features + b) per target position.
-    self.copy_gate = nnx.Linear(dim, 1, dtype=jnp.float32, param_dtype=param_dtype,
-                                rngs=rngs) if config.copy_attention else None
+    self.copy_gate = (
+      nnx.Linear(dim, 1, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs)
+      if config.copy_attention
+      else None
+    )
 
   # -- embeddings
 
@@ -403,13 +472,21 @@ class EncoderDecoder(nnx.Module):
     if tokens.ndim != 2:
       raise ValueError(f'{name} must be int token ids [batch, length], got shape {tokens.shape}.')
     if tokens.shape[1] > self.config.max_len:
-      raise ValueError(f'{name} length {tokens.shape[1]} exceeds config.max_len='
-                       f'{self.config.max_len}.')
+      raise ValueError(
+        f'{name} length {tokens.shape[1]} exceeds config.max_len={self.config.max_len}.'
+      )
 
   # -- encoder
 
-  def encode(self, inputs, inputs_positions=None, inputs_segmentation=None, *, dropout_rng=None,
-             return_weights=False):
+  def encode(
+    self,
+    inputs,
+    inputs_positions=None,
+    inputs_segmentation=None,
+    *,
+    dropout_rng=None,
+    return_weights=False,
+  ):
     """inputs: [batch, src_len] token ids -> [batch, src_len, emb_dim] (and per-layer weights)."""
     self._check_tokens('inputs', inputs)
     if inputs_segmentation is None:
@@ -417,8 +494,9 @@ class EncoderDecoder(nnx.Module):
     else:
       mask = make_segment_mask(inputs_segmentation, inputs_segmentation)
     table = self.source_embed or self.target_embed
-    x = self._embed(table, inputs, inputs_positions, _fold(dropout_rng, 0),
-                    self.config.source_word_dropout)
+    x = self._embed(
+      table, inputs, inputs_positions, _fold(dropout_rng, 0), self.config.source_word_dropout
+    )
     weights = [] if return_weights else None
     for i, layer in enumerate(self.encoder_layers):
       x = layer(x, mask, _fold(dropout_rng, 1, i), weights, inputs_positions)
@@ -433,8 +511,7 @@ class EncoderDecoder(nnx.Module):
 
     heads_major: [batch, heads, src_len, head_dim] each, the layout `decode_step` takes.
     """
-    return [layer.cross_attention.project_kv(encoded, heads_major)
-            for layer in self.decoder_layers]
+    return [layer.cross_attention.project_kv(encoded, heads_major) for layer in self.decoder_layers]
 
   def output_projection(self):
     """(kernel [vocab, emb_dim], bias [vocab] or None) with logits = features · kernelᵀ + bias."""
@@ -449,8 +526,13 @@ class EncoderDecoder(nnx.Module):
   def _logits(self, x):
     kernel, bias = self.output_projection()
     # logits = x kernelᵀ (+ bias), accumulated in float32 (the tied kernel is the embedding)
-    logits = matmul('btd,vd->btv', self.features(x), kernel.astype(x.dtype), self.matmul_dtype,
-                    out_dtype=jnp.float32)
+    logits = matmul(
+      'btd,vd->btv',
+      self.features(x),
+      kernel.astype(x.dtype),
+      self.matmul_dtype,
+      out_dtype=jnp.float32,
+    )
     return logits if bias is None else logits + bias.astype(jnp.float32)
 
   def _output(self, x, cross_weights, inputs):
@@ -463,9 +545,19 @@ class EncoderDecoder(nnx.Module):
     gate = self.copy_gate(self.features(x).astype(jnp.float32))[..., 0]
     return pointer_generator_log_probs(logits, gate, jnp.mean(cross_weights[-1], axis=1), inputs)
 
-  def decode(self, encoded, inputs, decoder_inputs, *, targets_positions=None,
-             inputs_segmentation=None, targets_segmentation=None, dropout_rng=None,
-             return_weights=False, return_features=False):
+  def decode(
+    self,
+    encoded,
+    inputs,
+    decoder_inputs,
+    *,
+    targets_positions=None,
+    inputs_segmentation=None,
+    targets_segmentation=None,
+    dropout_rng=None,
+    return_weights=False,
+    return_features=False,
+  ):
     """Teacher-forced decoding: logits [batch, tgt_len, vocab] (float32) for decoder_inputs.
 
     `inputs` (source token ids) supplies the source padding mask for cross-attention (and, with
@@ -474,45 +566,75 @@ class EncoderDecoder(nnx.Module):
     (`output_projection()` maps them to logits) instead of the logits; not with copy attention.
     """
     if return_features and self.copy_gate is not None:
-      raise ValueError('return_features (the fused loss) does not apply to copy attention; '
-                       'use the logits path (config.loss_chunk_size=0).')
+      raise ValueError(
+        'return_features (the fused loss) does not apply to copy attention; '
+        'use the logits path (config.loss_chunk_size=0).'
+      )
     self._check_tokens('decoder_inputs', decoder_inputs)
     if encoded.shape[0] != decoder_inputs.shape[0] or encoded.shape[:2] != inputs.shape:
-      raise ValueError(f'batch mismatch: encoded {encoded.shape}, inputs {inputs.shape}, '
-                       f'decoder_inputs {decoder_inputs.shape}.')
+      raise ValueError(
+        f'batch mismatch: encoded {encoded.shape}, inputs {inputs.shape}, '
+        f'decoder_inputs {decoder_inputs.shape}.'
+      )
     length = decoder_inputs.shape[1]
     if targets_segmentation is None:
       valid = decoder_inputs != 0
       self_mask = combine_masks(make_attention_mask(valid, valid), make_causal_mask(length))
       cross_mask = make_attention_mask(valid, inputs != 0)
     else:
-      self_mask = combine_masks(make_segment_mask(targets_segmentation, targets_segmentation),
-                                make_causal_mask(length))
+      self_mask = combine_masks(
+        make_segment_mask(targets_segmentation, targets_segmentation), make_causal_mask(length)
+      )
       cross_mask = make_segment_mask(targets_segmentation, inputs_segmentation)
     x = self._embed(self.target_embed, decoder_inputs, targets_positions, _fold(dropout_rng, 0))
     weights = [] if return_weights or self.copy_gate is not None else None
     for i, (layer, kv) in enumerate(zip(self.decoder_layers, self.cross_kv(encoded))):
-      x, _ = layer(x, kv, self_mask, cross_mask, _fold(dropout_rng, 1, i), weights=weights,
-                   positions=targets_positions)
+      x, _ = layer(
+        x,
+        kv,
+        self_mask,
+        cross_mask,
+        _fold(dropout_rng, 1, i),
+        weights=weights,
+        positions=targets_positions,
+      )
     out = self.features(x) if return_features else self._output(x, weights, inputs)
     return (out, weights) if return_weights else out
 
-  def __call__(self, inputs, decoder_inputs, *, inputs_positions=None, targets_positions=None,
-               inputs_segmentation=None, targets_segmentation=None, dropout_rng=None,
-               return_features=False):
+  def __call__(
+    self,
+    inputs,
+    decoder_inputs,
+    *,
+    inputs_positions=None,
+    targets_positions=None,
+    inputs_segmentation=None,
+    targets_segmentation=None,
+    dropout_rng=None,
+    return_features=False,
+  ):
     """Teacher-forced logits [batch, tgt_len, vocab]; dropout only when dropout_rng is given.
 
     return_features: the decoder features instead (see `decode`), for the fused loss.
     """
     if inputs.ndim != 2 or decoder_inputs.ndim != 2 or inputs.shape[0] != decoder_inputs.shape[0]:
-      raise ValueError(f'inputs {inputs.shape} and decoder_inputs {decoder_inputs.shape} must be '
-                       f'[batch, length] with the same batch.')
-    encoded = self.encode(inputs, inputs_positions, inputs_segmentation,
-                          dropout_rng=_fold(dropout_rng, 0))
-    return self.decode(encoded, inputs, decoder_inputs, targets_positions=targets_positions,
-                       inputs_segmentation=inputs_segmentation,
-                       targets_segmentation=targets_segmentation,
-                       dropout_rng=_fold(dropout_rng, 1), return_features=return_features)
+      raise ValueError(
+        f'inputs {inputs.shape} and decoder_inputs {decoder_inputs.shape} must be '
+        f'[batch, length] with the same batch.'
+      )
+    encoded = self.encode(
+      inputs, inputs_positions, inputs_segmentation, dropout_rng=_fold(dropout_rng, 0)
+    )
+    return self.decode(
+      encoded,
+      inputs,
+      decoder_inputs,
+      targets_positions=targets_positions,
+      inputs_segmentation=inputs_segmentation,
+      targets_segmentation=targets_segmentation,
+      dropout_rng=_fold(dropout_rng, 1),
+      return_features=return_features,
+    )
 
   # -- incremental decoding
 
@@ -536,9 +658,10 @@ class EncoderDecoder(nnx.Module):
     x = self._embed(self.target_embed, tokens[:, None], jnp.reshape(index, (1, 1)), None)
     sources = cross_kv[0][0].shape[0]
     if tokens.shape[0] % sources:
-      raise ValueError(f'{tokens.shape[0]} rows do not split into groups of beams of '
-                       f'{sources} sources (cross_kv).')
-    cross_mask = (inputs[::tokens.shape[0] // sources] != 0)[:, None, None, :]
+      raise ValueError(
+        f'{tokens.shape[0]} rows do not split into groups of beams of {sources} sources (cross_kv).'
+      )
+    cross_mask = (inputs[:: tokens.shape[0] // sources] != 0)[:, None, None, :]
     weights = [] if self.copy_gate is not None else None
     new_cache = []
     for layer, kv, layer_cache in zip(self.decoder_layers, cross_kv, cache):

@@ -1,5 +1,6 @@
 """Test setup: import the project from the repo root; keep JAX on the CPU with f32 matmuls;
 share one persistent compilation cache among this run's processes."""
+
 import os
 import shutil
 import sys

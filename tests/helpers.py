@@ -1,4 +1,5 @@
 """Helpers shared by the test modules: tiny configs, a toy task and subprocess runs."""
+
 import json
 import os
 import subprocess
@@ -36,16 +37,37 @@ def tiny_run_config(tmp_path, **overrides):
   data.mkdir(exist_ok=True)
   config = default.get_config()
   config.update(
-      dataset='files', file_format='tsv', train_files=write_reverse_task(str(data), 400, 0),
-      eval_files=write_reverse_task(str(data), 32, 1), eval_split='eval', vocab_size=24,
-      emb_dim=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, mlp_dim=64,
-      max_len=32, max_train_len=24, max_eval_len=24, batch_size=8, eval_batch_size=8,
-      num_train_steps=20, warmup_steps=5, learning_rate=3e-3, log_every_steps=5,
-      eval_every_steps=1000, checkpoint_every_steps=10, num_eval_bleu_batches=1,
-      matmul_dtype='float32',  # exact float32 comparisons between code paths
-      time_budget_minutes=0.0,  # steps, not this machine's speed, set the schedule
-      beam_size=4, length_penalty=0.6, average_last=1, mbr_utility='',  # a quick decoding
-      expected_result='')
+    dataset='files',
+    file_format='tsv',
+    train_files=write_reverse_task(str(data), 400, 0),
+    eval_files=write_reverse_task(str(data), 32, 1),
+    eval_split='eval',
+    vocab_size=24,
+    emb_dim=32,
+    num_heads=2,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+    mlp_dim=64,
+    max_len=32,
+    max_train_len=24,
+    max_eval_len=24,
+    batch_size=8,
+    eval_batch_size=8,
+    num_train_steps=20,
+    warmup_steps=5,
+    learning_rate=3e-3,
+    log_every_steps=5,
+    eval_every_steps=1000,
+    checkpoint_every_steps=10,
+    num_eval_bleu_batches=1,
+    matmul_dtype='float32',  # exact float32 comparisons between code paths
+    time_budget_minutes=0.0,  # steps, not this machine's speed, set the schedule
+    beam_size=4,
+    length_penalty=0.6,
+    average_last=1,
+    mbr_utility='',  # a quick decoding
+    expected_result='',
+  )
   config.update(overrides)
   return config
 
@@ -67,19 +89,32 @@ def write_config_file(config, path):
   with open(json_path, 'w') as f:
     f.write(config.to_json())
   with open(path, 'w') as f:
-    f.write('import json\nimport ml_collections\n\n\ndef get_config():\n'
-            f'  return ml_collections.ConfigDict(json.load(open({json_path!r})))\n')
+    f.write(
+      'import json\nimport ml_collections\n\n\ndef get_config():\n'
+      f'  return ml_collections.ConfigDict(json.load(open({json_path!r})))\n'
+    )
   return str(path)
 
 
 def train_command(config_file, workdir, *extra):
-  return [sys.executable, os.path.join(ROOT, 'train.py'), f'--config={config_file}',
-          f'--workdir={workdir}', *extra]
+  return [
+    sys.executable,
+    os.path.join(ROOT, 'train.py'),
+    f'--config={config_file}',
+    f'--workdir={workdir}',
+    *extra,
+  ]
 
 
 def run_train(config_file, workdir, *extra, env=None, timeout=300):
-  result = subprocess.run(train_command(config_file, workdir, *extra), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+  result = subprocess.run(
+    train_command(config_file, workdir, *extra),
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   return result
 
 
@@ -88,8 +123,9 @@ def wait_for_checkpoint(workdir, step, process, timeout=180):
   start = time.time()
   while not os.path.isdir(path):
     if process.poll() is not None:
-      raise AssertionError(f'train.py ended before checkpoint {step}: '
-                           f'{process.stderr.read()[-2000:]}')
+      raise AssertionError(
+        f'train.py ended before checkpoint {step}: {process.stderr.read()[-2000:]}'
+      )
     if time.time() - start > timeout:
       process.kill()
       raise AssertionError(f'no checkpoint {step} after {timeout} s')
@@ -100,13 +136,20 @@ def tiny_model_config(**overrides):
   """The model tests' TransformerConfig: small, float32, the paper's ReLU and sinusoidal
   positions, no QKNorm, with `overrides`."""
   config = default.get_config()
-  config.update(vocab_size=50, emb_dim=16, num_heads=2, num_encoder_layers=2,
-                num_decoder_layers=2, mlp_dim=32, max_len=24,
-                activation='relu',       # the plain MLP; VARIANTS and the activation tests
-                                         # cover the gated ones (the default config's swiglu)
-                position_embedding='sinusoidal',  # VARIANTS cover rope (the default config's)
-                qk_norm=0.0,             # plain scaled dot products; VARIANTS cover QKNorm
-                matmul_dtype='float32')  # exact float32 references; bfloat16 has its own tests
+  config.update(
+    vocab_size=50,
+    emb_dim=16,
+    num_heads=2,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    mlp_dim=32,
+    max_len=24,
+    activation='relu',  # the plain MLP; VARIANTS and the activation tests
+    # cover the gated ones (the default config's swiglu)
+    position_embedding='sinusoidal',  # VARIANTS cover rope (the default config's)
+    qk_norm=0.0,  # plain scaled dot products; VARIANTS cover QKNorm
+    matmul_dtype='float32',
+  )  # exact float32 references; bfloat16 has its own tests
   config.update(overrides)
   return TransformerConfig.from_config(config)
 

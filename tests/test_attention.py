@@ -1,4 +1,5 @@
 """Scaled dot-product and multi-head attention against a NumPy reference."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,9 +33,11 @@ def numpy_attention(q, k, v, mask):
 
 def random_qkv(seed=0, b=2, lq=5, lk=7, h=3, d=4):
   rng = np.random.default_rng(seed)
-  return (rng.normal(size=(b, lq, h, d)).astype(np.float32),
-          rng.normal(size=(b, lk, h, d)).astype(np.float32),
-          rng.normal(size=(b, lk, h, d)).astype(np.float32))
+  return (
+    rng.normal(size=(b, lq, h, d)).astype(np.float32),
+    rng.normal(size=(b, lk, h, d)).astype(np.float32),
+    rng.normal(size=(b, lk, h, d)).astype(np.float32),
+  )
 
 
 def padded_causal_mask():
@@ -44,12 +47,15 @@ def padded_causal_mask():
 
 def test_masks_match_hand_computed_values():
   tokens = jnp.array([[3, 4, 0]])
-  np.testing.assert_array_equal(attn.make_padding_mask(tokens, tokens)[0, 0],
-                                [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+  np.testing.assert_array_equal(
+    attn.make_padding_mask(tokens, tokens)[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 0]]
+  )
   np.testing.assert_array_equal(attn.make_causal_mask(3)[0, 0], [[1, 0, 0], [1, 1, 0], [1, 1, 1]])
   segments = jnp.array([[1, 1, 2, 0]])
-  np.testing.assert_array_equal(attn.make_segment_mask(segments, segments)[0, 0],
-                                [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(
+    attn.make_segment_mask(segments, segments)[0, 0],
+    [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]],
+  )
   assert attn.combine_masks(None, None) is None
 
 
@@ -57,9 +63,11 @@ def test_masks_match_hand_computed_values():
 def test_attention_equals_numpy_definition(mask_kind):
   q, k, v = random_qkv(lq=7, lk=7)
   tokens = jnp.array([[4, 5, 6, 7, 8, 0, 0], [4, 5, 6, 0, 0, 0, 0]])
-  mask = {'none': jnp.ones((1, 1, 7, 7), bool),
-          'padding': attn.make_padding_mask(tokens, tokens),
-          'padding+causal': padded_causal_mask()}[mask_kind]
+  mask = {
+    'none': jnp.ones((1, 1, 7, 7), bool),
+    'padding': attn.make_padding_mask(tokens, tokens),
+    'padding+causal': padded_causal_mask(),
+  }[mask_kind]
   out, weights = attn.dot_product_attention(q, k, v, mask, return_weights=True)
   ref_out, ref_weights = numpy_attention(q, k, v, mask)
   np.testing.assert_allclose(out, ref_out, atol=1e-5)
@@ -87,10 +95,6 @@ def test_fully_masked_query_gives_zeros_not_nan():
     np.testing.assert_array_equal(np.asarray(out)[:, 1], 0.0)
 
 
-
-
-
-
 def test_attention_gradients_equal_autodiff_of_plain_softmax():
   """Gradients through dot_product_attention (custom softmax VJP) against autodiff of the
   same attention written with jax.nn.softmax."""
@@ -104,8 +108,9 @@ def test_attention_gradients_equal_autodiff_of_plain_softmax():
     return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
 
   cotangent = jnp.asarray(np.random.default_rng(4).normal(size=q.shape), jnp.float32)
-  ours = jax.grad(lambda *a: jnp.sum(attn.dot_product_attention(*a, mask) * cotangent),
-                  argnums=(0, 1, 2))(q, k, v)
+  ours = jax.grad(
+    lambda *a: jnp.sum(attn.dot_product_attention(*a, mask) * cotangent), argnums=(0, 1, 2)
+  )(q, k, v)
   ref = jax.grad(lambda *a: jnp.sum(plain(*a) * cotangent), argnums=(0, 1, 2))(q, k, v)
   for a, b in zip(ours, ref):
     np.testing.assert_allclose(a, b, atol=1e-5)
@@ -115,8 +120,12 @@ def test_softmax_is_float32_for_bfloat16_inputs():
   q, k, v = (jnp.asarray(x, jnp.bfloat16) for x in random_qkv())
   out, weights = attn.dot_product_attention(q, k, v, return_weights=True)
   assert weights.dtype == jnp.float32 and out.dtype == jnp.bfloat16
-  ref_out, _ = numpy_attention(q.astype(jnp.float32), k.astype(jnp.float32),
-                               v.astype(jnp.float32), jnp.ones((1, 1, 5, 7), bool))
+  ref_out, _ = numpy_attention(
+    q.astype(jnp.float32),
+    k.astype(jnp.float32),
+    v.astype(jnp.float32),
+    jnp.ones((1, 1, 5, 7), bool),
+  )
   np.testing.assert_allclose(np.asarray(out, np.float32), ref_out, atol=5e-2)
 
 
@@ -131,15 +140,12 @@ def test_einsum_and_jax_kernels_agree():
 def test_attention_dropout_zeroes_weights_and_rescales():
   q, k, v = random_qkv()
   _, w = attn.dot_product_attention(q, k, v, return_weights=True)
-  _, wd = attn.dot_product_attention(q, k, v, dropout_rate=0.5, dropout_rng=jax.random.key(0),
-                                     return_weights=True)
+  _, wd = attn.dot_product_attention(
+    q, k, v, dropout_rate=0.5, dropout_rng=jax.random.key(0), return_weights=True
+  )
   kept = np.asarray(wd) != 0
   assert 0.3 < kept.mean() < 0.7
   np.testing.assert_allclose(np.asarray(wd)[kept], 2 * np.asarray(w)[kept], rtol=1e-6)
-
-
-
-
 
 
 def mha_numpy(module, x_q, x_kv, mask):
@@ -181,8 +187,7 @@ def test_multi_head_cross_attention_equals_per_head_definition(qk_norm):
   x_kv = rng.normal(size=(2, 7, 12)).astype(np.float32)
   kv_tokens = jnp.array([[1, 1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0, 0]])
   mask = attn.make_padding_mask(jnp.ones((2, 3), int), kv_tokens)
-  np.testing.assert_allclose(mha(x_q, x_kv, mask=mask), mha_numpy(mha, x_q, x_kv, mask),
-                             atol=1e-4)
+  np.testing.assert_allclose(mha(x_q, x_kv, mask=mask), mha_numpy(mha, x_q, x_kv, mask), atol=1e-4)
 
 
 @pytest.mark.parametrize('rotary,qk_norm', [(False, 0.0), (True, 0.0), (True, 7.0)])
@@ -195,7 +200,7 @@ def test_cached_self_attention_steps_equal_full_causal_attention(rotary, qk_norm
   cache = mha.init_cache(2, 8)
   steps = []
   for t in range(6):
-    out, cache = mha.decode_step(x[:, t:t + 1], cache)
+    out, cache = mha.decode_step(x[:, t : t + 1], cache)
     steps.append(out)
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5)
   assert int(cache['index']) == 6
@@ -211,15 +216,17 @@ def test_rotary_embedding_equals_complex_rotation_and_keeps_relative_offsets():
   positions = np.array([[0, 1, 2, 3, 4], [7, 0, 1, 2, 40]])
   theta = 10000.0 ** (-2 * np.arange(4) / 8)
   z = (x[..., :4] + 1j * x[..., 4:]) * np.exp(1j * positions[:, :, None, None] * theta)
-  np.testing.assert_allclose(attn.rotary_embedding(jnp.asarray(x), jnp.asarray(positions)),
-                             np.concatenate([z.real, z.imag], -1), atol=2e-5)
+  np.testing.assert_allclose(
+    attn.rotary_embedding(jnp.asarray(x), jnp.asarray(positions)),
+    np.concatenate([z.real, z.imag], -1),
+    atol=2e-5,
+  )
 
   mha = attn.MultiHeadAttention(16, 2, rngs=nnx.Rngs(0), rotary=True)
   h = jnp.asarray(rng.normal(size=(2, 6, 16)), jnp.float32)
   mask = attn.make_causal_mask(6)
   at0 = mha(h, mask=mask)
-  np.testing.assert_allclose(mha(h, mask=mask, positions=jnp.arange(6)[None] + 5), at0,
-                             atol=2e-5)
+  np.testing.assert_allclose(mha(h, mask=mask, positions=jnp.arange(6)[None] + 5), at0, atol=2e-5)
   assert not np.allclose(mha(h, mask=mask, positions=2 * jnp.arange(6)[None]), at0, atol=1e-3)
   plain = attn.MultiHeadAttention(16, 2, rngs=nnx.Rngs(0))  # the same weights, no rotation
   assert not np.allclose(plain(h, mask=mask), at0, atol=1e-3)
@@ -231,6 +238,7 @@ def test_qk_norm_scores_are_the_learned_scale_times_cosine_whatever_the_input_sc
   """QKNorm (Henry et al. 2020): scaling the inputs of the Q and K projections (no biases here
   at init) leaves the output unchanged; the scale g gets a gradient, and AdamW leaves it alone."""
   from training.optimizer import decays_weight
+
   mha = attn.MultiHeadAttention(16, 2, rngs=nnx.Rngs(0), self_attention=False, qk_norm=5.0)
   rng = np.random.default_rng(5)
   x_q, x_kv = (jnp.asarray(rng.normal(size=(2, n, 16)), jnp.float32) for n in (3, 4))
@@ -266,9 +274,3 @@ def test_malformed_inputs_raise_clear_errors():
   cross = attn.MultiHeadAttention(12, 3, rngs=nnx.Rngs(0), self_attention=False)
   with pytest.raises(ValueError, match='inputs_kv'):
     cross(jnp.zeros((2, 5, 12)), jnp.zeros((3, 4, 12)))
-
-
-
-
-
-

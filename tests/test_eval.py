@@ -1,4 +1,5 @@
 """eval.py: restoring a run, averaging checkpoints, scoring, user input, attention maps."""
+
 import json
 import os
 import shutil
@@ -43,8 +44,14 @@ def run(tmp_path_factory):
 
 
 def run_eval(*args, stdin=None):
-  return subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), *args], cwd=ROOT,
-                        input=stdin, capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, 'eval.py'), *args],
+    cwd=ROOT,
+    input=stdin,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_averaging_the_last_checkpoints_is_their_mean(run):
@@ -58,7 +65,8 @@ def test_averaging_the_last_checkpoints_is_their_mean(run):
   # eval.py reads just the parameters (a partial restore); training restores the whole state
   training_state = create_training(config, make_mesh()).state
   state, _ = Checkpoints(run, keep=10).restore_latest(
-      jax.tree.map(ocp.utils.to_shape_dtype_struct, training_state))
+    jax.tree.map(ocp.utils.to_shape_dtype_struct, training_state)
+  )
   assert int(state['step']) == 30
   for x, y in zip(jax.tree.leaves(state['params']), jax.tree.leaves(p30)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -143,13 +151,13 @@ def test_an_ensemble_decodes_with_each_members_own_checkpoints(run, member):
   config, tok = load_run(run)
   graphdefs, params, rests, used = load_ensemble(config, tok, run, [member])
   assert used == [30] and len(params) == 2
-  for leaf, expected in zip(jax.tree.leaves(params[1]),
-                            jax.tree.leaves(load_params(config, run, step=20)[1])):
+  for leaf, expected in zip(
+    jax.tree.leaves(params[1]), jax.tree.leaves(load_params(config, run, step=20)[1])
+  ):
     np.testing.assert_array_equal(np.asarray(leaf), np.asarray(expected))
   examples, _ = datasets.load_examples(config, 'eval')
   decode_fn = make_decode_fn(graphdefs, rests, config, tok, beam_size=2, alpha=0.6)
-  outputs = decode_all(tok.encode([e['source'] for e in examples]), decode_fn, params,
-                                config, 8)
+  outputs = decode_all(tok.encode([e['source'] for e in examples]), decode_fn, params, config, 8)
   assert open(out + '.txt').read().split('\n')[:-1] == [tok.decode(o) for o in outputs]
 
 
@@ -161,8 +169,9 @@ def test_ensemble_members_must_share_vocabulary_and_data(run, tmp_path):
     workdir.mkdir()
     (workdir / 'config.json').write_text(json.dumps({**fields, **changes}))
   shutil.copy(os.path.join(run, 'tokenizer.model'), other_lang / 'tokenizer.model')
-  tokenizer_lib.train_tokenizer(['m n o p q r', 's t u v w x'] * 60,
-                                str(other_vocab / 'tokenizer.model'), vocab_size=18)
+  tokenizer_lib.train_tokenizer(
+    ['m n o p q r', 's t u v w x'] * 60, str(other_vocab / 'tokenizer.model'), vocab_size=18
+  )
   with pytest.raises(EvalError, match='has another vocabulary than'):
     load_ensemble(config, tok, run, [str(other_vocab)])
   with pytest.raises(EvalError, match=r"has config.target_lang='fr', .* 'de'; members"):
@@ -171,8 +180,9 @@ def test_ensemble_members_must_share_vocabulary_and_data(run, tmp_path):
 
 def test_user_lines_keep_empty_lines_and_warn_on_long_ones(run):
   long_line = ' '.join(['a b c d e f g h i j'] * 5)  # > max_eval_len=24 tokens
-  result = run_eval(f'--workdir={run}', '--input=-', '--beam_size=1',
-                    stdin=f'a b c\n\n{long_line}\nj i h\n')
+  result = run_eval(
+    f'--workdir={run}', '--input=-', '--beam_size=1', stdin=f'a b c\n\n{long_line}\nj i h\n'
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   lines = result.stdout.split('\n')
   assert len(lines) == 5 and lines[1] == '' and lines[4] == ''  # 4 outputs + final newline
@@ -190,10 +200,11 @@ def test_decoding_constraints_in_the_config_hold_in_the_outputs(run):
     constrained.update(constraints)
     decode_fn = make_decode_fn(graphdef, rest, constrained, tok, beam_size=2, alpha=0.6)
     outs = decode_all(sources, decode_fn, params, config, 8)
-    return [[int(i) for i in ids[:list(ids).index(tokenizer_lib.EOS_ID)]] for ids in outs]
+    return [[int(i) for i in ids[: list(ids).index(tokenizer_lib.EOS_ID)]] for ids in outs]
 
   def meets(ids):
     return starts[ids].sum() >= 3 and len(set(ids)) == len(ids)
+
   assert not all(meets(ids) for ids in outputs())  # the constraints bind
   for ids in outputs(min_decode_words=3, no_repeat_ngram_size=1):
     assert meets(ids) and len(tok.decode(ids).split()) >= 3
@@ -209,10 +220,12 @@ def test_attention_plot_is_written(run, tmp_path):
 def test_attention_maps_are_distributions(run):
   config, tok = load_run(run)
   graphdef, params, rest, _ = load_params(config, run)
-  src, out, enc, cross = attention_maps(config, tok, graphdef, params, rest,
-                                                 'a b c d', 1, 0.6)
-  assert len(enc) == config.num_encoder_layers and enc[0].shape == (config.num_heads,
-                                                                      len(src), len(src))
+  src, out, enc, cross = attention_maps(config, tok, graphdef, params, rest, 'a b c d', 1, 0.6)
+  assert len(enc) == config.num_encoder_layers and enc[0].shape == (
+    config.num_heads,
+    len(src),
+    len(src),
+  )
   assert cross[0].shape == (config.num_heads, len(out), len(src))
   np.testing.assert_allclose(cross[0].sum(-1), 1.0, atol=1e-5)
 
@@ -230,8 +243,9 @@ def test_mbr_with_a_near_zero_temperature_keeps_the_beams_best(run):
 
 
 def test_split_evaluation_with_mbr_names_its_outputs(run):
-  result = run_eval(f'--workdir={run}', '--split=eval', '--beam_size=3', '--mbr=bleu',
-                    '--mbr_temperature=0.5')
+  result = run_eval(
+    f'--workdir={run}', '--split=eval', '--beam_size=3', '--mbr=bleu', '--mbr_temperature=0.5'
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'MBR bleu (temperature 0.5)' in result.stdout
   stem = os.path.join(run, 'eval', 'eval.step30.beam3.alpha0.6.mbr-bleu.t0.5')
@@ -240,25 +254,40 @@ def test_split_evaluation_with_mbr_names_its_outputs(run):
   assert open(stem + '.txt').read().count('\n') == 32
 
 
-@pytest.mark.parametrize('args,message', [
+@pytest.mark.parametrize(
+  'args,message',
+  [
     (['--workdir=/no/such/run'], 'does not exist'),
-    (['--workdir={run}', '--split=test'], "unknown split 'test'; splits of files: ['train', "
-                                          "'eval']"),
-    (['--workdir={run}', '--step=7'],
-     '--step=7 has no checkpoint in {run}; available: [10, 20, 30]'),
+    (
+      ['--workdir={run}', '--split=test'],
+      "unknown split 'test'; splits of files: ['train', 'eval']",
+    ),
+    (
+      ['--workdir={run}', '--step=7'],
+      '--step=7 has no checkpoint in {run}; available: [10, 20, 30]',
+    ),
     (['--workdir={run}', '--ensemble=/no/such/run'], '--ensemble=/no/such/run does not exist'),
-    (['--workdir={run}', '--ensemble={run}', '--plot_attention=a b'],
-     "--plot_attention draws one model's attention; drop --ensemble"),
-    (['--workdir={run}', '--no_repeat_ngram=-1'],
-     'config.no_repeat_ngram_size=-1 must be an integer >= 0 (0: off)'),
+    (
+      ['--workdir={run}', '--ensemble={run}', '--plot_attention=a b'],
+      "--plot_attention draws one model's attention; drop --ensemble",
+    ),
+    (
+      ['--workdir={run}', '--no_repeat_ngram=-1'],
+      'config.no_repeat_ngram_size=-1 must be an integer >= 0 (0: off)',
+    ),
     (['--workdir={run}', '--mbr=ter'], "config.mbr_utility='ter' is unknown"),
-    (['--workdir={run}', '--mbr=bleu', '--beam_size=1'],
-     "config.mbr_utility='bleu' chooses among the beam's hypotheses: it needs config.beam_size"),
-    (['--workdir={run}', '--mbr=chrf', '--mbr_temperature=-1'],
-     'config.mbr_temperature=-1.0 must be >= 0'),
+    (
+      ['--workdir={run}', '--mbr=bleu', '--beam_size=1'],
+      "config.mbr_utility='bleu' chooses among the beam's hypotheses: it needs config.beam_size",
+    ),
+    (
+      ['--workdir={run}', '--mbr=chrf', '--mbr_temperature=-1'],
+      'config.mbr_temperature=-1.0 must be >= 0',
+    ),
     (['--workdir={run}', '--beam_size=0'], 'config.beam_size=0 must be an integer >= 1'),
     (['--workdir={run}', '--average_last=0'], 'config.average_last=0 must be an integer >= 1'),
-])
+  ],
+)
 def test_bad_requests_are_one_line_errors(run, args, message):
   result = run_eval(*[a.format(run=run) for a in args])
   assert result.returncode != 0
@@ -266,14 +295,14 @@ def test_bad_requests_are_one_line_errors(run, args, message):
 
 
 def test_translation_scores_against_hand_computed_values():
-  examples = [{'references': ['Ein Hund läuft.'], 'tok_reference': 'ein hund läuft .'},
-              {'references': ['Zwei Männer reden.'], 'tok_reference': 'zwei männer reden .'}]
-  perfect = translation_scores(['Ein Hund läuft.', 'Zwei Männer reden.'], examples,
-                                        'de')
+  examples = [
+    {'references': ['Ein Hund läuft.'], 'tok_reference': 'ein hund läuft .'},
+    {'references': ['Zwei Männer reden.'], 'tok_reference': 'zwei männer reden .'},
+  ]
+  perfect = translation_scores(['Ein Hund läuft.', 'Zwei Männer reden.'], examples, 'de')
   assert perfect['bleu'] == pytest.approx(100) and perfect['tok_lc_bleu'] == pytest.approx(100)
   # Lowercasing and tokenisation make a case/spacing-only difference vanish in tok-lc BLEU.
-  cased = translation_scores(['ein hund läuft .', 'zwei männer reden .'], examples,
-                                      'de')
+  cased = translation_scores(['ein hund läuft .', 'zwei männer reden .'], examples, 'de')
   assert cased['tok_lc_bleu'] == pytest.approx(100) and cased['bleu'] < 60
 
 
@@ -287,8 +316,12 @@ def test_tokenizing_raw_references_reproduces_the_shipped_tokenized_ones(split):
 
 
 def test_rouge_takes_the_best_reference_and_reports_mean_and_target_only():
-  examples = [{'target': 'meeting tomorrow',
-               'references': ['meeting tomorrow', 'budget review for the quarter']}]
+  examples = [
+    {
+      'target': 'meeting tomorrow',
+      'references': ['meeting tomorrow', 'budget review for the quarter'],
+    }
+  ]
   scores = rouge_scores(['quarterly budget review'], examples)
   # vs reference 2 (stemmed): tokens {quarterli, budget, review} vs {budget, review, for, the,
   # quarter}: 2 overlaps, P = 2/3, R = 2/5, F = 0.5. Reference 1 shares nothing: F = 0.
@@ -307,8 +340,9 @@ def test_rouge_is_the_mean_over_examples():
 
 
 def test_annotator_scores_by_hand():
-  examples = [{'target': 'budget meeting',
-               'references': ['budget meeting', 'budget meeting', 'lunch plans']}]
+  examples = [
+    {'target': 'budget meeting', 'references': ['budget meeting', 'budget meeting', 'lunch plans']}
+  ]
   scores = annotator_scores(examples)
   # Annotator 1 ('budget meeting'): 100 against the target, best over the others 100, mean of
   # 100 and 0 = 50. Annotator 2 ('lunch plans') shares nothing: 0, 0, 0. Averaged: 50, 50, 25.
@@ -319,8 +353,14 @@ def test_annotator_scores_by_hand():
     annotator_scores([{'target': 'a', 'references': ['a']}])
 
 
-MBR_TEXTS = ['Ein Mann fährt Fahrrad.', 'Ein Mann fährt ein Fahrrad.', 'Ein Mann fährt Rad.',
-             'Zwei Hunde spielen im Schnee.', '', 'Ein Mann, ein Mann fährt.']
+MBR_TEXTS = [
+  'Ein Mann fährt Fahrrad.',
+  'Ein Mann fährt ein Fahrrad.',
+  'Ein Mann fährt Rad.',
+  'Zwei Hunde spielen im Schnee.',
+  '',
+  'Ein Mann, ein Mann fährt.',
+]
 
 
 def test_pairwise_sentence_bleu_equals_sacrebleus_sentence_score():
@@ -329,13 +369,21 @@ def test_pairwise_sentence_bleu_equals_sacrebleus_sentence_score():
   np.testing.assert_allclose(pairwise_sentence_bleu(MBR_TEXTS), expected, atol=1e-9)
 
 
-SUBJECTS = ['Meeting moved to Friday', 'meetings moved to friday!', 'Friday meeting',
-            'Budget review for Q3', '', 'meeting meeting friday moved', 'the the the']
+SUBJECTS = [
+  'Meeting moved to Friday',
+  'meetings moved to friday!',
+  'Friday meeting',
+  'Budget review for Q3',
+  '',
+  'meeting meeting friday moved',
+  'the the the',
+]
 
 
 def rouge_mean_f1(hypothesis, reference):
   """rouge-score's own scorer: the mean of ROUGE-1/2/L F1 x 100."""
   from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
+
   scorer = rouge_scorer.RougeScorer(['rouge1', 'rouge2', 'rougeL'], use_stemmer=True)
   return 100 * np.mean([s.fmeasure for s in scorer.score(reference, hypothesis).values()])
 
@@ -358,14 +406,15 @@ def test_pairwise_rouge_equals_rouge_scores_scorer():
 @pytest.mark.parametrize('temperature', [0.0, 0.1, 1.0])
 def test_mbr_picks_the_highest_expected_utility(utility, temperature):
   bleu, chrf = sacrebleu.metrics.BLEU(effective_order=True), sacrebleu.metrics.CHRF()
-  utility_fn = {'bleu': lambda h, r: bleu.sentence_score(h, [r]).score,
-                'chrf': lambda h, r: chrf.sentence_score(h, [r]).score,
-                'rouge': rouge_mean_f1}[utility]
+  utility_fn = {
+    'bleu': lambda h, r: bleu.sentence_score(h, [r]).score,
+    'chrf': lambda h, r: chrf.sentence_score(h, [r]).score,
+    'rouge': rouge_mean_f1,
+  }[utility]
   scores = np.array([-0.9, -0.5, -0.7, -0.1, -2.0, -0.8])  # the outlier scores best
   weights = np.ones(6) if temperature == 0 else np.exp(scores / temperature)
   weights /= weights.sum()
-  expected = [sum(w * utility_fn(h, r) for w, r in zip(weights, MBR_TEXTS))
-              for h in MBR_TEXTS]
+  expected = [sum(w * utility_fn(h, r) for w, r in zip(weights, MBR_TEXTS)) for h in MBR_TEXTS]
   chosen = mbr_select(MBR_TEXTS, scores, utility, temperature)
   assert chosen == MBR_TEXTS[int(np.argmax(expected))]
   # At 0.1 the top score's weight is 55 times the next (e^4): it wins; flatter weights let the

@@ -1,4 +1,5 @@
 """The input pipeline: datasets, tokenizer, batching, resumable iteration and bad input."""
+
 import json
 import threading
 import time
@@ -28,8 +29,9 @@ def multi30k_train(multi30k_config):
 
 @pytest.fixture(scope='module')
 def small_tokenizer(multi30k_train, tmp_path_factory):
-  texts = [e['source'] for e in multi30k_train[:3000]] + [e['target'] for e in
-                                                          multi30k_train[:3000]]
+  texts = [e['source'] for e in multi30k_train[:3000]] + [
+    e['target'] for e in multi30k_train[:3000]
+  ]
   path = tmp_path_factory.mktemp('tok') / 'tokenizer.model'
   return tokenizer_lib.train_tokenizer(texts, str(path), vocab_size=1000)
 
@@ -83,8 +85,9 @@ def test_multi30k_any_direction(multi30k_config):
   config = default.get_config()
   config.source_lang, config.target_lang = 'fr', 'de'
   fr_de, _ = datasets.load_examples(config, 'test_2017_mscoco')
-  assert fr_de[0]['source'] == datasets.read_lines(
-      f'{datasets.RAW_DIR}/multi30k/test_2017_mscoco.fr')[0]
+  assert (
+    fr_de[0]['source'] == datasets.read_lines(f'{datasets.RAW_DIR}/multi30k/test_2017_mscoco.fr')[0]
+  )
   config.target_lang = 'fr'
   with pytest.raises(datasets.DataError, match='direction fr->fr'):
     datasets.load_examples(config, 'val')
@@ -102,23 +105,31 @@ def test_aeslc_counts_and_annotations():
 
 
 def test_gap_sentences_mask_the_line_most_like_the_rest_of_the_body():
-  body = ('hello team\nthe gas contract for march is attached\n'
-          'please review the march gas contract\nthanks john, the contract is fine')
+  body = (
+    'hello team\nthe gas contract for march is attached\n'
+    'please review the march gas contract\nthanks john, the contract is fine'
+  )
   # Each long line's words shared with the rest of the body, by hand: 5 (the, gas, contract,
   # march, is), 4 and 3. Over one body ROUGE-1 F1 is 2 x shared / all words, so 5 wins; the
   # 2-word greeting is too short to be chosen. A one-line body and one whose other lines are
   # too short give no pair.
-  examples = [{'source': body, 'target': 'march contract'},
-              {'source': 'one line only here', 'target': 'x'},
-              {'source': 'hi\nok then', 'target': 'y'}]
+  examples = [
+    {'source': body, 'target': 'march contract'},
+    {'source': 'one line only here', 'target': 'x'},
+    {'source': 'hi\nok then', 'target': 'y'},
+  ]
   assert datasets.gap_sentence_examples(examples) == [
-      {'source': 'hello team\n<mask>\nplease review the march gas contract\n'
-                 'thanks john, the contract is fine',
-       'target': 'the gas contract for march is attached'}]
+    {
+      'source': 'hello team\n<mask>\nplease review the march gas contract\n'
+      'thanks john, the contract is fine',
+      'target': 'the gas contract for march is attached',
+    }
+  ]
   line, rest = 'The gas contract, for March!', 'please review the March gas contract today'
   expected = rouge_scorer.RougeScorer(['rouge1']).score(rest, line)['rouge1'].fmeasure
-  assert datasets._unigram_f1(['the', 'gas', 'contract', 'for', 'march'],
-                              rest.lower().split()) == pytest.approx(expected)
+  assert datasets._unigram_f1(
+    ['the', 'gas', 'contract', 'for', 'march'], rest.lower().split()
+  ) == pytest.approx(expected)
 
 
 def test_unknown_split_lists_the_splits(multi30k_config):
@@ -128,8 +139,9 @@ def test_unknown_split_lists_the_splits(multi30k_config):
 
 def test_catalog_dataset_offline_fails_fast_with_the_command(tmp_path):
   config = default.get_config()
-  config.update(dataset='wmt14_translate/de-en', source_key='en', target_key='de',
-                data_dir=str(tmp_path))
+  config.update(
+    dataset='wmt14_translate/de-en', source_key='en', target_key='de', data_dir=str(tmp_path)
+  )
   start = time.time()
   with pytest.raises(datasets.DataError, match='download_and_prepare --datasets=wmt14_translate'):
     datasets.load_examples(config, 'train')
@@ -159,11 +171,13 @@ def test_parallel_tsv_and_jsonl_files_give_the_same_pairs(tmp_path):
   (tmp_path / 'd.tsv').write_text('hello world\thallo welt\ngood day\tguten tag\n')
   (tmp_path / 'd.jsonl').write_text('\n'.join(json.dumps({'en': s, 'de': t}) for s, t in pairs))
   parallel, skipped = datasets.load_examples(
-      files_config(f'{tmp_path}/s.txt,{tmp_path}/t.txt', 'parallel'), 'train')
+    files_config(f'{tmp_path}/s.txt,{tmp_path}/t.txt', 'parallel'), 'train'
+  )
   assert skipped == 1  # the empty line pair is skipped and counted
   tsv, _ = datasets.load_examples(files_config(f'{tmp_path}/d.tsv', 'tsv'), 'train')
   jsonl, _ = datasets.load_examples(
-      files_config(f'{tmp_path}/d.jsonl', 'jsonl', source_key='en', target_key='de'), 'train')
+    files_config(f'{tmp_path}/d.jsonl', 'jsonl', source_key='en', target_key='de'), 'train'
+  )
   for examples in (parallel, tsv, jsonl):
     assert [(e['source'], e['target']) for e in examples] == pairs
 
@@ -174,8 +188,12 @@ def test_files_with_the_default_config_read_eval_files_for_its_eval_split(tmp_pa
   (tmp_path / 'train.tsv').write_text('a house\tein Haus\n')
   (tmp_path / 'dev.tsv').write_text('a car\tein Auto\n')
   config = default.get_config()
-  config.update(dataset='files', file_format='tsv', train_files=str(tmp_path / 'train.tsv'),
-                eval_files=str(tmp_path / 'dev.tsv'))
+  config.update(
+    dataset='files',
+    file_format='tsv',
+    train_files=str(tmp_path / 'train.tsv'),
+    eval_files=str(tmp_path / 'dev.tsv'),
+  )
   for split in (config.eval_split, 'eval'):
     examples, _ = datasets.load_examples(config, split)
     assert [e['target'] for e in examples] == ['ein Auto']
@@ -202,18 +220,25 @@ def test_missing_file_missing_field_and_empty_split(tmp_path):
     datasets.load_examples(files_config(f'{tmp_path}/nope.tsv', 'tsv'), 'train')
   (tmp_path / 'd.jsonl').write_text('{"src": "a", "tgt": "b"}\n{"src": "c"}\n')
   with pytest.raises(datasets.DataError, match=r"d\.jsonl:2: field 'tgt' is missing"):
-    datasets.load_examples(files_config(f'{tmp_path}/d.jsonl', 'jsonl', source_key='src',
-                                        target_key='tgt'), 'train')
-  for line, message in (('"just text"', 'expected a JSON object .* found str'),
-                        ('{"src": "c", "tgt": null}', "field 'tgt' is null, not a string"),
-                        ('{"src": ["c"], "tgt": "d"}', "field 'src' is \\[\"c\"\\], not a string")):
+    datasets.load_examples(
+      files_config(f'{tmp_path}/d.jsonl', 'jsonl', source_key='src', target_key='tgt'), 'train'
+    )
+  for line, message in (
+    ('"just text"', 'expected a JSON object .* found str'),
+    ('{"src": "c", "tgt": null}', "field 'tgt' is null, not a string"),
+    ('{"src": ["c"], "tgt": "d"}', 'field \'src\' is \\["c"\\], not a string'),
+  ):
     (tmp_path / 'd.jsonl').write_text('{"src": "a", "tgt": "b"}\n' + line + '\n')
     with pytest.raises(datasets.DataError, match=r'd\.jsonl:2: ' + message):
-      datasets.load_examples(files_config(f'{tmp_path}/d.jsonl', 'jsonl', source_key='src',
-                                          target_key='tgt'), 'train')
+      datasets.load_examples(
+        files_config(f'{tmp_path}/d.jsonl', 'jsonl', source_key='src', target_key='tgt'), 'train'
+      )
   (tmp_path / 'three.tsv').write_text('a\tb\nc\td\te\n')
-  with pytest.raises(datasets.DataError, match=r'three\.tsv:2: expected source<TAB>target, found '
-                                               r'3 tab-separated fields'):
+  with pytest.raises(
+    datasets.DataError,
+    match=r'three\.tsv:2: expected source<TAB>target, found '
+    r'3 tab-separated fields',
+  ):
     datasets.load_examples(files_config(f'{tmp_path}/three.tsv', 'tsv'), 'train')
   (tmp_path / 'empty.tsv').write_text('\n\n')
   with pytest.raises(datasets.DataError, match='no non-empty examples'):
@@ -255,18 +280,21 @@ def test_tokenizer_is_reused_from_the_workdir(tmp_path, multi30k_train):
 
 
 @pytest.mark.parametrize('model_type,alpha', [('unigram', 0.3), ('bpe', 0.1)])
-def test_sampled_segmentations_spell_the_same_text(multi30k_train, multi30k_config, tmp_path,
-                                                   model_type, alpha):
+def test_sampled_segmentations_spell_the_same_text(
+  multi30k_train, multi30k_config, tmp_path, model_type, alpha
+):
   texts = [e[side] for e in multi30k_train[:3000] for side in ('source', 'target')]
-  tok = tokenizer_lib.train_tokenizer(texts, str(tmp_path / 'tok.model'), vocab_size=1000,
-                                      model_type=model_type)
+  tok = tokenizer_lib.train_tokenizer(
+    texts, str(tmp_path / 'tok.model'), vocab_size=1000, model_type=model_type
+  )
   val, _ = datasets.load_examples(multi30k_config, 'val')
   texts = [' '.join(e[side].split()) for e in val[:200] for side in ('source', 'target')]
   sampled = tok.sample_encode(texts, alpha=alpha)
   assert sampled != tok.sample_encode(texts, alpha=alpha)  # a new draw each call
   assert [tok.decode(seq) for seq in sampled] == texts
-  assert all(seq[-1] == tokenizer_lib.EOS_ID and tokenizer_lib.EOS_ID not in seq[:-1]
-             for seq in sampled)
+  assert all(
+    seq[-1] == tokenizer_lib.EOS_ID and tokenizer_lib.EOS_ID not in seq[:-1] for seq in sampled
+  )
   best = tok.encode(texts)
   changed = sum(a != b for a, b in zip(sampled, best))
   assert 0.1 * len(texts) < changed < len(texts)
@@ -279,8 +307,10 @@ def test_sampled_segmentations_spell_the_same_text(multi30k_train, multi30k_conf
 @pytest.fixture(scope='module')
 def encoded(small_tokenizer, multi30k_train):
   examples = multi30k_train[:600]
-  return (small_tokenizer.encode([e['source'] for e in examples]),
-          small_tokenizer.encode([e['target'] for e in examples]))
+  return (
+    small_tokenizer.encode([e['source'] for e in examples]),
+    small_tokenizer.encode([e['target'] for e in examples]),
+  )
 
 
 def unpack(batch):
@@ -304,15 +334,18 @@ def take(iterator, n):
 def drawn_examples(it):
   """The example numbers `it` has drawn so far: its epochs' permutations up to its position."""
   epochs = [it._permutation(e) for e in range(it.state['epoch'])]
-  return [int(e) for e in np.concatenate(epochs + [it._permutation(it.state['epoch'])[
-      :it.state['index']]])]
+  return [
+    int(e)
+    for e in np.concatenate(epochs + [it._permutation(it.state['epoch'])[: it.state['index']]])
+  ]
 
 
 @pytest.mark.parametrize('window', [1, 64])
 def test_packed_batches_hold_exactly_the_drawn_examples_in_whole_segments(encoded, window):
   """Every drawn example is in a batch (once per draw, intact) or still waits in the window."""
-  it = batching.TrainIterator(*encoded, batching='packed', batch_size=8, max_len=48,
-                              pack_window=window)
+  it = batching.TrainIterator(
+    *encoded, batching='packed', batch_size=8, max_len=48, pack_window=window
+  )
   seen = []
   while it.state['epoch'] < 2:  # 600 examples, ~3 per row: crosses two epoch boundaries
     seen.extend(unpack(next(it)))
@@ -321,16 +354,16 @@ def test_packed_batches_hold_exactly_the_drawn_examples_in_whole_segments(encode
 
   def pair(e):
     return tuple(it.sources[e]), tuple(it.targets[e])
+
   assert sorted(seen + [pair(e) for e in waiting]) == sorted(map(pair, drawn_examples(it)))
 
 
 def test_pack_window_1_is_next_fit_in_epoch_order(encoded):
   """Window 1: examples in draw order; a row closes at the first example that does not fit."""
-  it = batching.TrainIterator(*encoded, batching='packed', batch_size=8, max_len=48,
-                              pack_window=1)
+  it = batching.TrainIterator(*encoded, batching='packed', batch_size=8, max_len=48, pack_window=1)
   rows = [row for _ in range(20) for row in it._packed_rows()]
   order = [e for row in rows for e in row]
-  assert order == drawn_examples(it)[:len(order)]
+  assert order == drawn_examples(it)[: len(order)]
   for row, following in zip(rows, rows[1:]):
     used = it.lengths[row].sum(0)
     assert (used + it.lengths[following[0]] > 48).any()
@@ -353,10 +386,12 @@ def test_state_saved_before_the_window_existed_resumes_the_same_batches(encoded)
 
 def test_a_wider_pack_window_pads_less(encoded):
   def padding(window):
-    it = batching.TrainIterator(*encoded, batching='packed', batch_size=8, max_len=48,
-                                pack_window=window)
+    it = batching.TrainIterator(
+      *encoded, batching='packed', batch_size=8, max_len=48, pack_window=window
+    )
     take(it, 40)
     return it.padding_fraction
+
   assert padding(64) < padding(1) - 0.04
   with pytest.raises(ValueError, match='pack_window=0 must be at least 1'):
     batching.TrainIterator(*encoded, pack_window=0)
@@ -378,8 +413,9 @@ def test_separate_target_length_keeps_pairs_whole_and_rows_short(encoded, mode):
   """max_target_len: target rows get their own (shorter) length; every pair still intact."""
   sources, targets = encoded
   limit = int(np.percentile([len(t) for t in targets], 80))
-  it = batching.TrainIterator(sources, targets, batching=mode, batch_size=8, max_len=48,
-                              max_tokens=512, max_target_len=limit)
+  it = batching.TrainIterator(
+    sources, targets, batching=mode, batch_size=8, max_len=48, max_tokens=512, max_target_len=limit
+  )
   assert it.dropped == sum(len(s) > 48 or len(t) > limit for s, t in zip(sources, targets))
   seen = []
   while it.state['epoch'] == 0:
@@ -413,9 +449,11 @@ def test_long_examples_are_dropped_and_counted(encoded):
 @pytest.mark.parametrize('mode', batching.BATCHINGS)
 def test_same_seed_same_order_other_seed_other_order(encoded, mode):
   def first_batches(seed):
-    it = batching.TrainIterator(*encoded, batching=mode, batch_size=8, max_len=48, seed=seed,
-                                max_tokens=512)
+    it = batching.TrainIterator(
+      *encoded, batching=mode, batch_size=8, max_len=48, seed=seed, max_tokens=512
+    )
     return np.concatenate([b['targets'].ravel() for b in take(it, 3)])
+
   np.testing.assert_array_equal(first_batches(0), first_batches(0))
   assert not np.array_equal(first_batches(0), first_batches(1))
 
@@ -430,16 +468,24 @@ def resample_600(small_tokenizer, multi30k_train):
     if epoch not in drawn:
       drawn[epoch] = tuple(small_tokenizer.sample_encode(t, 0.2) for t in texts)
     return drawn[epoch]
+
   return resample
 
 
 @pytest.mark.parametrize('resampled', [False, True])
 @pytest.mark.parametrize('mode', batching.BATCHINGS)
-def test_resuming_from_saved_state_continues_the_exact_sequence(encoded, resample_600, mode,
-                                                                resampled):
+def test_resuming_from_saved_state_continues_the_exact_sequence(
+  encoded, resample_600, mode, resampled
+):
   """Also when every epoch re-tokenizes (subword sampling): the tokens change at the boundary."""
-  kwargs = dict(batching=mode, batch_size=16, max_len=48, max_tokens=1024, seed=3,
-                resample=resample_600 if resampled else None)
+  kwargs = dict(
+    batching=mode,
+    batch_size=16,
+    max_len=48,
+    max_tokens=1024,
+    seed=3,
+    resample=resample_600 if resampled else None,
+  )
   it = batching.TrainIterator(*encoded, **kwargs)
   take(it, 7)
   state = json.loads(json.dumps(it.get_state()))  # survives a JSON checkpoint
@@ -454,8 +500,12 @@ def test_resuming_from_saved_state_continues_the_exact_sequence(encoded, resampl
 
 def test_processes_read_disjoint_shares_of_the_global_batch(encoded):
   full = next(batching.TrainIterator(*encoded, batch_size=8, max_len=48))
-  shares = [next(batching.TrainIterator(*encoded, batch_size=8, max_len=48, process_index=p,
-                                        process_count=2)) for p in range(2)]
+  shares = [
+    next(
+      batching.TrainIterator(*encoded, batch_size=8, max_len=48, process_index=p, process_count=2)
+    )
+    for p in range(2)
+  ]
   np.testing.assert_array_equal(np.concatenate([s['inputs'] for s in shares]), full['inputs'])
   with pytest.raises(ValueError, match='divisible by 6'):
     batching.TrainIterator(*encoded, batch_size=8, process_count=2, row_multiple=3)
@@ -473,22 +523,32 @@ def test_eval_batches_cover_every_example_once_in_order(encoded):
     for row, i in enumerate(b['index']):
       if i >= 0:
         expected = batching.truncate(sources[i], 24)
-        np.testing.assert_array_equal(b['inputs'][row, :len(expected)], expected)
+        np.testing.assert_array_equal(b['inputs'][row, : len(expected)], expected)
   assert batching.truncate(np.arange(1, 40), 24)[-1] == 39  # EOS kept when cut
 
 
 def test_packed_pipeline_examples_do_not_see_each_other(encoded):
   config = default.get_config()
-  config.update(vocab_size=1000, emb_dim=32, num_heads=2, num_encoder_layers=1,
-                num_decoder_layers=1, mlp_dim=64, max_len=48)
+  config.update(
+    vocab_size=1000,
+    emb_dim=32,
+    num_heads=2,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+    mlp_dim=64,
+    max_len=48,
+  )
   model = EncoderDecoder(TransformerConfig.from_config(config), rngs=nnx.Rngs(0))
   batch = next(batching.TrainIterator(*encoded, batch_size=2, max_len=48))
   row = {k: jnp.asarray(v[:1]) for k, v in batch.items()}
-  logits = model(row['inputs'], shift_right(row['targets'], row['targets_position']),
-                 inputs_positions=row['inputs_position'],
-                 targets_positions=row['targets_position'],
-                 inputs_segmentation=row['inputs_segmentation'],
-                 targets_segmentation=row['targets_segmentation'])
+  logits = model(
+    row['inputs'],
+    shift_right(row['targets'], row['targets_position']),
+    inputs_positions=row['inputs_position'],
+    targets_positions=row['targets_position'],
+    inputs_segmentation=row['inputs_segmentation'],
+    targets_segmentation=row['targets_segmentation'],
+  )
   assert row['inputs_segmentation'].max() >= 2
   # Each packed example alone, one per row, right-padded (padding changes nothing; tested).
   segments = range(1, int(row['inputs_segmentation'].max()) + 1)
@@ -496,18 +556,20 @@ def test_packed_pipeline_examples_do_not_see_each_other(encoded):
   sources, targets = np.zeros((2, len(segments), 48), np.int32)
   for i, (seg, where) in enumerate(zip(segments, wheres)):
     src = np.asarray(row['inputs'][0])[np.asarray(row['inputs_segmentation'][0]) == seg]
-    sources[i, :len(src)] = src
-    targets[i, :where.sum()] = np.asarray(row['targets'][0])[where]
+    sources[i, : len(src)] = src
+    targets[i, : where.sum()] = np.asarray(row['targets'][0])[where]
   alone = nnx.jit(lambda m, s, t: m(s, shift_right(t)))(model, sources, targets)
   for i, where in enumerate(wheres):
-    np.testing.assert_allclose(logits[0][where], alone[i, :where.sum()], atol=1e-4)
+    np.testing.assert_allclose(logits[0][where], alone[i, : where.sum()], atol=1e-4)
 
 
 def test_each_epoch_reads_its_sample_unless_it_breaks_the_length_limit(
-    encoded, resample_600, small_tokenizer):
+  encoded, resample_600, small_tokenizer
+):
   limit = 24
-  it = batching.TrainIterator(*encoded, batching='packed', batch_size=8, max_len=limit,
-                              resample=resample_600)
+  it = batching.TrainIterator(
+    *encoded, batching='packed', batch_size=8, max_len=limit, resample=resample_600
+  )
   kept = [i for i, (s, t) in enumerate(zip(*encoded)) if len(s) <= limit and len(t) <= limit]
   seen_by_epoch = []
   for epoch in range(2):

@@ -1,4 +1,5 @@
 """The fused, chunked cross-entropy against the plain logits path (values and gradients)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,8 +77,9 @@ def test_fused_metrics_carry_no_gradient_and_jit():
 def test_fused_bfloat16_features_close_to_float32():
   h, kernel, _, targets, weights = problem(seed=3, d=32)
   f32 = fused_cross_entropy_sums(h, kernel, None, targets, weights, 0.1, 16)[0]
-  bf16 = fused_cross_entropy_sums(jnp.asarray(h, jnp.bfloat16), kernel, None, targets, weights,
-                                  0.1, 16)[0]
+  bf16 = fused_cross_entropy_sums(
+    jnp.asarray(h, jnp.bfloat16), kernel, None, targets, weights, 0.1, 16
+  )[0]
   np.testing.assert_allclose(float(bf16), float(f32), rtol=2e-2)
 
 
@@ -92,6 +94,7 @@ def test_fused_bfloat16_matmuls_match_plain_path_on_rounded_operands():
 
   def loss(h, kernel, matmul_dtype):
     return fused_cross_entropy_sums(h, kernel, None, targets, weights, 0.1, 16, matmul_dtype)[0]
+
   grads = jax.grad(loss, (0, 1))(h, kernel, jnp.bfloat16)
   for g, w in zip(grads, jax.grad(loss, (0, 1))(h, kernel, None)):
     assert g.dtype == jnp.float32
@@ -126,8 +129,9 @@ def rdrop_problem(seed, with_bias=False):
 def test_rdrop_fused_and_plain_paths_match_numpy_definition(with_bias, chunk_size):
   h_pairs, kernel, bias, targets, weights = rdrop_problem(5, with_bias)
   expected = numpy_rdrop_sums(h_pairs, kernel, bias, targets, weights, 0.1, 5.0)
-  fused = fused_cross_entropy_sums(h_pairs, kernel, bias, targets, weights, 0.1, chunk_size,
-                                   rdrop_alpha=5.0)
+  fused = fused_cross_entropy_sums(
+    h_pairs, kernel, bias, targets, weights, 0.1, chunk_size, rdrop_alpha=5.0
+  )
   logits = jnp.einsum('btpd,vd->btpv', h_pairs, kernel) + (0 if bias is None else bias)
   plain = rdrop_cross_entropy_sums(logits, targets, weights, 0.1, 5.0)
   for got in (fused, plain):
@@ -153,8 +157,9 @@ def test_rdrop_fused_gradients_equal_autodiff_of_plain_path(with_bias):
     return rdrop_cross_entropy_sums(logits, targets, weights, 0.1, 5.0)[0] * 0.37
 
   def fused(h, kernel, bias):
-    return fused_cross_entropy_sums(h, kernel, bias, targets, weights, 0.1, 8,
-                                    rdrop_alpha=5.0)[0] * 0.37
+    return (
+      fused_cross_entropy_sums(h, kernel, bias, targets, weights, 0.1, 8, rdrop_alpha=5.0)[0] * 0.37
+    )
 
   argnums = (0, 1, 2) if with_bias else (0, 1)
   want = jax.grad(plain, argnums)(h_pairs, kernel, bias)

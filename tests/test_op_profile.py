@@ -1,4 +1,5 @@
 """benchmarks/op_profile.py: per-op times from a profiler trace, named by the compiled HLO."""
+
 import jax
 import jax.numpy as jnp
 

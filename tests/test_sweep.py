@@ -1,4 +1,5 @@
 """sweep.py: the hyper helpers, and a real sweep with a failing trial and a resumed rerun."""
+
 import csv
 import os
 import subprocess
@@ -17,10 +18,11 @@ def test_hyper_helpers_build_the_expected_trials():
   assert depth == [{'config.enc': 1, 'config.dec': 3}, {'config.enc': 2, 'config.dec': 4}]
   trials = h.product([h.sweep('config.heads', [1, 8]), depth, h.fixed('config.steps', 5)])
   assert trials == [
-      {'config.heads': 1, 'config.enc': 1, 'config.dec': 3, 'config.steps': 5},
-      {'config.heads': 1, 'config.enc': 2, 'config.dec': 4, 'config.steps': 5},
-      {'config.heads': 8, 'config.enc': 1, 'config.dec': 3, 'config.steps': 5},
-      {'config.heads': 8, 'config.enc': 2, 'config.dec': 4, 'config.steps': 5}]
+    {'config.heads': 1, 'config.enc': 1, 'config.dec': 3, 'config.steps': 5},
+    {'config.heads': 1, 'config.enc': 2, 'config.dec': 4, 'config.steps': 5},
+    {'config.heads': 8, 'config.enc': 1, 'config.dec': 3, 'config.steps': 5},
+    {'config.heads': 8, 'config.enc': 2, 'config.dec': 4, 'config.steps': 5},
+  ]
   assert sweep.varying_keys(trials) == {'config.heads', 'config.enc', 'config.dec'}
   assert sweep.trial_name(trials[1], sweep.varying_keys(trials)) == 'heads=1,enc=2,dec=4'
   with pytest.raises(ValueError, match='one length'):
@@ -29,15 +31,23 @@ def test_hyper_helpers_build_the_expected_trials():
 
 @pytest.mark.slow
 def test_sweep_runs_trials_reports_a_failure_and_skips_finished_ones(tmp_path):
-  config_file = write_config_file(tiny_run_config(tmp_path, num_train_steps=10,
-                                              checkpoint_every_steps=10), tmp_path / 'cfg.py')
+  config_file = write_config_file(
+    tiny_run_config(tmp_path, num_train_steps=10, checkpoint_every_steps=10), tmp_path / 'cfg.py'
+  )
   sweep_file = tmp_path / 'sw.py'
   # num_heads=3 does not divide emb_dim=32: that trial must fail alone.
-  sweep_file.write_text("def get_sweep(hyper):\n"
-                        "  return hyper.sweep('config.num_heads', [1, 2, 3])\n")
-  command = [sys.executable, os.path.join(ROOT, 'sweep.py'), f'--config={config_file}',
-             f'--sweep={sweep_file}', f'--workdir={tmp_path}/sweep', '--eval_args=--beam_size=1',
-             '--parallel=2']
+  sweep_file.write_text(
+    "def get_sweep(hyper):\n  return hyper.sweep('config.num_heads', [1, 2, 3])\n"
+  )
+  command = [
+    sys.executable,
+    os.path.join(ROOT, 'sweep.py'),
+    f'--config={config_file}',
+    f'--sweep={sweep_file}',
+    f'--workdir={tmp_path}/sweep',
+    '--eval_args=--beam_size=1',
+    '--parallel=2',
+  ]
   first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert first.returncode == 0, first.stderr[-2000:]
   with open(tmp_path / 'sweep' / 'results.csv') as f:

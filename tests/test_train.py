@@ -3,6 +3,7 @@
 Runs that must be a separate process (SIGKILL, SIGTERM, 8 simulated devices, 2 processes) use
 subprocesses with timeouts; the rest call train_and_evaluate in-process.
 """
+
 import fcntl
 import functools
 import json
@@ -44,14 +45,6 @@ from helpers import (
 # ----------------------------------------------------------------------------- subprocess runs
 
 
-
-
-
-
-
-
-
-
 # ----------------------------------------------------------------------------- learning
 
 
@@ -63,6 +56,7 @@ def test_a_few_steps_lower_the_loss(tmp_path):
   assert tensorflow_before or 'tensorflow' not in sys.modules  # training doesn't (~600 MB RSS)
   # TensorBoard reads the same scalars as metrics.jsonl
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+
   events = event_accumulator.EventAccumulator(str(tmp_path / 'run'))
   events.Reload()
   np.testing.assert_allclose([e.value for e in events.Scalars('train/loss')], history, rtol=1e-6)
@@ -70,10 +64,22 @@ def test_a_few_steps_lower_the_loss(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_model_learns_to_reverse_sequences(tmp_path):
-  config = tiny_run_config(tmp_path, num_train_steps=1000, learning_rate=1e-2, warmup_steps=50,
-                       label_smoothing=0.0, dropout_rate=0.0, emb_dim=64, mlp_dim=128,
-                       num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
-                       log_every_steps=100, checkpoint_every_steps=1000, num_eval_bleu_batches=4)
+  config = tiny_run_config(
+    tmp_path,
+    num_train_steps=1000,
+    learning_rate=1e-2,
+    warmup_steps=50,
+    label_smoothing=0.0,
+    dropout_rate=0.0,
+    emb_dim=64,
+    mlp_dim=128,
+    num_heads=4,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
+    log_every_steps=100,
+    checkpoint_every_steps=1000,
+    num_eval_bleu_batches=4,
+  )
   metrics = train_and_evaluate(config, str(tmp_path / 'run'))
   assert metrics['train/nll'] < 0.05
   assert metrics['eval/nll'] < 0.1
@@ -86,7 +92,7 @@ def random_batch(rows=8, length=12, seed=0):
   batch = {}
   for side in ('inputs', 'targets'):
     tokens = rng.integers(4, 24, size=(rows, length)).astype(np.int32)
-    tokens[:, length - 3:] = 0
+    tokens[:, length - 3 :] = 0
     batch[side] = tokens
     batch[f'{side}_position'] = np.tile(np.arange(length, dtype=np.int32), (rows, 1))
     batch[f'{side}_segmentation'] = (tokens != 0).astype(np.int32)
@@ -95,17 +101,25 @@ def random_batch(rows=8, length=12, seed=0):
 
 def loss_and_grads(config, chunk, rdrop_alpha=0.0):
   graphdef, params, rest = create_model(config, 0)
-  return jax.jit(functools.partial(
-      training_steps.loss_and_grads, graphdef=graphdef, rest=rest, label_smoothing=0.1,
-      loss_chunk_size=chunk, rdrop_alpha=rdrop_alpha))(params, random_batch(), jax.random.key(3))
+  return jax.jit(
+    functools.partial(
+      training_steps.loss_and_grads,
+      graphdef=graphdef,
+      rest=rest,
+      label_smoothing=0.1,
+      loss_chunk_size=chunk,
+      rdrop_alpha=rdrop_alpha,
+    )
+  )(params, random_batch(), jax.random.key(3))
 
 
 def assert_same_loss_and_grads(result_a, result_b):
   (value_a, grads_a), (value_b, grads_b) = result_a, result_b
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), value_a, value_b)
   scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads_a))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale),
-               grads_a, grads_b)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale), grads_a, grads_b
+  )
 
 
 @pytest.mark.parametrize('tie,rdrop_alpha', [(True, 0.0), (False, 0.0), (True, 5.0)])
@@ -170,8 +184,9 @@ def test_adamw_decays_kernels_and_embeddings_but_not_biases_and_norms(tmp_path):
     after[optimizer] = to_host(state['params'])
   decayed = []
   leaves = jax.tree_util.tree_flatten_with_path(before)[0]
-  for (path, old), adam, adamw in zip(leaves, jax.tree.leaves(after['adam']),
-                                      jax.tree.leaves(after['adamw'])):
+  for (path, old), adam, adamw in zip(
+    leaves, jax.tree.leaves(after['adam']), jax.tree.leaves(after['adamw'])
+  ):
     name = jax.tree_util.keystr(path)
     decays = 'kernel' in name or 'embedding' in name
     decayed.append(decays)
@@ -187,17 +202,33 @@ def test_the_step_is_optax_adam_or_adamw_with_the_schedule(tmp_path, optimizer, 
   global-norm clipping, fed the same gradients: the second code path."""
   # adam_eps 1e-3: with the default 1e-9, Adam's first steps divide near-zero gradients by their
   # own size, so rounding differences between the two programs' gradients change them wholesale
-  config = tiny_run_config(tmp_path, optimizer=optimizer, weight_decay=weight_decay,
-                       dropout_rate=0.0, warmup_steps=2, grad_clip_norm=0.5, adam_eps=1e-3)
+  config = tiny_run_config(
+    tmp_path,
+    optimizer=optimizer,
+    weight_decay=weight_decay,
+    dropout_rate=0.0,
+    warmup_steps=2,
+    grad_clip_norm=0.5,
+    adam_eps=1e-3,
+  )
   training = create_training(config, make_mesh())
   schedule = create_learning_rate_schedule(config)
   hyper = dict(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
-  reference = optax.chain(optax.clip_by_global_norm(0.5), optax.adamw(
-      schedule, weight_decay=weight_decay, mask=decays_weight, **hyper)
-      if optimizer == 'adamw' else optax.adam(schedule, **hyper))
-  grads_fn = jax.jit(functools.partial(
-      training_steps.loss_and_grads, graphdef=training.graphdef, rest=training.rest,
-      label_smoothing=config.label_smoothing, loss_chunk_size=config.loss_chunk_size))
+  reference = optax.chain(
+    optax.clip_by_global_norm(0.5),
+    optax.adamw(schedule, weight_decay=weight_decay, mask=decays_weight, **hyper)
+    if optimizer == 'adamw'
+    else optax.adam(schedule, **hyper),
+  )
+  grads_fn = jax.jit(
+    functools.partial(
+      training_steps.loss_and_grads,
+      graphdef=training.graphdef,
+      rest=training.rest,
+      label_smoothing=config.label_smoothing,
+      loss_chunk_size=config.loss_chunk_size,
+    )
+  )
   batch, state = random_batch(), training.state
   params = jax.tree.map(np.array, to_host(state['params']))  # a copy: the step donates
   reference_state = reference.init(params)
@@ -206,8 +237,11 @@ def test_the_step_is_optax_adam_or_adamw_with_the_schedule(tmp_path, optimizer, 
     updates, reference_state = reference.update(grads, reference_state, params)
     params = optax.apply_updates(params, updates)
     state, _ = training.step_fn(state, batch, 0.0)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-               to_host(state['params']), params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+    to_host(state['params']),
+    params,
+  )
 
 
 def test_the_time_position_moves_the_schedule_ahead_of_the_step(tmp_path):
@@ -241,8 +275,14 @@ def test_a_time_budget_stops_the_run_and_survives_a_resume(tmp_path, monkeypatch
   the budget spent (the elapsed time is checkpointed) and trains nothing."""
   ticks = iter(range(10**6))
   monkeypatch.setattr(TimeBudget, 'clock', staticmethod(lambda: float(next(ticks))))
-  config = tiny_run_config(tmp_path, num_train_steps=1000, warmup_steps=5, log_every_steps=1,
-                       checkpoint_every_steps=1000, time_budget_minutes=0.5)
+  config = tiny_run_config(
+    tmp_path,
+    num_train_steps=1000,
+    warmup_steps=5,
+    log_every_steps=1,
+    checkpoint_every_steps=1000,
+    time_budget_minutes=0.5,
+  )
   workdir = str(tmp_path / 'run')
   metrics = train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
@@ -262,7 +302,8 @@ def test_a_time_budget_stops_the_run_and_survives_a_resume(tmp_path, monkeypatch
 
 @pytest.mark.parametrize('field,on,other', [('ema_decay', 0.999, 0.9995), ('qk_norm', 10.0, 5.0)])
 def test_resuming_with_the_moving_average_or_qk_norm_turned_on_or_off_is_refused(
-    tmp_path, field, on, other):
+  tmp_path, field, on, other
+):
   """The average's (QKNorm's scales') presence shapes the checkpoints, so a resume may change
   the value, not switch it (the checkpoints' structure would not match the state's)."""
   for saved, resumed, ok in ((0.0, on, False), (on, 0.0, False), (on, other, True)):
@@ -275,7 +316,8 @@ def test_resuming_with_the_moving_average_or_qk_norm_turned_on_or_off_is_refused
     with pytest.raises(ConfigError) as error:
       check_resume(tiny_run_config(tmp_path, **{field: resumed}), workdir)
     assert str(error.value).startswith(
-        f'--workdir={workdir} holds a run with config.{field}={saved!r}, not {resumed!r}')
+      f'--workdir={workdir} holds a run with config.{field}={saved!r}, not {resumed!r}'
+    )
   # a run from before the field existed (its config.json lacks it) had it off
   workdir = tmp_path / 'old_run'
   workdir.mkdir()
@@ -286,16 +328,28 @@ def test_resuming_with_the_moving_average_or_qk_norm_turned_on_or_off_is_refused
     check_resume(tiny_run_config(tmp_path, **{field: on}), str(workdir))
 
 
-@pytest.mark.parametrize('field,value,refused', [
-    ('activation', 'relu', True), ('optimizer', 'adam', True), ('grad_clip_norm', 0.0, True),
-    ('num_heads', 4, True), ('num_decoder_layers', 2, True), ('param_dtype', 'bfloat16', True),
-    ('share_embeddings', False, True), ('lowercase', True, True),
-    ('learning_rate', 1e-3, False), ('seed', 3, False), ('dropout_rate', 0.3, False),
-    ('num_train_steps', 50, False), ('matmul_dtype', 'bfloat16', False),
+@pytest.mark.parametrize(
+  'field,value,refused',
+  [
+    ('activation', 'relu', True),
+    ('optimizer', 'adam', True),
+    ('grad_clip_norm', 0.0, True),
+    ('num_heads', 4, True),
+    ('num_decoder_layers', 2, True),
+    ('param_dtype', 'bfloat16', True),
+    ('share_embeddings', False, True),
+    ('lowercase', True, True),
+    ('learning_rate', 1e-3, False),
+    ('seed', 3, False),
+    ('dropout_rate', 0.3, False),
+    ('num_train_steps', 50, False),
+    ('matmul_dtype', 'bfloat16', False),
     ('max_len', 40, False),  # sinusoidal positions: a table computed, not checkpointed
-])
+  ],
+)
 def test_a_resume_refuses_exactly_the_fields_that_change_the_state_or_the_text(
-    tmp_path, field, value, refused):
+  tmp_path, field, value, refused
+):
   """Which fields a resume refuses is derived from the state each value builds: a new field
   that changes the parameters or optimizer state is refused without being listed anywhere."""
   workdir = str(tmp_path / 'run')
@@ -322,8 +376,11 @@ def test_a_refused_resume_keeps_every_checkpoint_and_the_config(tmp_path):
   after = sorted(os.listdir(workdir / 'checkpoints')), (workdir / 'config.json').read_text()
   assert after == before
   save_config(tiny_run_config(tmp_path, num_train_steps=20, activation='relu'), str(workdir))
-  with pytest.raises(ConfigError, match='checkpoint step 20 .* holds a training state that this '
-                                        'config does not build .*wi_gate.*nothing was moved'):
+  with pytest.raises(
+    ConfigError,
+    match='checkpoint step 20 .* holds a training state that this '
+    'config does not build .*wi_gate.*nothing was moved',
+  ):
     train_and_evaluate(relu, str(workdir))
   assert sorted(os.listdir(workdir / 'checkpoints')) == before[0]
 
@@ -338,8 +395,9 @@ def test_a_second_train_on_a_workdir_in_use_stops_naming_the_first(tmp_path):
   lock.write_text('train.py, process 4242 on elsewhere since 2026-01-01 00:00:00')
   with open(lock) as holder:  # another open file description: as a second process would
     fcntl.flock(holder, fcntl.LOCK_EX)
-    with pytest.raises(ConfigError, match=f'--workdir={workdir} is in use by train.py, process '
-                                          '4242 on elsewhere'):
+    with pytest.raises(
+      ConfigError, match=f'--workdir={workdir} is in use by train.py, process 4242 on elsewhere'
+    ):
       train_and_evaluate(tiny_run_config(tmp_path, num_train_steps=10), str(workdir))
   assert sorted(os.listdir(workdir)) == [LOCK_FILE]
   train_and_evaluate(tiny_run_config(tmp_path, num_train_steps=10), str(workdir))  # stale: taken
@@ -349,8 +407,9 @@ def test_a_second_train_on_a_workdir_in_use_stops_naming_the_first(tmp_path):
 
 @pytest.mark.parametrize('copy', [False, True])
 def test_summarization_runs_log_validation_rouge(tmp_path, copy):
-  config = tiny_run_config(tmp_path, task='summarization', num_train_steps=10, eval_every_steps=10,
-                       copy_attention=copy)
+  config = tiny_run_config(
+    tmp_path, task='summarization', num_train_steps=10, eval_every_steps=10, copy_attention=copy
+  )
   metrics = train_and_evaluate(config, str(tmp_path / 'run'))
   for name in ('rouge1', 'rouge2', 'rougeLsum'):
     assert 0 <= metrics[f'eval/{name}'] <= 100
@@ -362,12 +421,19 @@ def test_gap_sentences_join_the_training_pairs_and_nothing_else(tmp_path):
   # jsonl bodies of one line (no gap sentence) and of two lines (the first is masked: equal
   # scores keep the first); the training pairs are the real ones plus one per two-line body.
   records = [{'source': 'a b c d', 'target': 'a b'}] * 80 + [
-      {'source': 'b c d e\ne d c', 'target': 'c d'}] * 40
+    {'source': 'b c d e\ne d c', 'target': 'c d'}
+  ] * 40
   path = tmp_path / 'train.jsonl'
   path.write_text(''.join(json.dumps(r) + '\n' for r in records))
-  config = tiny_run_config(tmp_path, file_format='jsonl', train_files=str(path),
-                           eval_files=str(path), gap_sentences=True, max_target_len=12,
-                           vocab_size=12)
+  config = tiny_run_config(
+    tmp_path,
+    file_format='jsonl',
+    train_files=str(path),
+    eval_files=str(path),
+    gap_sentences=True,
+    max_target_len=12,
+    vocab_size=12,
+  )
   messages = []
   train_iter, tok, _ = load_data(config, str(tmp_path), messages.append)
   assert '120 pairs + 40 gap-sentence pairs' in messages[0]
@@ -396,13 +462,19 @@ def test_same_config_and_seed_give_the_same_losses(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_ends_with_the_same_parameters(tmp_path):
-  config = tiny_run_config(tmp_path, num_train_steps=400, checkpoint_every_steps=20,
-                       log_every_steps=20, dropout_rate=0.2)
+  config = tiny_run_config(
+    tmp_path, num_train_steps=400, checkpoint_every_steps=20, log_every_steps=20, dropout_rate=0.2
+  )
   config_file = write_config_file(config, tmp_path / 'cfg.py')
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
   assert run_train(config_file, straight).returncode == 0
-  process = subprocess.Popen(train_command(config_file, killed), cwd=ROOT, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  process = subprocess.Popen(
+    train_command(config_file, killed),
+    cwd=ROOT,
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+  )
   wait_for_checkpoint(str(killed), 40, process)
   process.send_signal(signal.SIGKILL)
   process.wait(timeout=30)
@@ -430,8 +502,9 @@ def test_subword_samples_saved_in_the_workdir_make_a_resumed_run_exact(tmp_path)
     if not keep_samples:
       shutil.rmtree(tmp_path / name / SAMPLES_DIR)
     train_and_evaluate(config, str(tmp_path / name))
-  leaves = [jax.tree.leaves(final_params(tmp_path / name))
-            for name in ('straight', 'resumed', 'resampled')]
+  leaves = [
+    jax.tree.leaves(final_params(tmp_path / name)) for name in ('straight', 'resumed', 'resampled')
+  ]
   for x, y in zip(leaves[0], leaves[1]):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert any(not np.array_equal(x, y) for x, y in zip(leaves[0], leaves[2]))
@@ -442,8 +515,13 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
   config = tiny_run_config(tmp_path, num_train_steps=100000, checkpoint_every_steps=20)
   config_file = write_config_file(config, tmp_path / 'cfg.py')
   workdir = tmp_path / 'run'
-  process = subprocess.Popen(train_command(config_file, workdir), cwd=ROOT, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  process = subprocess.Popen(
+    train_command(config_file, workdir),
+    cwd=ROOT,
+    text=True,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+  )
   wait_for_checkpoint(str(workdir), 20, process)
   process.send_signal(signal.SIGTERM)
   stdout, stderr = process.communicate(timeout=60)
@@ -480,15 +558,32 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
   then reuses (a process that drew its own would pack other rows). A time budget that never
   binds: the processes agree on its clock at every logged step, and its position stays below
   the step, so the rates are the step's."""
-  config = tiny_run_config(tmp_path, num_train_steps=15, checkpoint_every_steps=15,
-                       subword_sampling_alpha=0.5, time_budget_minutes=1e6)
+  config = tiny_run_config(
+    tmp_path,
+    num_train_steps=15,
+    checkpoint_every_steps=15,
+    subword_sampling_alpha=0.5,
+    time_budget_minutes=1e6,
+  )
   config_file = write_config_file(config, tmp_path / 'cfg.py')
   address = f'127.0.0.1:{free_port()}'
   workdir = tmp_path / 'multi'
-  processes = [subprocess.Popen(
-      train_command(config_file, workdir, f'--coordinator_address={address}',
-                    '--num_processes=2', f'--process_id={i}'),
-      cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+  processes = [
+    subprocess.Popen(
+      train_command(
+        config_file,
+        workdir,
+        f'--coordinator_address={address}',
+        '--num_processes=2',
+        f'--process_id={i}',
+      ),
+      cwd=ROOT,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+    )
+    for i in range(2)
+  ]
   try:
     outputs = [p.communicate(timeout=300) for p in processes]
   finally:
@@ -508,15 +603,26 @@ def test_make_train_ensemble_trains_the_seeds_at_once_on_one_vocabulary(tmp_path
   config_file = write_config_file(tiny_run_config(tmp_path), tmp_path / 'tiny.py')
   ensemble = tmp_path / 'ens'
   result = subprocess.run(
-      ['make', '-o', '.venv/.installed', 'train-ensemble', f'PY={sys.executable}',
-       f'CONFIG={config_file}', f'ENSEMBLE_DIR={ensemble}', 'ENSEMBLE_SEEDS=0 2',
-       'ENSEMBLE_FLAGS=--config.num_train_steps=20',
-       'ENSEMBLE_EVAL=--split=eval --beam_size=2 --average_last=2'],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+    [
+      'make',
+      '-o',
+      '.venv/.installed',
+      'train-ensemble',
+      f'PY={sys.executable}',
+      f'CONFIG={config_file}',
+      f'ENSEMBLE_DIR={ensemble}',
+      'ENSEMBLE_SEEDS=0 2',
+      'ENSEMBLE_FLAGS=--config.num_train_steps=20',
+      'ENSEMBLE_EVAL=--split=eval --beam_size=2 --average_last=2',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   members = [ensemble / 'seed0', ensemble / 'seed2']
-  vocabularies = [tokenizer_lib.Tokenizer(str(m / 'tokenizer.model')).vocabulary()
-                  for m in members]
+  vocabularies = [tokenizer_lib.Tokenizer(str(m / 'tokenizer.model')).vocabulary() for m in members]
   assert vocabularies[0] == vocabularies[1]
   assert [json.load(open(m / 'config.json'))['seed'] for m in members] == [0, 2]
   assert all(losses(m)[-1] < losses(m)[0] for m in members)
@@ -529,32 +635,51 @@ def test_make_train_ensemble_trains_the_seeds_at_once_on_one_vocabulary(tmp_path
 # ----------------------------------------------------------------------------- failures
 
 
-@pytest.mark.parametrize('flag,message', [
+@pytest.mark.parametrize(
+  'flag,message',
+  [
     ('--config.num_heads=3', 'error: config.num_heads=3 must divide config.emb_dim=128.'),
-    ('--config.num_head=8', 'error: --config.num_head is not a config field; did you mean '
-                            '--config.num_heads?'),
+    (
+      '--config.num_head=8',
+      'error: --config.num_head is not a config field; did you mean --config.num_heads?',
+    ),
     ('--config.schedule=linear', "error: config.schedule='linear' is unknown"),
     ('--config.batch_size=0', 'error: config.batch_size=0 must be a positive integer.'),
-    ('--config.num_train_steps=400', 'error: config.warmup_steps=1500 must be below '
-                                     'config.num_train_steps=400 for the cosine schedule'),
+    (
+      '--config.num_train_steps=400',
+      'error: config.warmup_steps=1500 must be below '
+      'config.num_train_steps=400 for the cosine schedule',
+    ),
     ('--config.min_decode_words=-2', 'error: config.min_decode_words=-2 must be an integer >= 0'),
-    ('--config.rdrop_alpha=5 --config.dropout_rate=0',
-     'error: config.rdrop_alpha=5.0 needs dropout'),
+    (
+      '--config.rdrop_alpha=5 --config.dropout_rate=0',
+      'error: config.rdrop_alpha=5.0 needs dropout',
+    ),
     ('--config.beam_groups=-1', 'error: config.beam_groups=-1 must be an integer >= 0 (0: auto'),
     ('--config.source_word_dropout=1.5', 'error: config.source_word_dropout=1.5 must be in [0, 1)'),
     ('--config.ema_decay=1', 'error: config.ema_decay=1.0 must be in [0, 1) (0: off'),
-    ('--config.optimizer=adam', 'error: config.weight_decay=0.3 must be >= 0, and needs '
-                                "config.optimizer='adamw'"),
-    ('--config.vocab_model_type=bpe --config.subword_sampling_alpha=1.0',
-     'error: config.subword_sampling_alpha=1.0 must be >= 0 (0: off), and below 1 for a BPE'),
+    (
+      '--config.optimizer=adam',
+      "error: config.weight_decay=0.3 must be >= 0, and needs config.optimizer='adamw'",
+    ),
+    (
+      '--config.vocab_model_type=bpe --config.subword_sampling_alpha=1.0',
+      'error: config.subword_sampling_alpha=1.0 must be >= 0 (0: off), and below 1 for a BPE',
+    ),
     ('--config.task=summarisation', "error: config.task='summarisation' is unknown; use one of"),
     ('--config.seed=-1', 'error: config.seed=-1 must be an integer >= 0.'),
     ('--config.max_decode_len_a=-1', 'error: config.max_decode_len_a=-1.0 must be >= 0'),
     ('--config.mbr_utility=ter', "error: config.mbr_utility='ter' is unknown"),
-])
+  ],
+)
 def test_bad_config_is_a_one_line_error_before_anything_runs(tmp_path, flag, message):
-  result = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path}/run',
-                           *flag.split()], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, 'train.py', f'--workdir={tmp_path}/run', *flag.split()],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith(message)
   assert 'Traceback' not in result.stderr
@@ -583,8 +708,15 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-  config = tiny_run_config(tmp_path, learning_rate=1e30, warmup_steps=0, grad_clip_norm=0.0,
-                       checkpoint_every_steps=1, log_every_steps=100, num_train_steps=50)
+  config = tiny_run_config(
+    tmp_path,
+    learning_rate=1e30,
+    warmup_steps=0,
+    grad_clip_norm=0.0,
+    checkpoint_every_steps=1,
+    log_every_steps=100,
+    num_train_steps=50,
+  )
   workdir = tmp_path / 'run'
   with pytest.raises(FloatingPointError, match=r'loss is (nan|inf) at step (\d+)') as error:
     train_and_evaluate(config, str(workdir))

@@ -1,4 +1,5 @@
 """Properties of the encoder-decoder that follow from its definition."""
+
 import math
 
 import jax
@@ -28,10 +29,17 @@ def make_model(**overrides):
 
 TGT = jnp.array([[2, 11, 12, 13, 14], [2, 15, 16, 0, 0]])
 
-VARIANTS = [{}, {'layer_norm': 'post'}, {'position_embedding': 'learned'},
-            {'share_embeddings': False, 'tie_output_embedding': False},
-            {'attention_kernel': 'jax'}, {'copy_attention': True}, {'activation': 'swiglu'},
-            {'position_embedding': 'rope'}, {'position_embedding': 'rope', 'qk_norm': 10.0}]
+VARIANTS = [
+  {},
+  {'layer_norm': 'post'},
+  {'position_embedding': 'learned'},
+  {'share_embeddings': False, 'tie_output_embedding': False},
+  {'attention_kernel': 'jax'},
+  {'copy_attention': True},
+  {'activation': 'swiglu'},
+  {'position_embedding': 'rope'},
+  {'position_embedding': 'rope', 'qk_norm': 10.0},
+]
 
 
 def test_sinusoidal_positions_match_formula():
@@ -47,8 +55,6 @@ def test_shift_right_starts_every_packed_example_with_bos():
   positions = jnp.array([[0, 1, 2, 0, 1, 0]])
   np.testing.assert_array_equal(shift_right(targets, positions, bos_id=2), [[2, 7, 8, 2, 9, 2]])
   np.testing.assert_array_equal(shift_right(targets, bos_id=2), [[2, 7, 8, 1, 9, 1]])
-
-
 
 
 @pytest.mark.parametrize('overrides', VARIANTS)
@@ -67,8 +73,7 @@ def test_source_padding_changes_nothing(overrides):
   padded = jnp.pad(SRC, ((0, 0), (0, 4)))
   enc, enc_padded = model.encode(SRC), model.encode(padded)
   real = np.asarray(SRC != 0)
-  np.testing.assert_allclose(np.asarray(enc)[real], np.asarray(enc_padded)[:, :6][real],
-                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(enc)[real], np.asarray(enc_padded)[:, :6][real], atol=1e-5)
   np.testing.assert_allclose(model(SRC, TGT), model(padded, TGT), atol=1e-5)
 
 
@@ -81,8 +86,9 @@ def test_cached_decoding_equals_teacher_forcing(overrides):
   for t in range(TGT.shape[1]):
     step_logits, cache = model.decode_step(TGT[:, t], cache, cross_kv, SRC)
     real = np.asarray(TGT[:, t] != 0)  # logits at padded target positions are undefined
-    np.testing.assert_allclose(np.asarray(step_logits)[real], np.asarray(full[:, t])[real],
-                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+      np.asarray(step_logits)[real], np.asarray(full[:, t])[real], atol=1e-5, rtol=1e-5
+    )
 
 
 def test_self_attention_without_positions_is_permutation_equivariant():
@@ -93,8 +99,15 @@ def test_self_attention_without_positions_is_permutation_equivariant():
   np.testing.assert_allclose(layer(x, mask)[:, perm], layer(x[:, perm], mask), atol=1e-5)
 
 
-@pytest.mark.parametrize('overrides', [{}, {'copy_attention': True}, {'position_embedding': 'rope'},
-                                       {'position_embedding': 'rope', 'qk_norm': 10.0}])
+@pytest.mark.parametrize(
+  'overrides',
+  [
+    {},
+    {'copy_attention': True},
+    {'position_embedding': 'rope'},
+    {'position_embedding': 'rope', 'qk_norm': 10.0},
+  ],
+)
 def test_packed_examples_do_not_attend_to_each_other(overrides):
   model = make_model(**overrides)
   # Row: example A (src 3 tokens, tgt 3) then example B (src 2, tgt 2), then padding.
@@ -102,11 +115,14 @@ def test_packed_examples_do_not_attend_to_each_other(overrides):
   src_b, tgt_b = jnp.array([[9, 1]]), jnp.array([[2, 15]])
   packed_src = jnp.array([[5, 6, 1, 9, 1, 0]])
   packed_tgt = jnp.array([[2, 11, 12, 2, 15, 0]])
-  logits = model(packed_src, packed_tgt,
-                 inputs_positions=jnp.array([[0, 1, 2, 0, 1, 0]]),
-                 targets_positions=jnp.array([[0, 1, 2, 0, 1, 0]]),
-                 inputs_segmentation=jnp.array([[1, 1, 1, 2, 2, 0]]),
-                 targets_segmentation=jnp.array([[1, 1, 1, 2, 2, 0]]))
+  logits = model(
+    packed_src,
+    packed_tgt,
+    inputs_positions=jnp.array([[0, 1, 2, 0, 1, 0]]),
+    targets_positions=jnp.array([[0, 1, 2, 0, 1, 0]]),
+    inputs_segmentation=jnp.array([[1, 1, 1, 2, 2, 0]]),
+    targets_segmentation=jnp.array([[1, 1, 1, 2, 2, 0]]),
+  )
   np.testing.assert_allclose(logits[:, :3], model(src_a, tgt_a), atol=1e-5)
   np.testing.assert_allclose(logits[:, 3:5], model(src_b, tgt_b), atol=1e-5)
 
@@ -130,8 +146,10 @@ def test_bfloat16_matmuls_keep_float32_activations_and_gradients_close_to_float3
   def grads(model):
     def loss(params):
       return jnp.mean(nnx.merge(graphdef, params, rest)(SRC, TGT) ** 2)
+
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     return jax.tree.leaves(jax.jit(jax.grad(loss))(params))
+
   got, want = grads(model), grads(reference)
   assert all(g.dtype == jnp.float32 for g in got)
   # bfloat16 rounding (2^-9 relative) compounds over the layers to ~1.4% of the whole gradient
@@ -148,9 +166,9 @@ def _np_erf(x):
 
 
 NP_ACTIVATIONS = {
-    'relu': lambda x: np.maximum(x, 0.0),
-    'gelu': lambda x: 0.5 * x * (1.0 + _np_erf(x / math.sqrt(2.0))),
-    'silu': lambda x: x / (1.0 + np.exp(-x)),
+  'relu': lambda x: np.maximum(x, 0.0),
+  'gelu': lambda x: 0.5 * x * (1.0 + _np_erf(x / math.sqrt(2.0))),
+  'silu': lambda x: x / (1.0 + np.exp(-x)),
 }
 
 
@@ -159,10 +177,12 @@ def test_mlp_block_equals_numpy_for_every_activation(activation):
   config = tiny_model_config(activation=activation)
   mlp = transformer._mlp(config, nnx.Rngs(3))
   x = np.asarray(jax.random.normal(jax.random.key(1), (2, 5, 16)), np.float64)
-  w = lambda layer: (np.asarray(layer.kernel[...], np.float64),
-                     np.asarray(layer.bias[...], np.float64))
+  w = lambda layer: (
+    np.asarray(layer.kernel[...], np.float64),
+    np.asarray(layer.bias[...], np.float64),
+  )
   (wi, bi), (wo, bo) = w(mlp.wi), w(mlp.wo)
-  if activation.endswith('glu'):   # gated: act(x W_gate) * (x W_in)
+  if activation.endswith('glu'):  # gated: act(x W_gate) * (x W_in)
     assert mlp.wi_gate is not None
     wg, bg = w(mlp.wi_gate)
     base = {'geglu': 'gelu', 'swiglu': 'silu'}[activation]
@@ -170,8 +190,9 @@ def test_mlp_block_equals_numpy_for_every_activation(activation):
   else:
     assert mlp.wi_gate is None
     hidden = NP_ACTIVATIONS[activation](x @ wi + bi)
-  np.testing.assert_allclose(np.asarray(mlp(jnp.asarray(x, jnp.float32))), hidden @ wo + bo,
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(mlp(jnp.asarray(x, jnp.float32))), hidden @ wo + bo, rtol=1e-4, atol=1e-5
+  )
 
 
 def test_gated_activation_adds_one_input_matrix_per_mlp():
@@ -194,8 +215,9 @@ def test_source_word_dropout_drops_whole_source_token_embeddings_only():
   table = np.asarray(model.target_embed.embedding[...])  # shared source/target table
   positions = np.asarray(model.position_table[...])[:24]
   words = table[np.asarray(tokens)] * np.sqrt(16)  # [8, 24, 16], NumPy
-  np.testing.assert_allclose(model._embed(model.target_embed, tokens, None, None),
-                             words + positions, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    model._embed(model.target_embed, tokens, None, None), words + positions, rtol=1e-6, atol=1e-6
+  )
   dropped = np.asarray(model._embed(model.target_embed, tokens, None, jax.random.key(0), 0.5))
   dropped = dropped - positions
   zero = np.all(dropped == 0, axis=-1)  # the whole vector or nothing: rest is 2x the embedding
@@ -205,8 +227,10 @@ def test_source_word_dropout_drops_whole_source_token_embeddings_only():
   key = jax.random.key(1)
   encoded = model.encode(SRC)
   assert not np.allclose(model.encode(SRC, dropout_rng=key), encoded)
-  np.testing.assert_array_equal(model.decode(encoded, SRC, shift_right(TGT), dropout_rng=key),
-                                model.decode(encoded, SRC, shift_right(TGT)))
+  np.testing.assert_array_equal(
+    model.decode(encoded, SRC, shift_right(TGT), dropout_rng=key),
+    model.decode(encoded, SRC, shift_right(TGT)),
+  )
 
 
 def test_weight_tying_shares_one_table():
@@ -228,8 +252,9 @@ def test_base_config_has_the_papers_parameter_count():
   attention = 4 * (d * d + d)
   mlp = d * f + f + f * d + d
   norm = 2 * d
-  expected = v * d + 6 * (attention + mlp + 2 * norm) + 6 * (2 * attention + mlp + 3 * norm) \
-      + 2 * norm
+  expected = (
+    v * d + 6 * (attention + mlp + 2 * norm) + 6 * (2 * attention + mlp + 3 * norm) + 2 * norm
+  )
   assert n == expected
   assert 60e6 < n < 66e6
 
@@ -241,7 +266,9 @@ def test_big_config_builds_with_its_shape():
   assert model.decoder_layers[0].mlp.wi.kernel.shape == (1024, 4096)
 
 
-@pytest.mark.parametrize('field,value,message', [
+@pytest.mark.parametrize(
+  'field,value,message',
+  [
     ('num_heads', 3, r'config.num_heads=3 must divide config.emb_dim=16'),
     ('emb_dim', 0, r'config.emb_dim=0 must be a positive integer'),
     ('num_encoder_layers', -1, r'config.num_encoder_layers=-1'),
@@ -252,12 +279,11 @@ def test_big_config_builds_with_its_shape():
     ('matmul_dtype', 'int8', r"config.matmul_dtype='int8' is unknown"),
     ('activation', 'tanh', r"config.activation='tanh' is unknown"),
     ('qk_norm', -1.0, r'config.qk_norm=-1.0 must be >= 0'),
-])
+  ],
+)
 def test_bad_config_values_raise_naming_the_field(field, value, message):
   with pytest.raises(ValueError, match=message):
     make_model(**{field: value})
-
-
 
 
 def test_malformed_token_inputs_raise():
@@ -323,9 +349,9 @@ def test_pointer_generator_gradients_are_finite_and_match_probability_space():
     return jnp.log(p_gen * jax.nn.softmax(logits) + (1 - p_gen) * copy)
 
   grads = jax.grad(lambda *a: loss(pointer_generator_log_probs, *a, source), (0, 1, 2))(
-      logits, gate, attention)
-  reference = jax.grad(lambda *a: loss(probability_space, *a), (0, 1, 2))(
-      logits, gate, attention)
+    logits, gate, attention
+  )
+  reference = jax.grad(lambda *a: loss(probability_space, *a), (0, 1, 2))(logits, gate, attention)
   real = (source != 0)[:, None, :]
   for i, (got, want) in enumerate(zip(grads, reference)):
     assert np.all(np.isfinite(got))
@@ -358,8 +384,11 @@ def test_rope_model_has_no_position_table_and_sees_order_only_through_attention(
   model = make_model(position_embedding='rope')
   assert model.position_table is None
   table = np.asarray(model.target_embed.embedding[...])
-  np.testing.assert_allclose(model._embed(model.target_embed, SRC, None, None),
-                             table[np.asarray(SRC)] * np.sqrt(16), rtol=1e-6)
+  np.testing.assert_allclose(
+    model._embed(model.target_embed, SRC, None, None),
+    table[np.asarray(SRC)] * np.sqrt(16),
+    rtol=1e-6,
+  )
   src = jnp.array([[5, 6, 7, 8, 1]])
   perm = np.array([3, 0, 4, 1, 2])
   assert not np.allclose(model.encode(src)[:, perm], model.encode(src[:, perm]), atol=1e-3)

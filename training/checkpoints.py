@@ -28,14 +28,21 @@ class Checkpoints:
     self.directory = absolute_path(workdir) / 'checkpoints'
     # Synchronous saves: a failed save stops the run at once instead of in a background thread.
     self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=False
+      ),
+    )
 
   def save(self, step: int, state, data_state: dict):
     if step in self.manager.all_steps():
       return  # already saved (e.g. the final step after a resume); never overwrite
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+      ),
+    )
 
   def restore_latest(self, abstract_state, log=print):
     """(state, data_state) of the newest checkpoint that restores, or (None, None)."""
@@ -44,18 +51,25 @@ class Checkpoints:
       saved = self._saved_signature(step)
       if saved is not None and saved != expected:
         raise ConfigError(
-            f'checkpoint step {step} in {self.directory} holds a training state that this config '
-            f'does not build ({first_difference(expected, saved)}); nothing was moved. Resume '
-            f'with the config the run was trained with (its config.json) or use a new --workdir.')
+          f'checkpoint step {step} in {self.directory} holds a training state that this config '
+          f'does not build ({first_difference(expected, saved)}); nothing was moved. Resume '
+          f'with the config the run was trained with (its config.json) or use a new --workdir.'
+        )
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        restored = self.manager.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+          ),
+        )
         return restored['state'], restored['data']
       except Exception as e:  # pylint: disable=broad-except
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         aside = self.directory / f'corrupt_{step}'
-        log(f'checkpoint step {step} failed to restore ({type(e).__name__}: {reason}); '
-            f'moved to {aside}, trying the previous one.')
+        log(
+          f'checkpoint step {step} failed to restore ({type(e).__name__}: {reason}); '
+          f'moved to {aside}, trying the previous one.'
+        )
         if jax.process_index() == 0:
           (self.directory / str(step)).rename(aside)
         self.manager.reload()
@@ -64,10 +78,10 @@ class Checkpoints:
   def _saved_signature(self, step: int):
     """`tree_signature` of the state saved at `step`, from its metadata; None if unreadable."""
     reader = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(
-            create=False, enable_async_checkpointing=False),
-        item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'data': ocp.JsonCheckpointHandler()})
+      self.directory,
+      options=ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False),
+      item_handlers={'state': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler()},
+    )
     try:
       metadata = reader.item_metadata(step)['state']
     except Exception:  # pylint: disable=broad-except
@@ -81,8 +95,12 @@ class Checkpoints:
     for this or for restore_latest, not both (orbax binds the restore type on first use)."""
     item = {key: abstract_params}
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True)))['state'][key]
+    return self.manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+      ),
+    )['state'][key]
 
   def wait(self):
     self.manager.wait_until_finished()

@@ -21,8 +21,12 @@ MBR_UTILITIES = ('', 'bleu', 'chrf', 'rouge')
 # Fields that fix the text a run reads and writes: its tokenizer and data stay the run's.
 TEXT_FIELDS = ('lowercase', 'vocab_model_type', 'source_lang', 'target_lang')
 # Config fields added after runs had been trained -> the values that reproduce those runs.
-FIELDS_ADDED_LATER = {'matmul_dtype': 'float32', 'qk_norm': 0.0, 'average_last': 1,
-                      'expected_result': ''}
+FIELDS_ADDED_LATER = {
+  'matmul_dtype': 'float32',
+  'qk_norm': 0.0,
+  'average_last': 1,
+  'expected_result': '',
+}
 
 
 class ConfigError(ValueError):
@@ -37,59 +41,114 @@ def validate_training_config(config):
     raise ConfigError(str(e)) from None
 
   require = functools.partial(_require, config)
-  for field in ('num_train_steps', 'batch_size', 'eval_batch_size', 'max_tokens',
-                'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps',
-                'eval_every_steps', 'max_train_len', 'max_eval_len', 'pack_window'):
+  for field in (
+    'num_train_steps',
+    'batch_size',
+    'eval_batch_size',
+    'max_tokens',
+    'checkpoint_every_steps',
+    'keep_checkpoints',
+    'log_every_steps',
+    'eval_every_steps',
+    'max_train_len',
+    'max_eval_len',
+    'pack_window',
+  ):
     require(_is_int(config.get(field), 1), field, 'must be a positive integer.')
   require(config.task in TASKS, 'task', f'is unknown; use one of {TASKS}.')
   require(_is_int(config.seed, 0), 'seed', 'must be an integer >= 0.')
-  require(_is_int(config.num_eval_bleu_batches, 0), 'num_eval_bleu_batches',
-          'must be an integer >= 0 (0: no BLEU during training).')
+  require(
+    _is_int(config.num_eval_bleu_batches, 0),
+    'num_eval_bleu_batches',
+    'must be an integer >= 0 (0: no BLEU during training).',
+  )
   require(config.warmup_steps >= 0, 'warmup_steps', 'must be >= 0.')
   require(config.learning_rate > 0, 'learning_rate', 'must be positive.')
   require(0 <= config.label_smoothing < 1, 'label_smoothing', 'must be in [0, 1).')
   require(config.rdrop_alpha >= 0, 'rdrop_alpha', 'must be >= 0 (0: off).')
   require(0 <= config.ema_decay < 1, 'ema_decay', 'must be in [0, 1) (0: off; e.g. 0.999).')
-  require(not config.rdrop_alpha or config.dropout_rate > 0 or config.attention_dropout_rate > 0
-          or config.source_word_dropout > 0, 'rdrop_alpha',
-          'needs dropout (config.dropout_rate, attention_dropout_rate or source_word_dropout > 0): '
-          'without it the two passes are identical; set rdrop_alpha=0.')
-  require(isinstance(config.loss_chunk_size, int) and config.loss_chunk_size >= 0,
-          'loss_chunk_size', 'must be an integer >= 0 (0: plain logits path).')
-  require(config.time_budget_minutes >= 0, 'time_budget_minutes',
-          'must be >= 0 (0: no budget, train config.num_train_steps).')
+  require(
+    not config.rdrop_alpha
+    or config.dropout_rate > 0
+    or config.attention_dropout_rate > 0
+    or config.source_word_dropout > 0,
+    'rdrop_alpha',
+    'needs dropout (config.dropout_rate, attention_dropout_rate or source_word_dropout > 0): '
+    'without it the two passes are identical; set rdrop_alpha=0.',
+  )
+  require(
+    isinstance(config.loss_chunk_size, int) and config.loss_chunk_size >= 0,
+    'loss_chunk_size',
+    'must be an integer >= 0 (0: plain logits path).',
+  )
+  require(
+    config.time_budget_minutes >= 0,
+    'time_budget_minutes',
+    'must be >= 0 (0: no budget, train config.num_train_steps).',
+  )
   require(config.grad_clip_norm >= 0, 'grad_clip_norm', 'must be >= 0 (0 disables).')
   require(config.schedule in SCHEDULES, 'schedule', f'is unknown; use one of {SCHEDULES}.')
-  require(config.schedule != 'cosine' or max(config.warmup_steps, 1) < config.num_train_steps,
-          'warmup_steps', f'must be below config.num_train_steps={config.num_train_steps} for the '
-          'cosine schedule (it decays over the steps after warmup); lower it or train longer.')
+  require(
+    config.schedule != 'cosine' or max(config.warmup_steps, 1) < config.num_train_steps,
+    'warmup_steps',
+    f'must be below config.num_train_steps={config.num_train_steps} for the '
+    'cosine schedule (it decays over the steps after warmup); lower it or train longer.',
+  )
   require(config.optimizer in OPTIMIZERS, 'optimizer', f'is unknown; use one of {OPTIMIZERS}.')
-  require(config.weight_decay >= 0 and (config.weight_decay == 0 or config.optimizer == 'adamw'),
-          'weight_decay', "must be >= 0, and needs config.optimizer='adamw' (adam has none).")
-  require(config.batching in batching.BATCHINGS, 'batching',
-          f'is unknown; use one of {batching.BATCHINGS}.')
-  require(config.max_train_len <= config.max_len, 'max_train_len',
-          f'must be <= config.max_len={config.max_len}.')
+  require(
+    config.weight_decay >= 0 and (config.weight_decay == 0 or config.optimizer == 'adamw'),
+    'weight_decay',
+    "must be >= 0, and needs config.optimizer='adamw' (adam has none).",
+  )
+  require(
+    config.batching in batching.BATCHINGS,
+    'batching',
+    f'is unknown; use one of {batching.BATCHINGS}.',
+  )
+  require(
+    config.max_train_len <= config.max_len,
+    'max_train_len',
+    f'must be <= config.max_len={config.max_len}.',
+  )
   target_len = config.max_target_len
-  require(isinstance(target_len, int) and 0 <= target_len <= config.max_len, 'max_target_len',
-          f'must be an integer in [0, config.max_len={config.max_len}] (0: max_train_len).')
-  require(config.max_eval_len <= config.max_len, 'max_eval_len',
-          f'must be <= config.max_len={config.max_len}.')
-  require(config.vocab_model_type in tokenizer_lib.MODEL_TYPES, 'vocab_model_type',
-          f'is unknown; use one of {tokenizer_lib.MODEL_TYPES}.')
+  require(
+    isinstance(target_len, int) and 0 <= target_len <= config.max_len,
+    'max_target_len',
+    f'must be an integer in [0, config.max_len={config.max_len}] (0: max_train_len).',
+  )
+  require(
+    config.max_eval_len <= config.max_len,
+    'max_eval_len',
+    f'must be <= config.max_len={config.max_len}.',
+  )
+  require(
+    config.vocab_model_type in tokenizer_lib.MODEL_TYPES,
+    'vocab_model_type',
+    f'is unknown; use one of {tokenizer_lib.MODEL_TYPES}.',
+  )
   require(config.vocab_size > 4, 'vocab_size', 'must exceed the 4 special tokens.')
   alpha = config.subword_sampling_alpha
-  require(alpha >= 0 and (alpha < 1 or config.vocab_model_type == 'unigram'),
-          'subword_sampling_alpha', 'must be >= 0 (0: off), and below 1 for a BPE vocabulary '
-          '(there it is the merge-dropout probability).')
+  require(
+    alpha >= 0 and (alpha < 1 or config.vocab_model_type == 'unigram'),
+    'subword_sampling_alpha',
+    'must be >= 0 (0: off), and below 1 for a BPE vocabulary '
+    '(there it is the merge-dropout probability).',
+  )
   nbest = config.subword_sampling_nbest
-  require(isinstance(nbest, int) and (nbest == -1 or nbest > 1), 'subword_sampling_nbest',
-          'must be -1 (sample from all segmentations) or an integer > 1.')
+  require(
+    isinstance(nbest, int) and (nbest == -1 or nbest > 1),
+    'subword_sampling_nbest',
+    'must be -1 (sample from all segmentations) or an integer > 1.',
+  )
   devices = jax.device_count()
-  require(config.batch_size % devices == 0, 'batch_size',
-          f'must be divisible by the {devices} devices.')
-  require(config.eval_batch_size % devices == 0, 'eval_batch_size',
-          f'must be divisible by the {devices} devices.')
+  require(
+    config.batch_size % devices == 0, 'batch_size', f'must be divisible by the {devices} devices.'
+  )
+  require(
+    config.eval_batch_size % devices == 0,
+    'eval_batch_size',
+    f'must be divisible by the {devices} devices.',
+  )
   check_decoding(config)
 
 
@@ -97,23 +156,41 @@ def check_decoding(config):
   """The decoding fields (eval.py's flags override them; it calls this after they have)."""
   require = functools.partial(_require, config)
   require(_is_int(config.beam_size, 1), 'beam_size', 'must be an integer >= 1 (1: greedy).')
-  require(_is_int(config.average_last, 1), 'average_last',
-          'must be an integer >= 1 (the number of last checkpoints averaged).')
+  require(
+    _is_int(config.average_last, 1),
+    'average_last',
+    'must be an integer >= 1 (the number of last checkpoints averaged).',
+  )
   require(config.length_penalty >= 0, 'length_penalty', 'must be >= 0 (0: no length penalty).')
-  require(config.max_decode_len_a >= 0, 'max_decode_len_a',
-          'must be >= 0 (outputs get at most a x source length + b tokens).')
-  require(_is_int(config.max_decode_len_b, 0) and (config.max_decode_len_a > 0
-                                                   or config.max_decode_len_b > 0),
-          'max_decode_len_b', 'must be an integer >= 0, and above 0 where max_decode_len_a is 0.')
-  require(_is_int(config.beam_groups, 0), 'beam_groups',
-          'must be an integer >= 0 (0: auto, 2 on one CPU device, else 1).')
+  require(
+    config.max_decode_len_a >= 0,
+    'max_decode_len_a',
+    'must be >= 0 (outputs get at most a x source length + b tokens).',
+  )
+  require(
+    _is_int(config.max_decode_len_b, 0)
+    and (config.max_decode_len_a > 0 or config.max_decode_len_b > 0),
+    'max_decode_len_b',
+    'must be an integer >= 0, and above 0 where max_decode_len_a is 0.',
+  )
+  require(
+    _is_int(config.beam_groups, 0),
+    'beam_groups',
+    'must be an integer >= 0 (0: auto, 2 on one CPU device, else 1).',
+  )
   for field in ('min_decode_len', 'min_decode_words', 'no_repeat_ngram_size'):
     require(_is_int(config.get(field), 0), field, 'must be an integer >= 0 (0: off).')
-  require(config.mbr_utility in MBR_UTILITIES, 'mbr_utility',
-          f"is unknown; use one of {MBR_UTILITIES} ('': the beam's best).")
-  require(not config.mbr_utility or config.beam_size >= 2, 'mbr_utility',
-          f"chooses among the beam's hypotheses: it needs config.beam_size >= 2, not "
-          f"{config.beam_size} (eval.py: --beam_size=20, or --mbr=none).")
+  require(
+    config.mbr_utility in MBR_UTILITIES,
+    'mbr_utility',
+    f"is unknown; use one of {MBR_UTILITIES} ('': the beam's best).",
+  )
+  require(
+    not config.mbr_utility or config.beam_size >= 2,
+    'mbr_utility',
+    f"chooses among the beam's hypotheses: it needs config.beam_size >= 2, not "
+    f'{config.beam_size} (eval.py: --beam_size=20, or --mbr=none).',
+  )
   require(config.mbr_temperature >= 0, 'mbr_temperature', 'must be >= 0 (0: equal weights).')
 
 
@@ -124,6 +201,7 @@ def _require(config, ok, field, why):
 
 def _is_int(value, minimum: int) -> bool:
   return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
 
 def read_saved_config(workdir: str):
   """The config of the run in `workdir` (its config.json), or None where there is none. A field
@@ -141,23 +219,28 @@ def read_saved_config(workdir: str):
 def state_signature(config) -> list:
   """(path, shape, dtype) of every array of the training state `config` builds (parameters,
   optimizer state, moving average), traced without computing anything."""
+
   def build():
     _, params, _ = create_model(config, 0)
     return init_state(params, create_optimizer(config), config.ema_decay)
+
   return tree_signature(jax.eval_shape(build))
 
 
 def tree_signature(tree) -> list:
   """Sorted (path, shape, dtype) of a tree's arrays: the same for a state and for the metadata
   of its checkpoint."""
+
   def name(key):
     for attr in ('key', 'idx', 'name'):
       if hasattr(key, attr):
         return str(getattr(key, attr))
     return str(key)
+
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return sorted(('/'.join(name(k) for k in path), tuple(x.shape), str(x.dtype))
-                for path, x in leaves)
+  return sorted(
+    ('/'.join(name(k) for k in path), tuple(x.shape), str(x.dtype)) for path, x in leaves
+  )
 
 
 def check_resume(config, workdir: str):
@@ -177,8 +260,10 @@ def check_resume(config, workdir: str):
     was, now = saved[field], config[field]
     refuse = f'--workdir={workdir} holds a run with config.{field}={was!r}, not {now!r}'
     if field in TEXT_FIELDS:
-      raise ConfigError(f'{refuse}: the field fixes the text the run reads and its vocabulary; '
-                        f'use a new --workdir or the same value.')
+      raise ConfigError(
+        f'{refuse}: the field fixes the text the run reads and its vocabulary; '
+        f'use a new --workdir or the same value.'
+      )
     candidate = ml_collections.ConfigDict(saved.to_dict())
     candidate[field] = now
     try:
@@ -187,15 +272,17 @@ def check_resume(config, workdir: str):
       other = None
     if other != signature:
       difference = first_difference(signature, other)
-      raise ConfigError(f'{refuse}: its checkpoints hold parameters or optimizer state that '
-                        f'this value changes ({difference}); use a new --workdir or the same '
-                        f'value.')
+      raise ConfigError(
+        f'{refuse}: its checkpoints hold parameters or optimizer state that '
+        f'this value changes ({difference}); use a new --workdir or the same '
+        f'value.'
+      )
 
 
 def first_difference(signature, other) -> str:
   """The first array path where two signatures differ, and how, for an error message."""
   if other is None:
-    return 'it does not build with the run\'s other fields'
+    return "it does not build with the run's other fields"
   ours, theirs = dict((p, s) for p, *s in signature), dict((p, s) for p, *s in other)
   for path in sorted(set(ours) | set(theirs)):
     if ours.get(path) != theirs.get(path):

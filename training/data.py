@@ -42,8 +42,10 @@ def saved_samples(workdir: str, resample):
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'subword samples of epoch {epoch}')
     with np.load(io.BytesIO(path.read_bytes())) as saved:
-      return tuple(np.split(saved[f'{side}_tokens'], np.cumsum(saved[f'{side}_lengths'])[:-1])
-                   for side in ('sources', 'targets'))
+      return tuple(
+        np.split(saved[f'{side}_tokens'], np.cumsum(saved[f'{side}_lengths'])[:-1])
+        for side in ('sources', 'targets')
+      )
 
   return read_or_draw
 
@@ -58,11 +60,15 @@ def load_data(config, workdir, log):
   if jax.process_index() != 0:
     tok = tokenizer_lib.Tokenizer(os.path.join(workdir, tokenizer_lib.FILENAME))
   if tok.vocab_size != config.vocab_size:
-    raise ConfigError(f'config.vocab_size={config.vocab_size} but the tokenizer in {workdir} '
-                      f'has {tok.vocab_size} pieces; use a new --workdir.')
+    raise ConfigError(
+      f'config.vocab_size={config.vocab_size} but the tokenizer in {workdir} '
+      f'has {tok.vocab_size} pieces; use a new --workdir.'
+    )
   gap_pairs = datasets.gap_sentence_examples(train_examples) if config.gap_sentences else []
-  texts = ([e['source'] for e in train_examples + gap_pairs],
-           [e['target'] for e in train_examples + gap_pairs])
+  texts = (
+    [e['source'] for e in train_examples + gap_pairs],
+    [e['target'] for e in train_examples + gap_pairs],
+  )
 
   def tokenize(encode):
     sources, targets = encode(texts[0]), encode(texts[1])
@@ -72,25 +78,43 @@ def load_data(config, workdir, log):
 
   def resample(epoch):
     del epoch  # every call draws anew; saved_samples keeps each epoch's draw
-    return tokenize(functools.partial(tok.sample_encode, alpha=config.subword_sampling_alpha,
-                                      nbest_size=config.subword_sampling_nbest))
+    return tokenize(
+      functools.partial(
+        tok.sample_encode,
+        alpha=config.subword_sampling_alpha,
+        nbest_size=config.subword_sampling_nbest,
+      )
+    )
 
   sources, targets = tokenize(tok.encode)
   train_iter = batching.TrainIterator(
-      sources, targets, batching=config.batching, batch_size=config.batch_size,
-      max_len=config.max_train_len, max_tokens=config.max_tokens, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      row_multiple=jax.local_device_count(), max_target_len=config.max_target_len or None,
-      pack_window=config.pack_window,
-      resample=saved_samples(workdir, resample) if config.subword_sampling_alpha > 0 else None)
+    sources,
+    targets,
+    batching=config.batching,
+    batch_size=config.batch_size,
+    max_len=config.max_train_len,
+    max_tokens=config.max_tokens,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    row_multiple=jax.local_device_count(),
+    max_target_len=config.max_target_len or None,
+    pack_window=config.pack_window,
+    resample=saved_samples(workdir, resample) if config.subword_sampling_alpha > 0 else None,
+  )
   limits = f'max_train_len={config.max_train_len}' + (
-      f', max_target_len={config.max_target_len}' if config.max_target_len else '')
+    f', max_target_len={config.max_target_len}' if config.max_target_len else ''
+  )
   gap = f' + {len(gap_pairs)} gap-sentence pairs' if gap_pairs else ''
-  log(f'data: {config.dataset} {config.train_split}: {len(train_examples)} pairs{gap} '
-      f'({skipped} empty skipped, {train_iter.dropped} longer than {limits} dropped); '
-      f'vocabulary {tok.vocab_size} ({tok.path})')
+  log(
+    f'data: {config.dataset} {config.train_split}: {len(train_examples)} pairs{gap} '
+    f'({skipped} empty skipped, {train_iter.dropped} longer than {limits} dropped); '
+    f'vocabulary {tok.vocab_size} ({tok.path})'
+  )
   eval_examples, _ = datasets.load_examples(config, config.eval_split)
-  eval_data = (tok.encode([e['source'] for e in eval_examples]),
-               tok.encode([e['target'] for e in eval_examples]),
-               [e['target'] for e in eval_examples])
+  eval_data = (
+    tok.encode([e['source'] for e in eval_examples]),
+    tok.encode([e['target'] for e in eval_examples]),
+    [e['target'] for e in eval_examples],
+  )
   return train_iter, tok, eval_data

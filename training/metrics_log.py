@@ -41,5 +41,8 @@ class MetricsLog:
 def format_eta(seconds: float) -> str:
   if not math.isfinite(seconds):
     return '?'
-  return f'{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m' if seconds >= 3600 else \
-      f'{int(seconds // 60)}m{int(seconds % 60):02d}s'
+  return (
+    f'{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m'
+    if seconds >= 3600
+    else f'{int(seconds // 60)}m{int(seconds % 60):02d}s'
+  )

@@ -9,21 +9,26 @@ def create_learning_rate_schedule(config):
   """Peak `learning_rate` after linear warmup; then 1/sqrt(step) (the paper's), cosine or flat."""
   peak, warmup = config.learning_rate, max(config.warmup_steps, 1)
   if config.schedule == 'rsqrt':
+
     def schedule(step):
       step = jnp.maximum(step.astype(jnp.float32) + 1.0, 1.0)
       return peak * jnp.minimum(step / warmup, jnp.sqrt(warmup / step))
+
     return schedule
   if config.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, config.num_train_steps)
-  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
-                               optax.constant_schedule(peak)], [warmup])
+  return optax.join_schedules(
+    [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
+  )
 
 
 def decays_weight(params):
   """AdamW's mask: True for matrices (kernels, embedding tables), False for biases and norms."""
+
   def decays(path, _):
     name = str([k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1])
     return name.endswith('kernel') or name == 'embedding'
+
   return jax.tree_util.tree_map_with_path(decays, params)
 
 

@@ -17,15 +17,21 @@ from training.optimizer import create_learning_rate_schedule, create_optimizer
 
 def _forward(model, batch, dropout_rng=None, return_features=False):
   decoder_inputs = shift_right(batch['targets'], batch['targets_position'])
-  return model(batch['inputs'], decoder_inputs, inputs_positions=batch['inputs_position'],
-               targets_positions=batch['targets_position'],
-               inputs_segmentation=batch['inputs_segmentation'],
-               targets_segmentation=batch['targets_segmentation'], dropout_rng=dropout_rng,
-               return_features=return_features)
+  return model(
+    batch['inputs'],
+    decoder_inputs,
+    inputs_positions=batch['inputs_position'],
+    targets_positions=batch['targets_position'],
+    inputs_segmentation=batch['inputs_segmentation'],
+    targets_segmentation=batch['targets_segmentation'],
+    dropout_rng=dropout_rng,
+    return_features=return_features,
+  )
 
 
-def loss_and_grads(params, batch, rng, *, graphdef, rest, label_smoothing, loss_chunk_size=0,
-                   rdrop_alpha=0.0):
+def loss_and_grads(
+  params, batch, rng, *, graphdef, rest, label_smoothing, loss_chunk_size=0, rdrop_alpha=0.0
+):
   """((mean loss, (NLL sum, correct sum, token count)), grads) of a batch, dropout from rng.
 
   loss_chunk_size > 0 takes the fused, chunked loss (model/losses.py), 0 the plain logits path;
@@ -46,16 +52,28 @@ def loss_and_grads(params, batch, rng, *, graphdef, rest, label_smoothing, loss_
     if loss_chunk_size:
       kernel, bias = model.output_projection()
       loss_sum, nll_sum, correct = fused_cross_entropy_sums(
-          pairs(_forward(model, model_batch, rng, return_features=True)), kernel, bias,
-          batch['targets'], weights, label_smoothing, loss_chunk_size, model.matmul_dtype,
-          rdrop_alpha)
+        pairs(_forward(model, model_batch, rng, return_features=True)),
+        kernel,
+        bias,
+        batch['targets'],
+        weights,
+        label_smoothing,
+        loss_chunk_size,
+        model.matmul_dtype,
+        rdrop_alpha,
+      )
     elif rdrop_alpha:
       loss_sum, nll_sum, correct = rdrop_cross_entropy_sums(
-          pairs(_forward(model, model_batch, rng)), batch['targets'], weights, label_smoothing,
-          rdrop_alpha)
+        pairs(_forward(model, model_batch, rng)),
+        batch['targets'],
+        weights,
+        label_smoothing,
+        rdrop_alpha,
+      )
     else:
-      loss_sum, nll_sum, correct = cross_entropy_sums(_forward(model, batch, rng),
-                                                      batch['targets'], weights, label_smoothing)
+      loss_sum, nll_sum, correct = cross_entropy_sums(
+        _forward(model, batch, rng), batch['targets'], weights, label_smoothing
+      )
     return loss_sum / num_tokens, (nll_sum, correct, num_tokens)
 
   return jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -78,28 +96,53 @@ def ema_step_size(step, ema_decay: float):
   return 1.0 - jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
 
 
-def train_step(state, batch, time_position, *, graphdef, rest, tx, schedule, label_smoothing,
-               dropout_key, loss_chunk_size=0, rdrop_alpha=0.0, ema_decay=0.0):
+def train_step(
+  state,
+  batch,
+  time_position,
+  *,
+  graphdef,
+  rest,
+  tx,
+  schedule,
+  label_smoothing,
+  dropout_key,
+  loss_chunk_size=0,
+  rdrop_alpha=0.0,
+  ema_decay=0.0,
+):
   """One optimizer step on a global batch; returns (new state, metrics).
 
   The learning rate is schedule(max(step, time_position)): time_position is 0 without a time
   budget, else where the elapsed share of the budget puts the schedule (TimeBudget)."""
   step = state['step']
   (loss, (nll_sum, correct, num_tokens)), grads = loss_and_grads(
-      state['params'], batch, jax.random.fold_in(dropout_key, step), graphdef=graphdef,
-      rest=rest, label_smoothing=label_smoothing, loss_chunk_size=loss_chunk_size,
-      rdrop_alpha=rdrop_alpha)
+    state['params'],
+    batch,
+    jax.random.fold_in(dropout_key, step),
+    graphdef=graphdef,
+    rest=rest,
+    label_smoothing=label_smoothing,
+    loss_chunk_size=loss_chunk_size,
+    rdrop_alpha=rdrop_alpha,
+  )
   learning_rate = schedule(jnp.maximum(step.astype(jnp.float32), time_position))
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   updates = jax.tree.map(lambda u: -learning_rate * u, updates)
   params = optax.apply_updates(state['params'], updates)
-  metrics = {'loss': loss, 'nll': nll_sum / num_tokens, 'accuracy': correct / num_tokens,
-             'grad_norm': optax.global_norm(grads), 'learning_rate': learning_rate,
-             'tokens': num_tokens}
+  metrics = {
+    'loss': loss,
+    'nll': nll_sum / num_tokens,
+    'accuracy': correct / num_tokens,
+    'grad_norm': optax.global_norm(grads),
+    'learning_rate': learning_rate,
+    'tokens': num_tokens,
+  }
   new_state = {'step': step + 1, 'params': params, 'opt_state': opt_state}
   if ema_decay:
-    new_state['ema_params'] = optax.incremental_update(params, state['ema_params'],
-                                                       ema_step_size(step, ema_decay))
+    new_state['ema_params'] = optax.incremental_update(
+      params, state['ema_params'], ema_step_size(step, ema_decay)
+    )
   return new_state, metrics
 
 
@@ -121,6 +164,7 @@ def create_model(config, seed: int):
 class Training(NamedTuple):
   """What a training loop needs: model structure, optimizer, state, step and shardings.
   step_fn(state, batch, time_position) -> (state, metrics); time_position: see TimeBudget."""
+
   graphdef: Any
   rest: Any
   tx: Any
@@ -138,12 +182,21 @@ def create_training(config, mesh) -> Training:
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   state = jax.device_put(init_state(params, tx, config.ema_decay), replicated)
   step_fn = jax.jit(
-      functools.partial(train_step, graphdef=graphdef, rest=rest, tx=tx, schedule=schedule,
-                        label_smoothing=config.label_smoothing,
-                        dropout_key=jax.random.key(config.seed + 1),
-                        # the fused loss needs plain logits; copy attention mixes in copies
-                        loss_chunk_size=0 if config.copy_attention else config.loss_chunk_size,
-                        rdrop_alpha=config.rdrop_alpha, ema_decay=config.ema_decay),
-      in_shardings=(replicated, data_sharding, replicated),
-      out_shardings=(replicated, replicated), donate_argnums=0)
+    functools.partial(
+      train_step,
+      graphdef=graphdef,
+      rest=rest,
+      tx=tx,
+      schedule=schedule,
+      label_smoothing=config.label_smoothing,
+      dropout_key=jax.random.key(config.seed + 1),
+      # the fused loss needs plain logits; copy attention mixes in copies
+      loss_chunk_size=0 if config.copy_attention else config.loss_chunk_size,
+      rdrop_alpha=config.rdrop_alpha,
+      ema_decay=config.ema_decay,
+    ),
+    in_shardings=(replicated, data_sharding, replicated),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+  )
   return Training(graphdef, rest, tx, state, step_fn, replicated, data_sharding)

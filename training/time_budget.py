@@ -28,8 +28,8 @@ class TimeBudget:
     self.seconds = 60.0 * minutes
     self.num_train_steps = num_train_steps
     self.origin = self.clock()  # moved back by the time of earlier runs on resume
-    self.reserve = 0.0          # seconds of the last evaluation
-    self.start = None           # elapsed seconds at the first logged step: the schedule's zero
+    self.reserve = 0.0  # seconds of the last evaluation
+    self.start = None  # elapsed seconds at the first logged step: the schedule's zero
 
   def resume(self, saved: dict):
     """Take (and remove) what `to_save` put into a checkpoint's data state."""
@@ -38,20 +38,26 @@ class TimeBudget:
 
   def to_save(self) -> dict:
     elapsed = self.check()[0]
-    return {'elapsed_seconds': elapsed,
-            **({} if self.start is None else {'schedule_clock_start': self.start})}
+    return {
+      'elapsed_seconds': elapsed,
+      **({} if self.start is None else {'schedule_clock_start': self.start}),
+    }
 
   def check(self, training: bool = False):
     """(elapsed seconds, time position, whether the budget is spent), the same in every process;
     the first check with `training` starts the schedule's clock."""
     elapsed, reserve = self.clock() - self.origin, self.reserve
     if jax.process_count() > 1:
-      elapsed, reserve = (float(v) for v in multihost_utils.broadcast_one_to_all(
-          np.array([elapsed, reserve], np.float32)))
+      elapsed, reserve = (
+        float(v)
+        for v in multihost_utils.broadcast_one_to_all(np.array([elapsed, reserve], np.float32))
+      )
     if training and self.start is None:
       self.start = elapsed
-    return (elapsed, *budget_position(elapsed, self.start, reserve, self.seconds,
-                                      self.num_train_steps))
+    return (
+      elapsed,
+      *budget_position(elapsed, self.start, reserve, self.seconds, self.num_train_steps),
+    )
 
 
 def budget_position(elapsed: float, start, reserve: float, budget: float, num_train_steps: int):

@@ -42,43 +42,83 @@ def _prepare_and_train(config, workdir: str, prepare_only: bool, budget: TimeBud
   save_config(config, workdir)  # once the config, data and vocabulary are known good
   log = MetricsLog(workdir)
   if prepare_only:
-    log.print(f'prepared {workdir}: config, data and vocabulary checked, nothing trained '
-              f'(--prepare_only); the same command without it trains.')
+    log.print(
+      f'prepared {workdir}: config, data and vocabulary checked, nothing trained '
+      f'(--prepare_only); the same command without it trains.'
+    )
     return {}
 
   training = create_training(config, make_mesh())
   graphdef, rest, state = training.graphdef, training.rest, training.state
   replicated, data_sharding = training.replicated, training.data_sharding
-  log.print(f'model: {count_params(nnx.merge(graphdef, state["params"], rest)):,} parameters; '
-            f'{jax.device_count()} devices ({jax.devices()[0].platform}), '
-            f'{jax.process_count()} processes')
+  log.print(
+    f'model: {count_params(nnx.merge(graphdef, state["params"], rest)):,} parameters; '
+    f'{jax.device_count()} devices ({jax.devices()[0].platform}), '
+    f'{jax.process_count()} processes'
+  )
   checkpoints = Checkpoints(workdir, config.keep_checkpoints)
   restored, data_state = checkpoints.restore_latest(
-      jax.tree.map(ocp.utils.to_shape_dtype_struct, state), log.print)
+    jax.tree.map(ocp.utils.to_shape_dtype_struct, state), log.print
+  )
   if restored is not None:
     state = jax.device_put(restored, replicated)
     budget.resume(data_state)
     train_iter.set_state(data_state)
-    log.print(f'resumed from step {int(to_host(state["step"]))} (data epoch '
-              f'{data_state["epoch"]}, example {data_state["index"]})')
+    log.print(
+      f'resumed from step {int(to_host(state["step"]))} (data epoch '
+      f'{data_state["epoch"]}, example {data_state["index"]})'
+    )
   step_fn = training.step_fn
-  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef, rest=rest),
-                    in_shardings=(replicated, data_sharding), out_shardings=replicated)
+  eval_fn = jax.jit(
+    functools.partial(eval_step, graphdef=graphdef, rest=rest),
+    in_shardings=(replicated, data_sharding),
+    out_shardings=replicated,
+  )
   greedy_fn = make_decode_fn(graphdef, rest, config, tok, beam_size=1, alpha=0.0)
 
   stop_signal = []
-  previous_handlers = {sig: signal.signal(sig, lambda signum, _: stop_signal.append(signum))
-                       for sig in (signal.SIGTERM, signal.SIGINT)}
+  previous_handlers = {
+    sig: signal.signal(sig, lambda signum, _: stop_signal.append(signum))
+    for sig in (signal.SIGTERM, signal.SIGINT)
+  }
   try:
-    return _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoints, log,
-                       tok, eval_data, data_sharding, stop_signal, budget, replicated)
+    return _train_loop(
+      config,
+      state,
+      train_iter,
+      step_fn,
+      eval_fn,
+      greedy_fn,
+      checkpoints,
+      log,
+      tok,
+      eval_data,
+      data_sharding,
+      stop_signal,
+      budget,
+      replicated,
+    )
   finally:
     for sig, handler in previous_handlers.items():
       signal.signal(sig, handler)
 
 
-def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoints, log, tok,
-                eval_data, data_sharding, stop_signal, budget, replicated):
+def _train_loop(
+  config,
+  state,
+  train_iter,
+  step_fn,
+  eval_fn,
+  greedy_fn,
+  checkpoints,
+  log,
+  tok,
+  eval_data,
+  data_sharding,
+  stop_signal,
+  budget,
+  replicated,
+):
   """Steps until config.num_train_steps, the time budget or a stop signal; checkpoints, logs and
   evaluates."""
   step = int(to_host(state['step']))
@@ -87,13 +127,17 @@ def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoi
   elapsed, position, spent = budget.check()
   time_position = jax.device_put(np.float32(position), replicated)
   if budget.seconds:
-    log.print(f'time budget: {config.time_budget_minutes:g} min (config.time_budget_minutes; 0 '
-              f'turns it off), {elapsed / 60:.1f} used: training stops at step '
-              f'{config.num_train_steps} or when it is spent, the schedule following whichever '
-              f'comes first.')
+    log.print(
+      f'time budget: {config.time_budget_minutes:g} min (config.time_budget_minutes; 0 '
+      f'turns it off), {elapsed / 60:.1f} used: training stops at step '
+      f'{config.num_train_steps} or when it is spent, the schedule following whichever '
+      f'comes first.'
+    )
   if spent and step < config.num_train_steps:
-    log.print(f'the time budget was spent at step {step}: nothing to train. To go on, raise '
-              f'config.time_budget_minutes.')
+    log.print(
+      f'the time budget was spent at step {step}: nothing to train. To go on, raise '
+      f'config.time_budget_minutes.'
+    )
     return metrics
 
   def check_finite():
@@ -103,8 +147,9 @@ def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoi
       if not np.isfinite(loss):
         good = checkpoints.manager.latest_step()
         raise FloatingPointError(
-            f'loss is {loss} at step {s}; stopping. The last good checkpoint '
-            f'(step {good}) is kept. Lower config.learning_rate or raise config.warmup_steps.')
+          f'loss is {loss} at step {s}; stopping. The last good checkpoint '
+          f'(step {good}) is kept. Lower config.learning_rate or raise config.warmup_steps.'
+        )
 
   def save(step):
     check_finite()
@@ -124,72 +169,108 @@ def _train_loop(config, state, train_iter, step_fn, eval_fn, greedy_fn, checkpoi
       seconds = time.time() - window_start
       window_tokens = sum(m['tokens'] for m in fetched)
       last = fetched[-1]
-      means = {k: float(np.mean([m[k] for m in fetched])) for k in ('loss', 'nll', 'accuracy',
-                                                                    'grad_norm')}
+      means = {
+        k: float(np.mean([m[k] for m in fetched])) for k in ('loss', 'nll', 'accuracy', 'grad_norm')
+      }
       metrics = {f'train/{k}': v for k, v in means.items()}
-      metrics.update({'train/perplexity': math.exp(min(means['nll'], 50)),
-                      'train/learning_rate': float(last['learning_rate']),
-                      'train/tokens_per_sec': window_tokens / seconds,
-                      'train/steps_per_sec': window_steps / seconds,
-                      'train/padding_fraction': train_iter.padding_fraction,
-                      'train/elapsed_minutes': elapsed / 60})
+      metrics.update(
+        {
+          'train/perplexity': math.exp(min(means['nll'], 50)),
+          'train/learning_rate': float(last['learning_rate']),
+          'train/tokens_per_sec': window_tokens / seconds,
+          'train/steps_per_sec': window_steps / seconds,
+          'train/padding_fraction': train_iter.padding_fraction,
+          'train/elapsed_minutes': elapsed / 60,
+        }
+      )
       log.write(step, metrics)
       eta = (config.num_train_steps - step) / max(metrics['train/steps_per_sec'], 1e-9)
       if budget.seconds:
         eta = min(eta, max(budget.seconds - budget.reserve - elapsed, 0.0))
-      log.print(f'step {step}/{config.num_train_steps} | loss {means["loss"]:.3f} '
-                f'ppl {metrics["train/perplexity"]:.2f} acc {means["accuracy"]:.3f} | '
-                f'lr {metrics["train/learning_rate"]:.2e} gnorm {means["grad_norm"]:.2f} | '
-                f'{metrics["train/tokens_per_sec"]:,.0f} tok/s '
-                f'{metrics["train/steps_per_sec"]:.2f} step/s '
-                f'pad {100 * train_iter.padding_fraction:.0f}% | ETA {format_eta(eta)}')
+      log.print(
+        f'step {step}/{config.num_train_steps} | loss {means["loss"]:.3f} '
+        f'ppl {metrics["train/perplexity"]:.2f} acc {means["accuracy"]:.3f} | '
+        f'lr {metrics["train/learning_rate"]:.2e} gnorm {means["grad_norm"]:.2f} | '
+        f'{metrics["train/tokens_per_sec"]:,.0f} tok/s '
+        f'{metrics["train/steps_per_sec"]:.2f} step/s '
+        f'pad {100 * train_iter.padding_fraction:.0f}% | ETA {format_eta(eta)}'
+      )
       pending, window_start, window_steps = [], time.time(), 0
     if stop_signal:
       save(step)
       checkpoints.wait()
-      log.print(f'received signal {stop_signal[0]}: saved checkpoint at step {step}; '
-                f'rerun the same command to resume.')
+      log.print(
+        f'received signal {stop_signal[0]}: saved checkpoint at step {step}; '
+        f'rerun the same command to resume.'
+      )
       return metrics
     last_step = step == config.num_train_steps or spent
     if spent and step < config.num_train_steps:
-      log.print(f'time budget of {config.time_budget_minutes:g} min spent at step {step} '
-                f'({elapsed / 60:.1f} min, the schedule at step {position:.0f} of '
-                f'{config.num_train_steps}): final checkpoint and validation.')
+      log.print(
+        f'time budget of {config.time_budget_minutes:g} min spent at step {step} '
+        f'({elapsed / 60:.1f} min, the schedule at step {position:.0f} of '
+        f'{config.num_train_steps}): final checkpoint and validation.'
+      )
     if step % config.checkpoint_every_steps == 0 or last_step:
       save(step)
     if step % config.eval_every_steps == 0 or last_step:
       eval_start = budget.clock()
-      eval_metrics = evaluate(state['params'], eval_fn, greedy_fn, eval_data, tok, config,
-                              data_sharding, config.num_eval_bleu_batches)
+      eval_metrics = evaluate(
+        state['params'],
+        eval_fn,
+        greedy_fn,
+        eval_data,
+        tok,
+        config,
+        data_sharding,
+        config.num_eval_bleu_batches,
+      )
       if 'ema_params' in state:
-        eval_metrics.update(evaluate(state['ema_params'], eval_fn, greedy_fn, eval_data, tok,
-                                     config, data_sharding, config.num_eval_bleu_batches,
-                                     prefix='eval_ema'))
+        eval_metrics.update(
+          evaluate(
+            state['ema_params'],
+            eval_fn,
+            greedy_fn,
+            eval_data,
+            tok,
+            config,
+            data_sharding,
+            config.num_eval_bleu_batches,
+            prefix='eval_ema',
+          )
+        )
       budget.reserve = budget.clock() - eval_start
       log.write(step, eval_metrics)
       metrics.update(eval_metrics)
-      log.print(f'eval at step {step} | ' + ' '.join(
+      log.print(
+        f'eval at step {step} | '
+        + ' '.join(
           f'{k.replace("eval/", "").replace("eval_ema/", "ema_")} {v:.3f}'
-          for k, v in eval_metrics.items()))
+          for k, v in eval_metrics.items()
+        )
+      )
       window_start = time.time()  # evaluation time does not count against training speed
   checkpoints.wait()
   if 'eval/bleu' in metrics:
-    log.print(f'final validation BLEU ({config.num_eval_bleu_batches} greedy batches, '
-              f'SacreBLEU): {metrics["eval/bleu"]:.2f}')
+    log.print(
+      f'final validation BLEU ({config.num_eval_bleu_batches} greedy batches, '
+      f'SacreBLEU): {metrics["eval/bleu"]:.2f}'
+    )
   return metrics
 
 
-def evaluate(params, eval_fn, greedy_fn, eval_data, tok, config, sharding, num_bleu_batches,
-             prefix='eval'):
+def evaluate(
+  params, eval_fn, greedy_fn, eval_data, tok, config, sharding, num_bleu_batches, prefix='eval'
+):
   """Validation NLL/accuracy over the whole split; BLEU (and ROUGE for summarization) of the
   first `num_bleu_batches` batches of sources, decoded greedily by `decode_all` as eval.py
   decodes; metric names '<prefix>/<name>'."""
   sources, targets, references = eval_data
   totals = {'nll_sum': 0.0, 'correct': 0.0, 'tokens': 0.0}
-  for batch in batching.eval_batches(sources, config.eval_batch_size, config.max_eval_len,
-                                     targets):
-    arrays = global_batch({'inputs': process_rows(batch['inputs']),
-                           'targets': process_rows(batch['targets'])}, sharding)
+  for batch in batching.eval_batches(sources, config.eval_batch_size, config.max_eval_len, targets):
+    arrays = global_batch(
+      {'inputs': process_rows(batch['inputs']), 'targets': process_rows(batch['targets'])}, sharding
+    )
     for k, v in to_host(eval_fn(params, arrays)).items():
       totals[k] += float(v)
   tokens = max(totals['tokens'], 1.0)
@@ -197,8 +278,12 @@ def evaluate(params, eval_fn, greedy_fn, eval_data, tok, config, sharding, num_b
   metrics['perplexity'] = math.exp(min(metrics['nll'], 50))
   decoded = min(len(sources), num_bleu_batches * config.eval_batch_size)
   if decoded:
-    hypotheses = [tok.decode(ids) for ids in decode_all(
-        sources[:decoded], greedy_fn, params, config, config.eval_batch_size, sharding)]
+    hypotheses = [
+      tok.decode(ids)
+      for ids in decode_all(
+        sources[:decoded], greedy_fn, params, config, config.eval_batch_size, sharding
+      )
+    ]
     refs = references[:decoded]
     metrics['bleu'] = sacrebleu.corpus_bleu(hypotheses, [refs]).score
     if config.task == 'summarization':

@@ -23,8 +23,10 @@ def check_workdir(workdir: str):
     probe.write_text('ok')
     probe.unlink()
   except OSError as e:
-    raise ConfigError(f'--workdir={workdir} is not writable ({e.strerror or e}); choose a '
-                      f'directory you can write to.') from None
+    raise ConfigError(
+      f'--workdir={workdir} is not writable ({e.strerror or e}); choose a '
+      f'directory you can write to.'
+    ) from None
 
 
 @contextlib.contextmanager
@@ -43,12 +45,15 @@ def exclusive_workdir(workdir: str):
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'another process'
-      raise ConfigError(f'--workdir={workdir} is in use by {holder}; wait for it to end, stop '
-                        f'it, or use another --workdir.') from None
+      raise ConfigError(
+        f'--workdir={workdir} is in use by {holder}; wait for it to end, stop '
+        f'it, or use another --workdir.'
+      ) from None
     os.ftruncate(fd, 0)
     started = time.strftime('%Y-%m-%d %H:%M:%S')
-    os.pwrite(fd, f'train.py, process {os.getpid()} on {socket.gethostname()} since '
-                  f'{started}'.encode(), 0)
+    os.pwrite(
+      fd, f'train.py, process {os.getpid()} on {socket.gethostname()} since {started}'.encode(), 0
+    )
     yield
   finally:
     os.close(fd)  # releases the lock

@@ -10,9 +10,14 @@ pinned to one core while another run used the other. Results: docs/results.md "H
 
 
 def get_sweep(hyper):
-  depth = hyper.zip([hyper.sweep('config.num_encoder_layers', [1, 2, 4]),
-                     hyper.sweep('config.num_decoder_layers', [1, 2, 4])])
-  return hyper.product([
+  depth = hyper.zip(
+    [
+      hyper.sweep('config.num_encoder_layers', [1, 2, 4]),
+      hyper.sweep('config.num_decoder_layers', [1, 2, 4]),
+    ]
+  )
+  return hyper.product(
+    [
       hyper.sweep('config.num_heads', [1, 2, 4, 8]),
       depth,
       hyper.fixed('config.num_train_steps', 500),
@@ -21,7 +26,7 @@ def get_sweep(hyper):
       hyper.fixed('config.dropout_rate', 0.3),
       hyper.fixed('config.matmul_dtype', 'float32'),
       hyper.fixed('config.batch_size', 64),
-      hyper.fixed('config.pack_window', 1),   # next-fit packing, as then
+      hyper.fixed('config.pack_window', 1),  # next-fit packing, as then
       hyper.fixed('config.warmup_steps', 250),
       hyper.fixed('config.optimizer', 'adam'),
       hyper.fixed('config.weight_decay', 0.0),
@@ -30,4 +35,5 @@ def get_sweep(hyper):
       hyper.fixed('config.qk_norm', 0.0),
       hyper.fixed('config.eval_every_steps', 500),
       hyper.fixed('config.checkpoint_every_steps', 500),
-  ])
+    ]
+  )
