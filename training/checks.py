@@ -1,4 +1,4 @@
-"""Config and workdir checks, run before any data is read or anything compiles."""
+"""Config checks and the saved config of a run, before any data is read or anything compiles."""
 
 import functools
 import json
