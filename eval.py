@@ -25,7 +25,6 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow (tfds) start-up banners
 
 from absl import app, flags, logging  # noqa: E402
-from etils import epath  # noqa: E402
 
 from evaluation import EvalError  # noqa: E402
 from evaluation.evaluate import (  # noqa: E402
@@ -33,6 +32,7 @@ from evaluation.evaluate import (  # noqa: E402
   attention_maps,
   evaluate_split,
   plot_attention,
+  read_input_lines,
   translate_lines,
 )
 from evaluation.metrics import annotator_scores  # noqa: E402
@@ -134,6 +134,7 @@ def main(argv):
       known = datasets.splits_of(config)
       if known is not None and split not in known:  # before restoring anything
         raise EvalError(f'unknown split {split!r}; splits of {config.dataset}: {known}.')
+    lines = None if FLAGS.input is None else read_input_lines(FLAGS.input)  # before restoring
     if FLAGS.score_annotations:
       for key, value in annotator_scores(datasets.load_examples(config, split)[0]).items():
         print(f'  {key:16s} {value:6.2f}')
@@ -149,11 +150,6 @@ def main(argv):
         config, FLAGS.workdir, FLAGS.step, average_last, FLAGS.ema
       )
     if FLAGS.input is not None:
-      lines = (
-        sys.stdin.read() if FLAGS.input == '-' else epath.Path(FLAGS.input).read_text()
-      ).split('\n')
-      if lines and lines[-1] == '':
-        lines = lines[:-1]
       for line in translate_lines(
         config, tok, graphdef, params, rest, beam_size, alpha, batch_size, lines
       ):

@@ -52,8 +52,14 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax INFO lines drown the progress lines
   if FLAGS.distributed or FLAGS.num_processes:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  config = FLAGS.config
   try:
-    train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.prepare_only)
+    config.get('seed')  # a config file that failed to load raises here, at its first use
+  except OSError as e:
+    reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+    sys.exit(f'error: --config could not be loaded: {reason}')
+  try:
+    train_and_evaluate(config, FLAGS.workdir, FLAGS.prepare_only)
   except (ConfigError, datasets.DataError, FloatingPointError) as e:
     sys.exit(f'error: {e}')
 

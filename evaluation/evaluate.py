@@ -119,6 +119,21 @@ def evaluate_split(
   return report, str(out_dir / f'{tag}.txt')
 
 
+def read_input_lines(path: str) -> list:
+  """The lines of a UTF-8 text file, or of standard input for '-', without newlines."""
+  data = sys.stdin.buffer.read() if path == '-' else epath.Path(path).read_bytes()
+  try:
+    text = data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    line = data[: e.start].count(b'\n') + 1
+    raise EvalError(
+      f'--input={path}: line {line} is not UTF-8 text ({e.reason}); give plain text, one '
+      f'sentence per line.'
+    ) from None
+  lines = text.split('\n')
+  return lines[:-1] if lines and lines[-1] == '' else lines
+
+
 def translate_lines(config, tok, graphdef, params, rest, beam_size, alpha, batch_size, lines):
   """Decode user lines; an empty line gives an empty line, so outputs stay aligned."""
   keep = [i for i, line in enumerate(lines) if line.strip()]

@@ -1,12 +1,14 @@
 """SentencePiece tokenizer trained in-process on the training split (joint source+target)."""
 
 import os
+import re
 import tempfile
 
 import numpy as np
 import sentencepiece as spm
 from etils import epath
 
+from input_pipeline.datasets import DataError
 from model.special_tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID  # noqa: F401 (re-exported)
 
 MODEL_TYPES = ('unigram', 'bpe')
@@ -107,16 +109,24 @@ def train_tokenizer(
         eos_id=EOS_ID,
         bos_id=BOS_ID,
         unk_id=UNK_ID,
-        input_sentence_size=len(sample),
+        # all of `sample`; SentencePiece refuses sizes 1-100, where 0 (all) means the same
+        input_sentence_size=len(sample) if len(sample) > 100 else 0,
         shuffle_input_sentence=False,
         num_threads=os.cpu_count() or 1,
         minloglevel=2,
         max_sentence_length=1 << 16,
       )
     except RuntimeError as e:
-      raise ValueError(
-        f'SentencePiece could not train a vocabulary of config.vocab_size='
-        f'{vocab_size} on {len(sample)} texts: {e}. Lower config.vocab_size.'
+      largest = re.search(r'value <= (\d+)', str(e))
+      if largest:
+        raise DataError(
+          f'config.vocab_size={vocab_size} is more pieces than the training text allows '
+          f'({len(sample)} texts): at most {largest.group(1)}; set --config.vocab_size='
+          f'{largest.group(1)} or lower.'
+        ) from None
+      raise DataError(
+        f'SentencePiece could not train a vocabulary of config.vocab_size={vocab_size} on '
+        f'{len(sample)} texts ({str(e).splitlines()[0][:200]}); lower config.vocab_size.'
       ) from None
     # Write-then-rename: never a half-written tokenizer (local or GCS workdir).
     target = epath.Path(model_path)

@@ -294,6 +294,22 @@ def test_bad_requests_are_one_line_errors(run, args, message):
   assert message.format(run=run) in result.stderr.strip().splitlines()[-1]
 
 
+def test_input_that_is_not_utf8_text_is_a_one_line_error(run):
+  result = subprocess.run(
+    [sys.executable, os.path.join(ROOT, 'eval.py'), f'--workdir={run}', '--input=-'],
+    cwd=ROOT,
+    input=b'ok\n\xff\xfe binary\n',
+    capture_output=True,
+    timeout=300,
+  )
+  stderr = result.stderr.decode()
+  assert result.returncode != 0 and 'Traceback' not in stderr
+  assert stderr.strip().splitlines()[-1] == (
+    'error: --input=-: line 2 is not UTF-8 text (invalid start byte); give plain text, one '
+    'sentence per line.'
+  )
+
+
 def test_translation_scores_against_hand_computed_values():
   examples = [
     {'references': ['Ein Hund läuft.'], 'tok_reference': 'ein hund läuft .'},

@@ -8,6 +8,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ import numpy as np
 import optax
 import pytest
 
+from input_pipeline import datasets
 from input_pipeline import tokenizer as tokenizer_lib
 from training import steps as training_steps
 from training.checkpoints import Checkpoints
@@ -405,6 +407,26 @@ def test_a_second_train_on_a_workdir_in_use_stops_naming_the_first(tmp_path):
   assert f'process {os.getpid()} on ' in lock.read_text()
 
 
+def test_a_vocabulary_too_large_for_the_data_names_the_largest_that_fits(tmp_path):
+  """A first run on a small corpus with too large a vocabulary stops in one line that names the
+  largest size that fits, having written nothing the corrected command would trip over."""
+  data = tmp_path / 'pairs.tsv'
+  data.write_text('a small house\tein kleines Haus\nthe red car\tdas rote Auto\n')
+  config = tiny_run_config(tmp_path, train_files=str(data), eval_files=str(data), vocab_size=8000)
+  workdir = tmp_path / 'run'
+  with pytest.raises(
+    datasets.DataError,
+    match=r'config.vocab_size=8000 is more pieces than the '
+    r'training text allows \(4 texts\): at most (\d+); set',
+  ) as error:
+    train_and_evaluate(config, str(workdir))
+  assert sorted(os.listdir(workdir)) == [LOCK_FILE]
+  largest = int(re.search(r'at most (\d+)', str(error.value)).group(1))
+  config.update(vocab_size=largest, num_train_steps=5, warmup_steps=2)
+  train_and_evaluate(config, str(workdir))
+  assert os.path.isdir(workdir / 'checkpoints' / '5')
+
+
 @pytest.mark.parametrize('copy', [False, True])
 def test_summarization_runs_log_validation_rouge(tmp_path, copy):
   config = tiny_run_config(
@@ -670,6 +692,11 @@ def test_make_train_ensemble_trains_the_seeds_at_once_on_one_vocabulary(tmp_path
     ('--config.seed=-1', 'error: config.seed=-1 must be an integer >= 0.'),
     ('--config.max_decode_len_a=-1', 'error: config.max_decode_len_a=-1.0 must be >= 0'),
     ('--config.mbr_utility=ter', "error: config.mbr_utility='ter' is unknown"),
+    (
+      '--config=configs/no_such_config.py',
+      'error: --config could not be loaded: [Errno 2] No such file or directory: '
+      "'configs/no_such_config.py'",
+    ),
   ],
 )
 def test_bad_config_is_a_one_line_error_before_anything_runs(tmp_path, flag, message):
