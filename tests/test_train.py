@@ -20,6 +20,7 @@ import numpy as np
 import optax
 import pytest
 
+from evaluation.runs import load_params, load_run
 from input_pipeline import datasets
 from input_pipeline import tokenizer as tokenizer_lib
 from training import steps as training_steps
@@ -735,6 +736,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  """A diverging run (learning rate 1e30) stops at the first loss or parameters that are not
+  finite; every checkpoint it kept holds finite parameters, and the message names the newest."""
   config = tiny_run_config(
     tmp_path,
     learning_rate=1e30,
@@ -745,9 +748,30 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     num_train_steps=50,
   )
   workdir = tmp_path / 'run'
-  with pytest.raises(FloatingPointError, match=r'loss is (nan|inf) at step (\d+)') as error:
+  with pytest.raises(
+    FloatingPointError,
+    match=r'(loss is (nan|inf) at step \d+|the parameters are not finite after step \d+, not '
+    r'saved); stopping\. The last good checkpoint \(step (\d+)\) is kept\.',
+  ) as error:
     train_and_evaluate(config, str(workdir))
-  bad_step = int(str(error.value).split(' at step ')[1].split(';')[0])
+  kept = int(re.search(r'checkpoint \(step (\d+)\)', str(error.value)).group(1))
   saved = sorted(int(s) for s in os.listdir(workdir / 'checkpoints') if s.isdigit())
-  assert saved and saved[-1] == bad_step - 1
-  assert f'checkpoint (step {bad_step - 1}) is kept' in str(error.value)
+  assert saved and saved[-1] == kept
+  run_config, _ = load_run(str(workdir))
+  for step in saved:
+    _, params, _, _ = load_params(run_config, str(workdir), step=step)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
+
+
+def test_a_run_that_diverges_before_its_first_checkpoint_says_none_was_saved(tmp_path):
+  config = tiny_run_config(
+    tmp_path,
+    learning_rate=1e30,
+    warmup_steps=0,
+    grad_clip_norm=0.0,
+    checkpoint_every_steps=1000,
+    log_every_steps=1,
+    num_train_steps=50,
+  )
+  with pytest.raises(FloatingPointError, match='stopping. No checkpoint had been saved.'):
+    train_and_evaluate(config, str(tmp_path / 'run'))

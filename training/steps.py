@@ -155,6 +155,12 @@ def eval_step(params, batch, *, graphdef, rest):
   return {'nll_sum': nll_sum, 'correct': correct, 'tokens': jnp.sum(weights)}
 
 
+@jax.jit
+def all_finite(tree):
+  """Whether every entry of every array of `tree` is finite (no NaN, no Inf)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def create_model(config, seed: int):
   """(graphdef, params, rest): the model split into structure, parameters and constants."""
   model = EncoderDecoder(TransformerConfig.from_config(config), rngs=nnx.Rngs(seed))

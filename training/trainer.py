@@ -20,7 +20,7 @@ from training.checks import check_resume, save_config, validate_training_config
 from training.data import load_data
 from training.metrics_log import MetricsLog, format_eta
 from training.parallel import global_batch, make_mesh, process_rows, to_host
-from training.steps import create_training, eval_step
+from training.steps import all_finite, create_training, eval_step
 from training.time_budget import TimeBudget
 from training.workdir import check_workdir, exclusive_workdir
 
@@ -140,19 +140,30 @@ def _train_loop(
     )
     return metrics
 
+  def stop_not_finite(what: str):
+    """Stop the run: `what` went NaN/Inf. Checkpoints are saved only with finite losses and
+    parameters, so the newest is the last good one."""
+    good = checkpoints.manager.latest_step()
+    kept = (
+      f'The last good checkpoint (step {good}) is kept.'
+      if good is not None
+      else 'No checkpoint had been saved.'
+    )
+    raise FloatingPointError(
+      f'{what}; stopping. {kept} Lower config.learning_rate or raise config.warmup_steps.'
+    )
+
   def check_finite():
-    """Raise naming the first step whose loss is NaN/Inf (the last good checkpoint stays)."""
+    """Stop naming the first step whose loss is NaN/Inf."""
     for s, m in pending:
       loss = float(to_host(m['loss']))
       if not np.isfinite(loss):
-        good = checkpoints.manager.latest_step()
-        raise FloatingPointError(
-          f'loss is {loss} at step {s}; stopping. The last good checkpoint '
-          f'(step {good}) is kept. Lower config.learning_rate or raise config.warmup_steps.'
-        )
+        stop_not_finite(f'loss is {loss} at step {s}')
 
   def save(step):
     check_finite()
+    if not bool(to_host(all_finite(state['params']))):
+      stop_not_finite(f'the parameters are not finite after step {step}, not saved')
     checkpoints.save(step, state, {**train_iter.get_state(), **budget.to_save()})
 
   while step < config.num_train_steps and not spent:
