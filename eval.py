@@ -28,17 +28,19 @@ from absl import app, flags, logging  # noqa: E402
 
 from evaluation import EvalError  # noqa: E402
 from evaluation.evaluate import (  # noqa: E402
-  CONSTRAINT_FLAGS,
+  DECODING_FLAGS,
+  apply_decoding_flags,
   attention_maps,
   evaluate_split,
   plot_attention,
   read_input_lines,
+  report_lines,
   translate_lines,
 )
 from evaluation.metrics import annotator_scores  # noqa: E402
 from evaluation.runs import load_ensemble, load_params, load_run  # noqa: E402
 from input_pipeline import datasets  # noqa: E402
-from training.checks import ConfigError, check_decoding  # noqa: E402
+from training.checks import ConfigError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -110,23 +112,8 @@ def main(argv):
     sys.exit('error: --workdir is required.')
   try:
     config, tok = load_run(FLAGS.workdir)
-    # the decoding flags override the run's config fields, then the fields are checked
-    overrides = {
-      field: FLAGS[flag].value
-      for flag, field in (
-        *CONSTRAINT_FLAGS.items(),
-        ('beam_size', 'beam_size'),
-        ('alpha', 'length_penalty'),
-        ('average_last', 'average_last'),
-        ('mbr_temperature', 'mbr_temperature'),
-      )
-    }
-    config.update({field: value for field, value in overrides.items() if value is not None})
-    if FLAGS.mbr is not None:
-      config.mbr_utility = '' if FLAGS.mbr == 'none' else FLAGS.mbr
-    elif config.beam_size == 1:
-      config.mbr_utility = ''  # greedy: no n-best to choose from
-    check_decoding(config)
+    values = {flag: FLAGS[flag].value for flag in DECODING_FLAGS}
+    config = apply_decoding_flags(config, values, FLAGS.mbr)
     beam_size, alpha, average_last = config.beam_size, config.length_penalty, config.average_last
     batch_size = FLAGS.batch_size or config.eval_batch_size
     split = FLAGS.split or config.eval_split
@@ -178,38 +165,10 @@ def main(argv):
     )
   except (EvalError, ConfigError, datasets.DataError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
-  averaged = f', average of {len(used)} checkpoints {used}' if len(used) > 1 else ''
-  averaged += ', moving average of the parameters' if FLAGS.ema else ''
-  averaged += f', ensemble with {",".join(FLAGS.ensemble)}' if FLAGS.ensemble else ''
-  settings = ''.join(
-    f', {flag} {config[field]}' for flag, field in CONSTRAINT_FLAGS.items() if config[field]
-  )
-  if config.mbr_utility:
-    settings += f', MBR {config.mbr_utility} (temperature {config.mbr_temperature:g})'
-  print(
-    f'{split}: {report["num_examples"]} examples, beam {beam_size}, alpha {alpha}{settings}, '
-    f'step {used[-1]}{averaged}; decoded in {report["decode_seconds"]:.1f} s'
-  )
-  for key, value in report.items():
-    if isinstance(value, float) and key not in ('alpha', 'decode_seconds', 'mbr_temperature'):
-      signature = report.get(f'{key}_signature', '')
-      print(f'  {key:16s} {value:6.2f}  {signature}')
-  print(f'hypotheses: {hyp_path}')
-  decoding_flags = (
-    'beam_size',
-    'alpha',
-    'mbr',
-    'mbr_temperature',
-    'average_last',
-    'step',
-    'ensemble',
-    'ema',
-    *CONSTRAINT_FLAGS,
-  )
-  if (
-    config.expected_result
-    and split == config.eval_split
-    and all(FLAGS[f].value == FLAGS[f].default for f in decoding_flags)
+  print('\n'.join(report_lines(report, config, used, hyp_path, FLAGS.ema, FLAGS.ensemble)))
+  decoding_flags = (*DECODING_FLAGS, 'mbr', 'step', 'ensemble', 'ema')
+  if config.expected_result.startswith(f'{config.dataset} {split}: ') and all(
+    FLAGS[f].value == FLAGS[f].default for f in decoding_flags
   ):
     print(f'expected for this config: {config.expected_result}')
 

@@ -49,19 +49,15 @@ def get_config(size: str = 'tiny'):
   config.train_split = 'train'
   config.eval_split = 'val'
   config.data_dir = ''  # tfds data dir; '' = <repo>/data/tfds
-  config.lowercase = False  # train and decode lowercased text (Multi30k papers' data;
-  # not better on val BLEU here)
+  config.lowercase = False  # train and decode lowercased text (Multi30k papers' data)
   config.vocab_size = 8000  # SentencePiece vocabulary (joint source+target)
   config.vocab_model_type = 'unigram'  # unigram | bpe
   config.vocab_max_chars = 10_000_000  # characters of training text used to fit the vocabulary
-  config.subword_sampling_alpha = 0.0  # > 0: each epoch re-tokenizes training pairs with sampled
-  # segmentations: unigram subword regularization (Kudo
-  # 2018, smoothing alpha) or BPE-dropout (probability);
-  # draws are saved in the workdir (docs/design.md)
+  # > 0: each epoch re-tokenizes the training pairs with sampled segmentations: unigram subword
+  # regularization (Kudo 2018; smoothing alpha) or BPE-dropout (probability); docs/design.md
+  config.subword_sampling_alpha = 0.0
   config.subword_sampling_nbest = -1  # unigram: sample among the n best segmentations; -1: all
-  config.gap_sentences = False  # also train on PEGASUS gap-sentence pairs made from the
-  # training sources (a body with its principal sentence
-  # masked -> that sentence; summarization)
+  config.gap_sentences = False  # also train on PEGASUS gap-sentence pairs of the sources
   config.max_len = 128  # positions the model supports (source and target)
   config.max_train_len = 64  # longer training pairs are dropped (and counted)
   config.max_target_len = 0  # training targets' own row length; 0: max_train_len
@@ -69,9 +65,7 @@ def get_config(size: str = 'tiny'):
   config.max_eval_len = 128  # eval sources are truncated to this (with a warning)
   config.batching = 'packed'  # packed (rows of several examples) | bucketed (token budget)
   config.batch_size = 32  # rows of max_train_len tokens per global batch (packed)
-  config.pack_window = 1  # packed: rows filled first-fit from this many examples;
-  # 1 = next-fit. 64: 11% more target tokens a batch and
-  # lower val NLL, but not higher val BLEU
+  config.pack_window = 1  # packed: rows filled first-fit from this many examples; 1: next-fit
   config.max_tokens = 4096  # bucketed: target tokens per global batch
   config.eval_batch_size = 64  # sentences per evaluation/decoding batch
 
@@ -88,8 +82,7 @@ def get_config(size: str = 'tiny'):
   config.activation = 'swiglu' if size == 'tiny' else 'relu'
   config.dropout_rate = 0.2  # residual, embedding and MLP dropout
   config.attention_dropout_rate = 0.0  # dropout on attention weights
-  config.source_word_dropout = 0.0  # drop whole source token embeddings (Sennrich and Zhang
-  # 2019's low-resource recipe: 0.1)
+  config.source_word_dropout = 0.0  # drop whole source token embeddings (Sennrich & Zhang: 0.1)
   config.layer_norm = 'pre'  # pre (stable default) | post (the paper)
   # Positions: sinusoidal | learned (added to the embeddings) | rope (rotary, in self-attention;
   # Su et al. 2021). Rope for tiny (chosen on Multi30k val, docs/ablations.md); the
@@ -106,15 +99,16 @@ def get_config(size: str = 'tiny'):
   config.attention_kernel = 'einsum'  # einsum (own path) | jax (jax.nn.dot_product_attention)
   config.dtype = 'float32'  # activations: float32 | bfloat16
   config.param_dtype = 'float32'
-  config.matmul_dtype = 'auto'  # matmul operands: bfloat16 (f32 sums) | float32 (exact) |
-  # auto: bfloat16 where native (AVX512-BF16/AMX, GPU, TPU)
+  # matmul operands: bfloat16 (float32 sums) | float32 (exact) | auto: bfloat16 where the
+  # machine has it natively (AVX512-BF16 or AMX CPUs, GPUs, TPUs), else float32
+  config.matmul_dtype = 'auto'
 
   # ---- training
   config.seed = 0
   config.num_train_steps = 11000  # 35 min on a 2-core AMD EPYC Zen 5
-  config.time_budget_minutes = 60.0 if size == 'tiny' else 0.0  # stop at num_train_steps or
-  # at this much wall time, the schedule following whichever
-  # comes first (docs/design.md); 0: no budget
+  # stop at num_train_steps or at this much wall time, the schedule following whichever comes
+  # first (docs/design.md); 0: no budget
+  config.time_budget_minutes = 60.0 if size == 'tiny' else 0.0
   config.optimizer = 'adamw'  # adamw | adam (docs/ablations.md)
   config.learning_rate = 3e-3  # peak learning rate
   config.schedule = 'cosine'  # cosine (to 0 at the end) | rsqrt (the paper's) | constant
@@ -122,16 +116,15 @@ def get_config(size: str = 'tiny'):
   config.adam_b1 = 0.9
   config.adam_b2 = 0.98
   config.adam_eps = 1e-9
-  config.weight_decay = 0.3  # adamw only: decoupled decay (lr x this per step) of the
-  # kernels and embeddings, not of biases and norms
+  config.weight_decay = 0.3  # adamw only: decoupled decay of kernels and embeddings
   config.grad_clip_norm = 1.0  # 0 disables
   config.label_smoothing = 0.1
-  config.ema_decay = 0.0  # > 0 (e.g. 0.999): also keep an exponential moving average
-  # of the parameters, checkpointed and validated beside
-  # them (eval_ema/); eval.py --ema decodes with it
-  config.rdrop_alpha = 0.0  # > 0: R-Drop (Liang et al. 2021): each row runs twice (two
-  # dropout masks, ~2.3x the step time) and the loss adds
-  # alpha/4 x the two passes' symmetric KL (paper: 5 for IWSLT)
+  # > 0 (e.g. 0.999): also keep an exponential moving average of the parameters, checkpointed
+  # and validated beside them (eval_ema/); eval.py --ema decodes with it
+  config.ema_decay = 0.0
+  # > 0: R-Drop (Liang et al. 2021): each row runs twice (two dropout masks, ~2.3x the step
+  # time) and the loss adds alpha/4 x the two passes' symmetric KL (paper: 5 for IWSLT)
+  config.rdrop_alpha = 0.0
   config.loss_chunk_size = 512  # fused chunked loss over this many tokens; 0: plain logits
 
   # ---- checkpoints, logging, evaluation during training
@@ -150,20 +143,13 @@ def get_config(size: str = 'tiny'):
   config.min_decode_len = 0  # at least this many tokens before EOS (summaries)
   config.min_decode_words = 0  # at least this many words (word-initial subwords)
   config.no_repeat_ngram_size = 0  # n > 0: never emit an n-gram (of subwords) twice
-  config.beam_groups = 0  # beam search as this many concurrent sub-batch searches
-  # (same outputs); 0 = auto: 2 on one CPU device, else 1
-  config.mbr_utility = 'bleu'  # '' = the beam's best | bleu | chrf | rouge: minimum
-  # Bayes risk choice among the beam's n-best (Kumar and
-  # Byrne 2004)
-  config.mbr_temperature = 0.15  # MBR weights exp(score / T) of the length-normalised
-  # log-probabilities; 0 = equal weights
-  # what eval.py should print on eval_split at this decoding, as docs/results.md reports it
-  config.expected_result = (
-    (
-      'tok_lc_bleu 43.14-43.32 (seeds 0-2 of make train, 2-core AMD EPYC '
-      'Zen 5; docs/results.md, Multi30k)'
-    )
-    if size == 'tiny'
-    else ''
-  )
+  config.beam_groups = 0  # concurrent sub-batch beam searches (same outputs); 0: auto
+  # '' (the beam's best) | bleu | chrf | rouge: minimum Bayes risk choice among the beam's
+  # n-best (Kumar and Byrne 2004)
+  config.mbr_utility = 'bleu'
+  config.mbr_temperature = 0.15  # MBR weights exp(score / T); 0: equal weights
+  # '<dataset> <split>: <scores> (<how>)': what eval.py prints there at this decoding, as
+  # docs/results.md reports it; make train ends with it
+  expected = 'multi30k val: tok_lc_bleu 43.14-43.32 (seeds 0-2 of make train, 2-core AMD EPYC'
+  config.expected_result = f'{expected} Zen 5; docs/results.md)' if size == 'tiny' else ''
   return config

@@ -17,6 +17,7 @@ from evaluation.metrics import rouge_scores, translation_scores
 from input_pipeline import batching, datasets
 from input_pipeline import tokenizer as tokenizer_lib
 from model.transformer import shift_right
+from training.checks import check_decoding
 from training.parallel import make_mesh
 
 # eval.py flags that override a decoding constraint of the config (0: off)
@@ -25,6 +26,51 @@ CONSTRAINT_FLAGS = {
   'min_words': 'min_decode_words',
   'no_repeat_ngram': 'no_repeat_ngram_size',
 }
+# eval.py flags that override a decoding field of the run's config -> that field (and --mbr)
+DECODING_FLAGS = {
+  **CONSTRAINT_FLAGS,
+  'beam_size': 'beam_size',
+  'alpha': 'length_penalty',
+  'average_last': 'average_last',
+  'mbr_temperature': 'mbr_temperature',
+}
+
+
+def apply_decoding_flags(config, values: dict, mbr=None):
+  """The run's config with the decoding flags that were given (`values`: flag -> value or None;
+  `mbr`: --mbr or None) in place of its fields, checked once (`check_decoding`). Greedy
+  decoding (beam size 1) has no n-best, so it turns MBR off unless --mbr asks for it."""
+  config.update({DECODING_FLAGS[f]: v for f, v in values.items() if v is not None})
+  if mbr is not None:
+    config.mbr_utility = '' if mbr == 'none' else mbr
+  elif config.beam_size == 1:
+    config.mbr_utility = ''
+  check_decoding(config)
+  return config
+
+
+def report_lines(report, config, used_steps, hypotheses_path, ema=False, ensemble=()) -> list:
+  """What eval.py prints for a decoded split: the setting, each score (with its signature),
+  and where the hypotheses are."""
+  averaged = (
+    f', average of {len(used_steps)} checkpoints {used_steps}' if len(used_steps) > 1 else ''
+  )
+  averaged += ', moving average of the parameters' if ema else ''
+  averaged += f', ensemble with {",".join(ensemble)}' if ensemble else ''
+  settings = ''.join(
+    f', {flag} {config[field]}' for flag, field in CONSTRAINT_FLAGS.items() if config[field]
+  )
+  if config.mbr_utility:
+    settings += f', MBR {config.mbr_utility} (temperature {config.mbr_temperature:g})'
+  lines = [
+    f'{report["split"]}: {report["num_examples"]} examples, beam {report["beam_size"]}, alpha '
+    f'{report["alpha"]}{settings}, step {used_steps[-1]}{averaged}; decoded in '
+    f'{report["decode_seconds"]:.1f} s'
+  ]
+  for key, value in report.items():
+    if isinstance(value, float) and key not in ('alpha', 'decode_seconds', 'mbr_temperature'):
+      lines.append(f'  {key:16s} {value:6.2f}  {report.get(f"{key}_signature", "")}')
+  return lines + [f'hypotheses: {hypotheses_path}']
 
 
 def constraints_tag(config) -> str:

@@ -144,12 +144,11 @@ def tiny_model_config(**overrides):
     num_decoder_layers=2,
     mlp_dim=32,
     max_len=24,
-    activation='relu',  # the plain MLP; VARIANTS and the activation tests
-    # cover the gated ones (the default config's swiglu)
+    activation='relu',  # the plain MLP; VARIANTS and the activation tests cover the gated
     position_embedding='sinusoidal',  # VARIANTS cover rope (the default config's)
     qk_norm=0.0,  # plain scaled dot products; VARIANTS cover QKNorm
-    matmul_dtype='float32',
-  )  # exact float32 references; bfloat16 has its own tests
+    matmul_dtype='float32',  # exact float32 references; bfloat16 has its own tests
+  )
   config.update(overrides)
   return TransformerConfig.from_config(config)
 

@@ -117,18 +117,23 @@ def test_split_evaluation_writes_hypotheses_and_scores(run):
 
 
 def test_evaluation_at_the_configs_decoding_names_the_expected_result(run, tmp_path):
-  """What make train prints last: the config's expected_result, on its eval_split at its own
-  decoding only (a flag that changes the decoding makes the line not apply)."""
+  """What make train prints last: the config's expected_result, on the dataset and split it
+  names and at the config's own decoding only."""
   workdir = tmp_path / 'run'
   shutil.copytree(run, workdir)
   config = json.loads((workdir / 'config.json').read_text())
-  config['expected_result'] = 'bleu 1.00 (a hand-written line)'
+  config['expected_result'] = 'files eval: bleu 1.00 (a hand-written line)'
   (workdir / 'config.json').write_text(json.dumps(config))
   result = run_eval(f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr[-2000:]
-  expected = 'expected for this config: bleu 1.00 (a hand-written line)'
+  expected = 'expected for this config: files eval: bleu 1.00 (a hand-written line)'
   assert result.stdout.splitlines()[-1] == expected
   result = run_eval(f'--workdir={workdir}', '--beam_size=2')
+  assert result.returncode == 0 and 'expected for this config' not in result.stdout
+  # a run of the config on other data (its dataset overridden): the line does not apply
+  config['expected_result'] = 'multi30k val: bleu 1.00 (a hand-written line)'
+  (workdir / 'config.json').write_text(json.dumps(config))
+  result = run_eval(f'--workdir={workdir}')
   assert result.returncode == 0 and 'expected for this config' not in result.stdout
 
 
