@@ -4,6 +4,7 @@ import functools
 import math
 import signal
 import time
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -85,42 +86,41 @@ def _prepare_and_train(config, workdir: str, prepare_only: bool, budget: TimeBud
     return _train_loop(
       config,
       state,
-      train_iter,
-      step_fn,
-      eval_fn,
-      greedy_fn,
-      checkpoints,
-      log,
-      tok,
-      eval_data,
-      data_sharding,
-      stop_signal,
+      Loop(step_fn, eval_fn, greedy_fn, train_iter, tok, eval_data, checkpoints, log),
+      Placement(data_sharding, replicated),
       budget,
-      replicated,
+      stop_signal,
     )
   finally:
     for sig, handler in previous_handlers.items():
       signal.signal(sig, handler)
 
 
-def _train_loop(
-  config,
-  state,
-  train_iter,
-  step_fn,
-  eval_fn,
-  greedy_fn,
-  checkpoints,
-  log,
-  tok,
-  eval_data,
-  data_sharding,
-  stop_signal,
-  budget,
-  replicated,
-):
+class Loop(NamedTuple):
+  """What the training loop runs: the compiled functions, the data and where results go."""
+
+  step_fn: Any  # (state, batch, time_position) -> (state, metrics)
+  eval_fn: Any  # (params, batch) -> NLL, correct and token sums
+  greedy_fn: Any  # (params, inputs, max_len) -> token ids
+  train_iter: Any
+  tok: Any
+  eval_data: tuple  # (sources, targets, references) of the validation split
+  checkpoints: Checkpoints
+  log: MetricsLog
+
+
+class Placement(NamedTuple):
+  """Where arrays live: batches split over the 'data' axis, everything else replicated."""
+
+  data_sharding: Any
+  replicated: Any
+
+
+def _train_loop(config, state, loop: Loop, placement: Placement, budget, stop_signal):
   """Steps until config.num_train_steps, the time budget or a stop signal; checkpoints, logs and
   evaluates."""
+  step_fn, eval_fn, greedy_fn, train_iter, tok, eval_data, checkpoints, log = loop
+  data_sharding, replicated = placement
   step = int(to_host(state['step']))
   pending, window_start, window_steps = [], time.time(), 0
   metrics = {}
