@@ -33,6 +33,7 @@ DECODING_FLAGS = {
   'alpha': 'length_penalty',
   'average_last': 'average_last',
   'mbr_temperature': 'mbr_temperature',
+  'batch_size': 'eval_batch_size',
 }
 
 
@@ -49,14 +50,13 @@ def apply_decoding_flags(config, values: dict, mbr=None):
   return config
 
 
-def report_lines(report, config, used_steps, hypotheses_path, ema=False, ensemble=()) -> list:
-  """What eval.py prints for a decoded split: the setting, each score (with its signature),
+def report_lines(report, run) -> list:
+  """What eval.py prints for decoded examples: the setting, each score (with its signature),
   and where the hypotheses are."""
-  averaged = (
-    f', average of {len(used_steps)} checkpoints {used_steps}' if len(used_steps) > 1 else ''
-  )
-  averaged += ', moving average of the parameters' if ema else ''
-  averaged += f', ensemble with {",".join(ensemble)}' if ensemble else ''
+  config, steps = run.config, run.steps
+  averaged = f', average of {len(steps)} checkpoints {steps}' if len(steps) > 1 else ''
+  averaged += ', moving average of the parameters' if run.ema else ''
+  averaged += f', ensemble with {",".join(run.ensemble)}' if run.ensemble else ''
   settings = ''.join(
     f', {flag} {config[field]}' for flag, field in CONSTRAINT_FLAGS.items() if config[field]
   )
@@ -64,58 +64,53 @@ def report_lines(report, config, used_steps, hypotheses_path, ema=False, ensembl
     settings += f', MBR {config.mbr_utility} (temperature {config.mbr_temperature:g})'
   lines = [
     f'{report["split"]}: {report["num_examples"]} examples, beam {report["beam_size"]}, alpha '
-    f'{report["alpha"]}{settings}, step {used_steps[-1]}{averaged}; decoded in '
+    f'{report["alpha"]}{settings}, step {steps[-1]}{averaged}; decoded in '
     f'{report["decode_seconds"]:.1f} s'
   ]
   for key, value in report.items():
     if isinstance(value, float) and key not in ('alpha', 'decode_seconds', 'mbr_temperature'):
       lines.append(f'  {key:16s} {value:6.2f}  {report.get(f"{key}_signature", "")}')
-  return lines + [f'hypotheses: {hypotheses_path}']
+  return lines + [f'hypotheses: {report["hypotheses"]}']
 
 
-def constraints_tag(config) -> str:
-  """Output-file suffix naming the constraints in force, e.g. '.min2.norep2' ('' for none)."""
+def output_name(run, name: str) -> str:
+  """The file stem of a decoding's outputs: what was decoded and how, e.g.
+  'val.step11000.avg10.beam20.alpha1.5.mbr-bleu.t0.15'."""
+  config, steps = run.config, run.steps
   short = {'min_len': 'min', 'min_words': 'minw', 'no_repeat_ngram': 'norep'}
-  return ''.join(
-    f'.{short[flag]}{config[field]}' for flag, field in CONSTRAINT_FLAGS.items() if config[field]
+  members = 1 + len(run.ensemble)
+  return (
+    f'{name}.step{steps[-1]}'
+    + (f'.avg{len(steps)}' if len(steps) > 1 else '')
+    + ('.ema' if run.ema else '')
+    + (f'.ens{members}' if members > 1 else '')
+    + f'.beam{config.beam_size}'
+    + (f'.alpha{config.length_penalty:g}' if config.beam_size > 1 else '')
+    + ''.join(
+      f'.{short[flag]}{config[field]}' for flag, field in CONSTRAINT_FLAGS.items() if config[field]
+    )
+    + (f'.mbr-{config.mbr_utility}.t{config.mbr_temperature:g}' if config.mbr_utility else '')
   )
 
 
-def mbr_tag(config) -> str:
-  """Output-file suffix for minimum Bayes risk selection, e.g. '.mbr-bleu.t0.15' ('' if off)."""
-  utility = config.get('mbr_utility', '')
-  return f'.mbr-{utility}.t{config.mbr_temperature:g}' if utility else ''
+def examples_to_score(config, split=None, eval_files=None, file_format=None):
+  """(examples, name) that eval.py scores: a split of the run's dataset (default:
+  config.eval_split), or the user's `eval_files` in `file_format` (default: the run's
+  config.file_format; the run's source_key/target_key for JSON lines), named by its file."""
+  if not eval_files:
+    split = split or config.eval_split
+    return datasets.load_examples(config, split)[0], split
+  files = config.copy_and_resolve_references()
+  files.update(
+    dataset='files', eval_files=eval_files, file_format=file_format or config.file_format
+  )
+  return datasets.load_examples(files, 'eval')[0], epath.Path(eval_files.split(',')[0]).name
 
 
-def check_mbr(config, beam_size):
-  """Fails on an MBR setting that cannot run, before anything is restored or compiled."""
-  utility = config.get('mbr_utility', '')
-  if utility not in ('', 'bleu', 'chrf', 'rouge'):
-    raise EvalError(f'--mbr={utility} is not one of bleu, chrf, rouge, none.')
-  if utility and beam_size < 2:
-    raise EvalError(
-      f"--mbr={utility} chooses among the beam's hypotheses: set "
-      f'--beam_size=2 or more (the Multi30k setting: 20).'
-    )
-  if config.get('mbr_temperature', 0.0) < 0:
-    raise EvalError(f'--mbr_temperature={config.mbr_temperature} must be >= 0 (0: equal weights).')
-
-
-def evaluate_split(
-  config,
-  tok,
-  graphdef,
-  params,
-  rest,
-  used_steps,
-  split,
-  beam_size,
-  alpha,
-  batch_size,
-  workdir,
-  ema=False,
-):
-  examples, _ = datasets.load_examples(config, split)
+def evaluate_examples(run, examples, name: str):
+  """Decode the examples' sources at the run's config decoding and score the outputs with the
+  task's metrics; hypotheses and report go to <workdir>/eval/<output_name>.{txt,json}."""
+  config, tok = run.config, run.tok
   sources = tok.encode([e['source'] for e in examples])
   too_long = sum(len(s) > config.max_eval_len for s in sources)
   if too_long:
@@ -123,46 +118,44 @@ def evaluate_split(
       f'warning: {too_long} sources longer than max_eval_len={config.max_eval_len} are truncated',
       file=sys.stderr,
     )
-  mesh = make_mesh()
-  sharding = NamedSharding(mesh, P('data'))
   start = time.time()
   hypotheses = decode_texts(
-    sources, config, tok, graphdef, params, rest, beam_size, alpha, batch_size, sharding
+    sources,
+    config,
+    tok,
+    run.graphdef,
+    run.params,
+    run.rest,
+    config.beam_size,
+    config.length_penalty,
+    config.eval_batch_size,
+    NamedSharding(make_mesh(), P('data')),
   )
   seconds = time.time() - start
-  if config.get('task', 'translation') == 'summarization':
+  if config.task == 'summarization':
     scores = rouge_scores(hypotheses, examples)
   else:
-    scores = translation_scores(hypotheses, examples, config.get('target_lang'))
-  members = len(graphdef) if isinstance(graphdef, list) else 1
-  tag = (
-    f'{split}.step{used_steps[-1]}'
-    + (f'.avg{len(used_steps)}' if len(used_steps) > 1 else '')
-    + ('.ema' if ema else '')
-    + (f'.ens{members}' if members > 1 else '')
-    + f'.beam{beam_size}'
-    + (f'.alpha{alpha:g}' if beam_size > 1 else '')
-    + constraints_tag(config)
-    + mbr_tag(config)
-  )
-  out_dir = epath.Path(workdir) / 'eval'
+    scores = translation_scores(hypotheses, examples, config.target_lang)
+  out_dir = epath.Path(run.workdir) / 'eval'
   out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / f'{tag}.txt').write_text('\n'.join(hypotheses) + '\n')
+  stem = out_dir / output_name(run, name)
+  stem.with_suffix(stem.suffix + '.txt').write_text('\n'.join(hypotheses) + '\n')
   report = {
-    'split': split,
-    'steps': used_steps,
-    'ema': ema,
-    'members': members,
-    'beam_size': beam_size,
-    'alpha': alpha,
-    'mbr_utility': config.get('mbr_utility', ''),
-    'mbr_temperature': config.get('mbr_temperature', 0.0),
+    'split': name,
+    'steps': run.steps,
+    'ema': run.ema,
+    'members': 1 + len(run.ensemble),
+    'beam_size': config.beam_size,
+    'alpha': config.length_penalty,
+    'mbr_utility': config.mbr_utility,
+    'mbr_temperature': config.mbr_temperature,
     'num_examples': len(examples),
     'decode_seconds': seconds,
+    'hypotheses': str(stem) + '.txt',
     **scores,
   }
-  (out_dir / f'{tag}.json').write_text(json.dumps(report, indent=2))
-  return report, str(out_dir / f'{tag}.txt')
+  (out_dir / f'{stem.name}.json').write_text(json.dumps(report, indent=2))
+  return report
 
 
 def read_input_lines(path: str) -> list:
@@ -180,8 +173,9 @@ def read_input_lines(path: str) -> list:
   return lines[:-1] if lines and lines[-1] == '' else lines
 
 
-def translate_lines(config, tok, graphdef, params, rest, beam_size, alpha, batch_size, lines):
+def translate_lines(run, lines):
   """Decode user lines; an empty line gives an empty line, so outputs stay aligned."""
+  config, tok = run.config, run.tok
   keep = [i for i, line in enumerate(lines) if line.strip()]
   sources = tok.encode([datasets.model_text(config, lines[i]) for i in keep])
   for i, s in zip(keep, sources):
@@ -193,28 +187,33 @@ def translate_lines(config, tok, graphdef, params, rest, beam_size, alpha, batch
       )
   outputs = [''] * len(lines)
   if sources:
+    decoding = (config.beam_size, config.length_penalty, config.eval_batch_size)
     for i, text in zip(
-      keep, decode_texts(sources, config, tok, graphdef, params, rest, beam_size, alpha, batch_size)
+      keep, decode_texts(sources, config, tok, run.graphdef, run.params, run.rest, *decoding)
     ):
       outputs[i] = text
   return outputs
 
 
-def attention_maps(config, tok, graphdef, params, rest, sentence, beam_size, alpha):
-  """Decode `sentence`; return (source pieces, output pieces, encoder self-attention
-  [layers][heads, src, src], cross-attention [layers][heads, out, src])."""
+def attention_maps(run, sentence):
+  """Decode `sentence` with one model; return (source pieces, output pieces, encoder
+  self-attention [layers][heads, src, src], cross-attention [layers][heads, out, src])."""
+  config, tok = run.config, run.tok
   source = batching.truncate(
     tok.encode([datasets.model_text(config, sentence)])[0], config.max_eval_len
   )[None]
-  decode_fn = make_decode_fn(graphdef, rest, config, tok, beam_size, alpha)
-  out = np.asarray(decode_fn(params, source, max_len=decode_length(config, source.shape[1])))[0]
+  decode_fn = make_decode_fn(
+    run.graphdef, run.rest, config, tok, config.beam_size, config.length_penalty
+  )
+  max_len = decode_length(config, source.shape[1])
+  out = np.asarray(decode_fn(run.params, source, max_len=max_len))[0]
   length = (
     int(np.argmax(out == tokenizer_lib.EOS_ID)) + 1
     if (out == tokenizer_lib.EOS_ID).any()
     else len(out)
   )
   target = out[None, :length]
-  model = nnx.merge(graphdef, params, rest)
+  model = nnx.merge(run.graphdef, run.params, run.rest)
   encoded, enc_weights = model.encode(jnp.asarray(source), return_weights=True)
   _, dec_weights = model.decode(
     encoded, jnp.asarray(source), shift_right(jnp.asarray(target)), return_weights=True

@@ -1,5 +1,8 @@
 """Restoring a training run: its config, tokenizer and (averaged or ensembled) parameters."""
 
+import sys
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 from etils import epath
@@ -7,12 +10,36 @@ from etils import epath
 from evaluation import EvalError
 from input_pipeline import tokenizer as tokenizer_lib
 from training.checkpoints import Checkpoints
-from training.checks import read_saved_config
+from training.checks import one_line, read_saved_config
 from training.steps import create_model
 
-# config fields added after runs had been trained -> their values before they existed
 # config fields an ensemble's members must share: they fix what text the models read and write
 SHARED_FIELDS = ('task', 'dataset', 'source_lang', 'target_lang', 'lowercase')
+
+
+class Restored(NamedTuple):
+  """A run ready to decode: its workdir, config (decoding fields as requested), tokenizer, the
+  model's nnx.split parts (lists of them for an ensemble) and the checkpoint steps used."""
+
+  workdir: str
+  config: Any
+  tok: tokenizer_lib.Tokenizer
+  graphdef: Any
+  params: Any
+  rest: Any
+  steps: list
+  ema: bool = False
+  ensemble: tuple = ()
+
+
+def restore(workdir: str, config, tok, step=None, ensemble=(), ema=False) -> Restored:
+  """The run in `workdir` (with `ensemble` workdirs as more members) at config.average_last
+  checkpoints up to `step` (default: the latest)."""
+  if ensemble:
+    parts = load_ensemble(config, tok, workdir, ensemble, step, config.average_last, ema)
+  else:
+    parts = load_params(config, workdir, step, config.average_last, ema)
+  return Restored(workdir, config, tok, *parts, ema=ema, ensemble=tuple(ensemble))
 
 
 def load_run(workdir: str, flag: str = '--workdir'):
@@ -50,10 +77,25 @@ def load_params(config, workdir: str, step=None, average_last: int = 1, ema: boo
     steps = [s for s in steps if s <= step]
   if average_last < 1:
     raise EvalError(f'--average_last={average_last} must be >= 1.')
-  used = steps[-average_last:]
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
   key = 'ema_params' if ema else 'params'
-  restored = [jax.tree.map(jnp.asarray, checkpoints.restore_params(s, abstract, key)) for s in used]
+  restored, used = [], []
+  for s in reversed(steps):  # newest first; an unreadable one is passed over, never moved
+    try:
+      restored.insert(0, checkpoints.restore_params(s, abstract, key))
+      used.insert(0, s)
+    except Exception as e:  # pylint: disable=broad-except
+      if s == step:
+        raise EvalError(f'--step={step}: its checkpoint cannot be read ({one_line(e)}).') from None
+      print(
+        f'warning: checkpoint step {s} cannot be read ({one_line(e)}); passed over.',
+        file=sys.stderr,
+      )
+    if len(used) == average_last:
+      break
+  if not used:
+    raise EvalError(f'no checkpoint in {workdir}/checkpoints can be read; train again.')
+  restored = [jax.tree.map(jnp.asarray, r) for r in restored]
   # The mean in float32 on the device, as the scores in docs/results.md were computed: summed and
   # divided in NumPy instead, some parameters differ in the last bit, and so do a few beams.
   averaged = jax.tree.map(lambda *xs: sum(xs) / len(xs), *restored)

@@ -309,9 +309,10 @@ def load_examples(config, split: str):
   known = splits_of(config)
   if known is not None and split not in known:
     raise DataError(f'unknown split {split!r} for dataset {config.dataset!r}; splits: {known}.')
+  blank_lines = 0  # lines of users' files that hold no example at all
   if config.dataset == 'files':
-    return _file_examples(config, split)
-  if config.dataset == 'multi30k':
+    examples, blank_lines = _file_examples(config, split)
+  elif config.dataset == 'multi30k':
     src, tgt = config.source_lang, config.target_lang
     if src not in MULTI30K_LANGS or tgt not in MULTI30K_LANGS or src == tgt:
       raise DataError(
@@ -361,13 +362,17 @@ def load_examples(config, split: str):
   for e in kept:  # what the model reads and writes; 'references' stay as written, for scoring
     e['source'], e['target'] = model_text(config, e['source']), model_text(config, e['target'])
   if not kept:
-    raise DataError(f'split {split!r} of {config.dataset!r} has no examples.')
-  return kept, len(examples) - len(kept)
+    where = f'{config.train_files if split == "train" else config.eval_files}: ' * (
+      config.dataset == 'files'
+    )
+    raise DataError(f'{where}split {split!r} of {config.dataset!r} has no non-empty examples.')
+  return kept, len(examples) - len(kept) + blank_lines
 
 
 def _file_examples(config, split):
   """config.train_files (split 'train') or config.eval_files (any other split the dataset has:
-  'eval' and config.eval_split): 'src_path,tgt_path' (parallel) or one path."""
+  'eval' and config.eval_split): 'src_path,tgt_path' (parallel) or one path. Returns (examples,
+  blank lines skipped); pairs with one empty side are returned, for load_examples to count."""
   spec = config.train_files if split == 'train' else config.eval_files
   if not spec:
     raise DataError(
@@ -388,14 +393,7 @@ def _file_examples(config, split):
   else:
     src_key, tgt_key = config.source_key or 'source', config.target_key or 'target'
     records, skipped = read_jsonl(spec, src_key, tgt_key)
-    pairs = []
-    for r in records:
-      if str(r[src_key]).strip() and str(r[tgt_key]).strip():
-        pairs.append((str(r[src_key]), str(r[tgt_key])))
-      else:
-        skipped += 1
-  if not pairs:
-    raise DataError(f'{spec}: no non-empty examples for split {split!r}.')
+    pairs = [(r[src_key], r[tgt_key]) for r in records]
   return [{'source': s, 'target': t, 'references': [t]} for s, t in pairs], skipped
 
 

@@ -24,7 +24,7 @@ from evaluation.metrics import (
   rouge_scores,
   translation_scores,
 )
-from evaluation.runs import load_ensemble, load_params, load_run
+from evaluation.runs import load_ensemble, load_params, load_run, restore
 from input_pipeline import datasets
 from input_pipeline import tokenizer as tokenizer_lib
 from training.checkpoints import Checkpoints
@@ -183,6 +183,45 @@ def test_ensemble_members_must_share_vocabulary_and_data(run, tmp_path):
     load_ensemble(config, tok, run, [str(other_lang)])
 
 
+def test_own_test_files_are_scored_like_a_split_of_the_same_pairs(run, tmp_path):
+  """--eval_files scores a user's file of references: the same pairs as the run's eval split,
+  written as parallel files, give the same hypotheses and scores as --split=eval."""
+  config, _ = load_run(run)
+  examples, _ = datasets.load_examples(config, 'eval')
+  source, target = tmp_path / 'test.src', tmp_path / 'test.tgt'
+  source.write_text(''.join(e['source'] + '\n' for e in examples))
+  target.write_text(''.join(e['target'] + '\n' for e in examples))
+  results = [
+    run_eval(f'--workdir={run}', '--beam_size=2', *args)
+    for args in (['--split=eval'], [f'--eval_files={source},{target}', '--file_format=parallel'])
+  ]
+  for result in results:
+    assert result.returncode == 0, result.stderr[-2000:]
+  split, own = (r.stdout.splitlines() for r in results)
+  assert own[0].startswith('test.src: 32 examples, beam 2') and split[0].startswith('eval: 32')
+  assert own[1:-1] == split[1:-1]  # every score and its signature
+  stem = os.path.join(run, 'eval', '{}.step30.beam2.alpha0.6.txt')
+  assert open(stem.format('test.src')).read() == open(stem.format('eval')).read()
+
+
+def test_a_newest_checkpoint_that_cannot_be_read_is_passed_over_and_left_in_place(run, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(run, workdir, ignore=shutil.ignore_patterns('eval'))
+  for root, _, files in os.walk(workdir / 'checkpoints' / '30' / 'state'):
+    for name in files:
+      (epath.Path(root) / name).write_bytes(b'garbage')
+  result = run_eval(f'--workdir={workdir}', '--split=eval', '--beam_size=1')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'warning: checkpoint step 30 cannot be read (' in result.stderr
+  assert ', step 20;' in result.stdout.splitlines()[0]
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['10', '20', '30']  # nothing moved
+  result = run_eval(f'--workdir={workdir}', '--step=30')
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith(
+    'error: --step=30: its checkpoint cannot be read ('
+  )
+
+
 def test_user_lines_keep_empty_lines_and_warn_on_long_ones(run):
   long_line = ' '.join(['a b c d e f g h i j'] * 5)  # > max_eval_len=24 tokens
   result = run_eval(
@@ -224,8 +263,8 @@ def test_attention_plot_is_written(run, tmp_path):
 
 def test_attention_maps_are_distributions(run):
   config, tok = load_run(run)
-  graphdef, params, rest, _ = load_params(config, run)
-  src, out, enc, cross = attention_maps(config, tok, graphdef, params, rest, 'a b c d', 1, 0.6)
+  config.beam_size = 1
+  src, out, enc, cross = attention_maps(restore(run, config, tok), 'a b c d')
   assert len(enc) == config.num_encoder_layers and enc[0].shape == (
     config.num_heads,
     len(src),
@@ -265,8 +304,9 @@ def test_split_evaluation_with_mbr_names_its_outputs(run):
     (['--workdir=/no/such/run'], 'does not exist'),
     (
       ['--workdir={run}', '--split=test'],
-      "unknown split 'test'; splits of files: ['train', 'eval']",
+      "unknown split 'test' for dataset 'files'; splits: ['train', 'eval']",
     ),
+    (['--workdir={run}', '--eval_files=/no/such.tsv'], 'data file not found: /no/such.tsv'),
     (
       ['--workdir={run}', '--step=7'],
       '--step=7 has no checkpoint in {run}; available: [10, 20, 30]',

@@ -202,6 +202,15 @@ def test_files_with_the_default_config_read_eval_files_for_its_eval_split(tmp_pa
     datasets.load_examples(config, 'test')
 
 
+def test_lowercase_applies_to_users_files_as_to_the_shipped_datasets(tmp_path):
+  """config.lowercase: the model reads and writes lowercased text; references stay cased."""
+  (tmp_path / 'd.tsv').write_text('A House\tEin Haus\n')
+  config = files_config(f'{tmp_path}/d.tsv', 'tsv', lowercase=True)
+  [example], _ = datasets.load_examples(config, 'train')
+  assert (example['source'], example['target']) == ('a house', 'ein haus')
+  assert example['references'] == ['Ein Haus']
+
+
 def test_parallel_files_of_different_length_name_both_files_and_counts(tmp_path):
   (tmp_path / 'a.en').write_text('one\ntwo\nthree\n')
   (tmp_path / 'a.de').write_text('eins\nzwei\n')

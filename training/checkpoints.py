@@ -7,7 +7,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from training.checks import ConfigError, first_difference, tree_signature
+from training.checks import ConfigError, first_difference, one_line, tree_signature
 
 
 def absolute_path(path: str) -> epath.Path:
@@ -64,10 +64,9 @@ class Checkpoints:
         )
         return restored['state'], restored['data']
       except Exception as e:  # pylint: disable=broad-except
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         aside = self.directory / f'corrupt_{step}'
         log(
-          f'checkpoint step {step} failed to restore ({type(e).__name__}: {reason}); '
+          f'checkpoint step {step} failed to restore ({one_line(e)}); '
           f'moved to {aside}, trying the previous one.'
         )
         if jax.process_index() == 0:

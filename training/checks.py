@@ -33,6 +33,12 @@ class ConfigError(ValueError):
   """A config value that cannot work; the message names the field and the fix."""
 
 
+def one_line(error: Exception) -> str:
+  """An exception as one short line: its type and the first line of its message."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return f'{type(error).__name__}: {lines[0][:200]}' if lines else type(error).__name__
+
+
 def validate_training_config(config):
   """Check every training field before any data is read or anything compiles."""
   try:
