@@ -22,6 +22,7 @@ from ml_collections import config_flags  # noqa: E402
 from input_pipeline import datasets  # noqa: E402
 from training.checks import ConfigError  # noqa: E402
 from training.trainer import train_and_evaluate  # noqa: E402
+from training.workdir import DiskFullError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -60,7 +61,7 @@ def main(argv):
     sys.exit(f'error: --config could not be loaded: {reason}')
   try:
     train_and_evaluate(config, FLAGS.workdir, FLAGS.prepare_only)
-  except (ConfigError, datasets.DataError, FloatingPointError) as e:
+  except (ConfigError, datasets.DataError, FloatingPointError, DiskFullError) as e:
     sys.exit(f'error: {e}')
 
 

@@ -32,6 +32,10 @@ def bucket_lengths(max_len: int, step: int = 8):
   return lengths + [max_len]
 
 
+class NoPairFits(ValueError):
+  """No training pair is within the row lengths: nothing to train on."""
+
+
 class TrainIterator:
   """Infinite, shuffled (per epoch), deterministic and resumable training batches.
 
@@ -90,8 +94,12 @@ class TrainIterator:
       if 0 < len(sources[i]) <= max_len and 0 < len(targets[i]) <= self.max_target_len
     ]
     if not keep:
-      raise ValueError(
-        f'no training pair fits config.max_train_len={max_len} (targets: {self.max_target_len}).'
+      shortest = min(max(len(s), len(t)) for s, t in zip(sources, targets))
+      raise NoPairFits(
+        f'no training pair fits config.max_train_len={max_len} (targets: '
+        f'{self.max_target_len}): the shortest has {shortest} tokens on its longer side; raise '
+        f'config.max_train_len and config.max_len to {shortest} or more, or set '
+        f'config.truncate_inputs=True for long sources.'
       )
     self.dropped = len(sources) - len(keep)
     self.row_limits = np.array([max_len, self.max_target_len])

@@ -18,12 +18,23 @@ FILENAME = 'tokenizer.model'
 class Tokenizer:
   """Text <-> ids. Encoded sequences end with EOS; decoding stops at the first EOS."""
 
-  def __init__(self, model_path: str):
-    path = epath.Path(model_path)
-    if not path.exists():
-      raise FileNotFoundError(f'tokenizer model not found: {model_path}')
-    self.path = model_path
-    self.sp = spm.SentencePieceProcessor(model_proto=path.read_bytes())
+  def __init__(self, model_path: str, model_proto: bytes = None):
+    """The tokenizer saved at `model_path`, or the not yet saved `model_proto` for it."""
+    if model_proto is None:
+      if not epath.Path(model_path).exists():
+        raise FileNotFoundError(f'tokenizer model not found: {model_path}')
+      model_proto = epath.Path(model_path).read_bytes()
+    self.path, self.model_proto = model_path, model_proto
+    self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+
+  def save(self):
+    """Write the model to its path unless it is there: write-then-rename, so never a
+    half-written tokenizer (local or GCS workdir)."""
+    target = epath.Path(self.path)
+    if not target.exists():
+      partial = target.parent / (target.name + '.partial')
+      partial.write_bytes(self.model_proto)
+      partial.replace(target)
 
   @property
   def vocab_size(self) -> int:
@@ -82,8 +93,10 @@ def train_tokenizer(
   model_type: str = 'unigram',
   max_chars: int = 10_000_000,
   seed: int = 0,
+  save: bool = True,
 ) -> Tokenizer:
-  """Fit SentencePiece on `texts` (a deterministic sample of at most `max_chars` characters)."""
+  """Fit SentencePiece on `texts` (a deterministic sample of at most `max_chars` characters);
+  saved at `model_path` unless `save` is False."""
   if model_type not in MODEL_TYPES:
     raise ValueError(
       f'config.vocab_model_type={model_type!r} is unknown; use one of {MODEL_TYPES}.'
@@ -128,20 +141,25 @@ def train_tokenizer(
         f'SentencePiece could not train a vocabulary of config.vocab_size={vocab_size} on '
         f'{len(sample)} texts ({str(e).splitlines()[0][:200]}); lower config.vocab_size.'
       ) from None
-    # Write-then-rename: never a half-written tokenizer (local or GCS workdir).
-    target = epath.Path(model_path)
-    partial = target.parent / (target.name + '.partial')
-    partial.write_bytes(epath.Path(prefix + '.model').read_bytes())
-    partial.replace(target)
-  return Tokenizer(model_path)
+    tok = Tokenizer(model_path, epath.Path(prefix + '.model').read_bytes())
+  if save:
+    tok.save()
+  return tok
 
 
 def load_or_train(config, workdir: str, train_examples) -> Tokenizer:
-  """The run's tokenizer: reused from the workdir if present, else trained and saved there."""
+  """The run's tokenizer: reused from the workdir if present, else trained for it and not yet
+  saved (`Tokenizer.save`, once the training data is known to fit)."""
   path = os.path.join(workdir, FILENAME)
   if epath.Path(path).exists():
     return Tokenizer(path)
   texts = [e['source'] for e in train_examples] + [e['target'] for e in train_examples]
   return train_tokenizer(
-    texts, path, config.vocab_size, config.vocab_model_type, config.vocab_max_chars, config.seed
+    texts,
+    path,
+    config.vocab_size,
+    config.vocab_model_type,
+    config.vocab_max_chars,
+    config.seed,
+    save=False,
   )

@@ -217,8 +217,10 @@ def test_a_newest_checkpoint_that_cannot_be_read_is_passed_over_and_left_in_plac
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['10', '20', '30']  # nothing moved
   result = run_eval(f'--workdir={workdir}', '--step=30')
   assert result.returncode != 0
-  assert result.stderr.strip().splitlines()[-1].startswith(
-    'error: --step=30: its checkpoint cannot be read ('
+  assert (
+    result.stderr.strip()
+    .splitlines()[-1]
+    .startswith('error: --step=30: its checkpoint cannot be read (')
   )
 
 
@@ -296,63 +298,6 @@ def test_split_evaluation_with_mbr_names_its_outputs(run):
   report = json.load(open(stem + '.json'))
   assert report['mbr_utility'] == 'bleu' and report['mbr_temperature'] == 0.5
   assert open(stem + '.txt').read().count('\n') == 32
-
-
-@pytest.mark.parametrize(
-  'args,message',
-  [
-    (['--workdir=/no/such/run'], 'does not exist'),
-    (
-      ['--workdir={run}', '--split=test'],
-      "unknown split 'test' for dataset 'files'; splits: ['train', 'eval']",
-    ),
-    (['--workdir={run}', '--eval_files=/no/such.tsv'], 'data file not found: /no/such.tsv'),
-    (
-      ['--workdir={run}', '--step=7'],
-      '--step=7 has no checkpoint in {run}; available: [10, 20, 30]',
-    ),
-    (['--workdir={run}', '--ensemble=/no/such/run'], '--ensemble=/no/such/run does not exist'),
-    (
-      ['--workdir={run}', '--ensemble={run}', '--plot_attention=a b'],
-      "--plot_attention draws one model's attention; drop --ensemble",
-    ),
-    (
-      ['--workdir={run}', '--no_repeat_ngram=-1'],
-      'config.no_repeat_ngram_size=-1 must be an integer >= 0 (0: off)',
-    ),
-    (['--workdir={run}', '--mbr=ter'], "config.mbr_utility='ter' is unknown"),
-    (
-      ['--workdir={run}', '--mbr=bleu', '--beam_size=1'],
-      "config.mbr_utility='bleu' chooses among the beam's hypotheses: it needs config.beam_size",
-    ),
-    (
-      ['--workdir={run}', '--mbr=chrf', '--mbr_temperature=-1'],
-      'config.mbr_temperature=-1.0 must be >= 0',
-    ),
-    (['--workdir={run}', '--beam_size=0'], 'config.beam_size=0 must be an integer >= 1'),
-    (['--workdir={run}', '--average_last=0'], 'config.average_last=0 must be an integer >= 1'),
-  ],
-)
-def test_bad_requests_are_one_line_errors(run, args, message):
-  result = run_eval(*[a.format(run=run) for a in args])
-  assert result.returncode != 0
-  assert message.format(run=run) in result.stderr.strip().splitlines()[-1]
-
-
-def test_input_that_is_not_utf8_text_is_a_one_line_error(run):
-  result = subprocess.run(
-    [sys.executable, os.path.join(ROOT, 'eval.py'), f'--workdir={run}', '--input=-'],
-    cwd=ROOT,
-    input=b'ok\n\xff\xfe binary\n',
-    capture_output=True,
-    timeout=300,
-  )
-  stderr = result.stderr.decode()
-  assert result.returncode != 0 and 'Traceback' not in stderr
-  assert stderr.strip().splitlines()[-1] == (
-    'error: --input=-: line 2 is not UTF-8 text (invalid start byte); give plain text, one '
-    'sentence per line.'
-  )
 
 
 def test_translation_scores_against_hand_computed_values():

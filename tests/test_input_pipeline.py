@@ -282,6 +282,8 @@ def test_tokenizer_is_reused_from_the_workdir(tmp_path, multi30k_train):
   config = default.get_config()
   config.vocab_size = 500
   first = tokenizer_lib.load_or_train(config, str(tmp_path), multi30k_train[:2000])
+  assert not (tmp_path / tokenizer_lib.FILENAME).exists()  # saved once the data fits
+  first.save()
   mtime = (tmp_path / tokenizer_lib.FILENAME).stat().st_mtime_ns
   second = tokenizer_lib.load_or_train(config, str(tmp_path), multi30k_train[:10])
   assert (tmp_path / tokenizer_lib.FILENAME).stat().st_mtime_ns == mtime

@@ -1,6 +1,7 @@
 """Orbax checkpoints of the training state and the data iterator's position."""
 
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -8,6 +9,12 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from training.checks import ConfigError, first_difference, one_line, tree_signature
+from training.workdir import DiskFullError, is_disk_full
+
+
+def state_bytes(state) -> int:
+  """Bytes of the arrays in `state`: about what a checkpoint of it takes on disk."""
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if hasattr(x, 'dtype'))
 
 
 def absolute_path(path: str) -> epath.Path:
@@ -35,13 +42,37 @@ class Checkpoints:
     )
 
   def save(self, step: int, state, data_state: dict):
+    """Save checkpoint `step`. A disk without room for it (checked first, from the free space
+    of a local directory, and again if a write fails with ENOSPC) stops the run with a
+    DiskFullError; the partial write is removed and every complete checkpoint kept."""
     if step in self.manager.all_steps():
       return  # already saved (e.g. the final step after a resume); never overwrite
-    self.manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
-      ),
+    needed = state_bytes(state)  # a lower bound: the arrays, without the format's overhead
+    if '://' not in str(self.directory):
+      free = shutil.disk_usage(self.directory).free
+      if free < needed:
+        raise self._disk_full(step, f'{free / 1e6:.1f} MB free, {needed / 1e6:.1f} MB needed')
+    try:
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+        ),
+      )
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_disk_full(e):
+        raise
+      if jax.process_index() == 0:
+        for partial in self.directory.glob(f'{step}.orbax-checkpoint-tmp*'):
+          shutil.rmtree(partial, ignore_errors=True)
+      raise self._disk_full(step, 'no space left on device') from None
+
+  def _disk_full(self, step: int, why: str) -> DiskFullError:
+    kept = self.manager.latest_step()
+    return DiskFullError(
+      f'checkpoint step {step} does not fit in {self.directory} ({why}); '
+      + (f'step {kept}, the newest, is intact; ' if kept is not None else '')
+      + 'free disk space (or lower config.keep_checkpoints), then rerun the same command.'
     )
 
   def restore_latest(self, abstract_state, log=print):

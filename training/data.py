@@ -51,57 +51,67 @@ def saved_samples(workdir: str, resample):
 
 
 def load_data(config, workdir, log):
-  """Training iterator, the run's tokenizer and tokenized validation data."""
+  """Training iterator, the run's tokenizer and tokenized validation data. A new tokenizer is
+  saved in the workdir only once some training pair fits (process 0; the others then read it)."""
   train_examples, skipped = datasets.load_examples(config, config.train_split)
-  if jax.process_index() == 0:
-    tok = tokenizer_lib.load_or_train(config, workdir, train_examples)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices('tokenizer')
-  if jax.process_index() != 0:
-    tok = tokenizer_lib.Tokenizer(os.path.join(workdir, tokenizer_lib.FILENAME))
-  if tok.vocab_size != config.vocab_size:
-    raise ConfigError(
-      f'config.vocab_size={config.vocab_size} but the tokenizer in {workdir} '
-      f'has {tok.vocab_size} pieces; use a new --workdir.'
-    )
   gap_pairs = datasets.gap_sentence_examples(train_examples) if config.gap_sentences else []
   texts = (
     [e['source'] for e in train_examples + gap_pairs],
     [e['target'] for e in train_examples + gap_pairs],
   )
 
-  def tokenize(encode):
-    sources, targets = encode(texts[0]), encode(texts[1])
-    if config.truncate_inputs:
-      sources = [batching.truncate(s, config.max_train_len) for s in sources]
-    return sources, targets
-
-  def resample(epoch):
-    del epoch  # every call draws anew; saved_samples keeps each epoch's draw
-    return tokenize(
-      functools.partial(
-        tok.sample_encode,
-        alpha=config.subword_sampling_alpha,
-        nbest_size=config.subword_sampling_nbest,
+  def iterator(tok):
+    """The training iterator over the pairs tokenized by `tok`."""
+    if tok.vocab_size != config.vocab_size:
+      raise ConfigError(
+        f'config.vocab_size={config.vocab_size} but the tokenizer in {workdir} has '
+        f'{tok.vocab_size} pieces; use a new --workdir'
+        + ('.' if (epath.Path(workdir) / 'config.json').exists() else ', or delete that file.')
       )
-    )
 
-  sources, targets = tokenize(tok.encode)
-  train_iter = batching.TrainIterator(
-    sources,
-    targets,
-    batching=config.batching,
-    batch_size=config.batch_size,
-    max_len=config.max_train_len,
-    max_tokens=config.max_tokens,
-    seed=config.seed,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    row_multiple=jax.local_device_count(),
-    max_target_len=config.max_target_len or None,
-    pack_window=config.pack_window,
-    resample=saved_samples(workdir, resample) if config.subword_sampling_alpha > 0 else None,
-  )
+    def tokenize(encode):
+      sources, targets = encode(texts[0]), encode(texts[1])
+      if config.truncate_inputs:
+        sources = [batching.truncate(s, config.max_train_len) for s in sources]
+      return sources, targets
+
+    def resample(epoch):
+      del epoch  # every call draws anew; saved_samples keeps each epoch's draw
+      return tokenize(
+        functools.partial(
+          tok.sample_encode,
+          alpha=config.subword_sampling_alpha,
+          nbest_size=config.subword_sampling_nbest,
+        )
+      )
+
+    try:
+      return batching.TrainIterator(
+        *tokenize(tok.encode),
+        batching=config.batching,
+        batch_size=config.batch_size,
+        max_len=config.max_train_len,
+        max_tokens=config.max_tokens,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        row_multiple=jax.local_device_count(),
+        max_target_len=config.max_target_len or None,
+        pack_window=config.pack_window,
+        resample=saved_samples(workdir, resample) if config.subword_sampling_alpha > 0 else None,
+      )
+    except batching.NoPairFits as e:
+      raise datasets.DataError(str(e)) from None
+
+  if jax.process_index() == 0:
+    tok = tokenizer_lib.load_or_train(config, workdir, train_examples)
+    train_iter = iterator(tok)
+    tok.save()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('tokenizer')
+  if jax.process_index() != 0:
+    tok = tokenizer_lib.Tokenizer(os.path.join(workdir, tokenizer_lib.FILENAME))
+    train_iter = iterator(tok)
   limits = f'max_train_len={config.max_train_len}' + (
     f', max_target_len={config.max_target_len}' if config.max_target_len else ''
   )

@@ -23,7 +23,7 @@ from training.metrics_log import MetricsLog, format_eta
 from training.parallel import global_batch, make_mesh, process_rows, to_host
 from training.steps import all_finite, create_training, eval_step
 from training.time_budget import TimeBudget
-from training.workdir import check_workdir, exclusive_workdir
+from training.workdir import check_workdir, disk_full_in_one_line, exclusive_workdir
 
 
 def train_and_evaluate(config, workdir: str, prepare_only: bool = False):
@@ -32,7 +32,7 @@ def train_and_evaluate(config, workdir: str, prepare_only: bool = False):
   validate_training_config(config)
   budget = TimeBudget(config.time_budget_minutes, config.num_train_steps)
   check_workdir(workdir)
-  with exclusive_workdir(workdir):
+  with exclusive_workdir(workdir), disk_full_in_one_line(workdir):
     return _prepare_and_train(config, workdir, prepare_only, budget)
 
 

@@ -1,6 +1,8 @@
-"""The workdir: checked writable before anything else, and held by one train.py at a time."""
+"""The workdir: checked writable before anything else, held by one train.py at a time, and a
+full disk reported in one line."""
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -12,6 +14,33 @@ from etils import epath
 from training.checks import ConfigError
 
 LOCK_FILE = 'train.lock'
+
+
+class DiskFullError(OSError):
+  """The workdir's disk is full; the message says what was being written and what is intact."""
+
+
+def is_disk_full(error: Exception) -> bool:
+  """True for 'No space left on device', raised by Python (OSError ENOSPC) or by TensorStore
+  (orbax's array writer: a ValueError with the operating system's message)."""
+  return getattr(error, 'errno', None) == errno.ENOSPC or 'No space left on device' in str(error)
+
+
+@contextlib.contextmanager
+def disk_full_in_one_line(workdir: str):
+  """Turns an ENOSPC from any write under the workdir (metrics, vocabulary, evaluation files)
+  into a DiskFullError of one line; checkpoints raise their own, naming the step kept."""
+  try:
+    yield
+  except DiskFullError:
+    raise
+  except OSError as e:
+    if not is_disk_full(e):
+      raise
+    raise DiskFullError(
+      f'no space left on device writing {e.filename or workdir}; free disk space, then rerun '
+      f'the same command to resume from the newest checkpoint.'
+    ) from None
 
 
 def check_workdir(workdir: str):
