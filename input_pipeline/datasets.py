@@ -386,7 +386,10 @@ def _file_examples(config, split):
   if config.file_format == 'parallel':
     paths = spec.split(',')
     if len(paths) != 2:
-      raise DataError(f'parallel files are given as "source_path,target_path", got {spec!r}.')
+      raise DataError(
+        f'parallel files are given as "source_path,target_path", got {spec!r}; one file of '
+        f'pairs is file_format tsv or jsonl (eval.py: --file_format).'
+      )
     pairs, skipped = read_parallel(*paths)
   elif config.file_format == 'tsv':
     pairs, skipped = read_tsv(spec)

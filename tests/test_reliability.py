@@ -191,6 +191,7 @@ BAD_REQUESTS = [
     "unknown split 'test' for dataset 'files'; splits: ['train', 'eval']",
   ),
   (['--workdir={run}', '--eval_files=/no/such.tsv'], 'data file not found: /no/such.tsv'),
+  (['--workdir={run}', '--beam_size=-1'], 'config.beam_size=-1 must be an integer >= 1'),
   (
     ['--workdir={run}', '--step=7'],
     '--step=7 has no checkpoint in {run}; available: [10, 20]',
@@ -216,6 +217,7 @@ BAD_REQUESTS = [
   (['--workdir={run}', '--beam_size=0'], 'config.beam_size=0 must be an integer >= 1'),
   (['--workdir={run}', '--average_last=0'], 'config.average_last=0 must be an integer >= 1'),
   (['--workdir={run}', '--eval_files=/no/such.tsv'], 'data file not found: /no/such.tsv'),
+  (['--workdir={run}', '--beam_size=-1'], 'config.beam_size=-1 must be an integer >= 1'),
 ]
 
 
