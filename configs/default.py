@@ -65,6 +65,7 @@ def get_config(size: str = 'tiny'):
   config.max_eval_len = 128  # eval sources are truncated to this (with a warning)
   config.batching = 'packed'  # packed (rows of several examples) | bucketed (token budget)
   config.batch_size = 32  # rows of max_train_len tokens per global batch (packed)
+  config.grad_accum_steps = 1  # k > 1: k batches (micro-batches) per update, one in memory
   config.pack_window = 1  # packed: rows filled first-fit from this many examples; 1: next-fit
   config.max_tokens = 4096  # bucketed: target tokens per global batch
   config.eval_batch_size = 64  # sentences per evaluation/decoding batch

@@ -246,6 +246,35 @@ def test_the_step_is_optax_adam_or_adamw_with_the_schedule(tmp_path, optimizer, 
   )
 
 
+def test_accumulated_micro_batches_make_the_update_of_one_batch_k_times_larger(tmp_path):
+  """grad_accum_steps=2 on two micro-batches of 8 rows (with different numbers of target
+  tokens) gives the loss, gradient norm and new parameters of one step on the 16 rows (dropout
+  off, float32); and a run with it trains through the loop."""
+  batch = random_batch(rows=16)
+  for side in ('inputs', 'targets'):  # the second half holds fewer tokens
+    batch[side][8:, 5:] = 0
+    batch[f'{side}_segmentation'] = (batch[side] != 0).astype(np.int32)
+  micro = {k: v.reshape(2, 8, *v.shape[1:]) for k, v in batch.items()}
+  results = []
+  for k, inputs in ((1, batch), (2, micro)):
+    config = tiny_run_config(tmp_path, dropout_rate=0.0, grad_accum_steps=k, adam_eps=1e-3)
+    training = create_training(config, make_mesh())
+    state, metrics = training.step_fn(training.state, inputs, 0.0)
+    results.append((to_host(metrics), to_host(state['params'])))
+  (one, params_one), (accumulated, params_accumulated) = results
+  assert accumulated['tokens'] == one['tokens'] == (batch['targets_segmentation'] > 0).sum()
+  for key in ('loss', 'nll', 'accuracy', 'grad_norm'):
+    np.testing.assert_allclose(accumulated[key], one[key], rtol=1e-5)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+    params_accumulated,
+    params_one,
+  )
+  workdir = str(tmp_path / 'run')
+  train_and_evaluate(tiny_run_config(tmp_path, grad_accum_steps=2, num_train_steps=10), workdir)
+  assert len(losses(workdir)) == 2 and losses(workdir)[-1] < losses(workdir)[0]
+
+
 def test_the_time_position_moves_the_schedule_ahead_of_the_step(tmp_path):
   """The learning rate is schedule(max(step, time_position))."""
   config = tiny_run_config(tmp_path, num_train_steps=100, warmup_steps=10)

@@ -26,6 +26,7 @@ FIELDS_ADDED_LATER = {
   'qk_norm': 0.0,
   'average_last': 1,
   'expected_result': '',
+  'grad_accum_steps': 1,
 }
 
 
@@ -59,8 +60,14 @@ def validate_training_config(config):
     'max_train_len',
     'max_eval_len',
     'pack_window',
+    'grad_accum_steps',
   ):
     require(_is_int(config.get(field), 1), field, 'must be a positive integer.')
+  require(
+    config.grad_accum_steps == 1 or config.batching == 'packed',
+    'grad_accum_steps',
+    "> 1 needs config.batching='packed' (micro-batches of one shape).",
+  )
   require(config.task in TASKS, 'task', f'is unknown; use one of {TASKS}.')
   require(_is_int(config.seed, 0), 'seed', 'must be an integer >= 0.')
   require(

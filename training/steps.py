@@ -96,6 +96,33 @@ def ema_step_size(step, ema_decay: float):
   return 1.0 - jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
 
 
+def accumulate_gradients(grad_fn, params, micro_batches, rng):
+  """`grad_fn(params, batch, rng)`'s result for the union of micro-batches [k, rows, ...], one
+  micro-batch in memory at a time: each one's mean loss and gradients weighted by its share of
+  the target tokens, so k micro-batches give the loss and gradients of one batch k times
+  larger (up to float rounding). Micro-batch i draws its dropout from fold_in(rng, i)."""
+  total = jnp.maximum(jnp.sum(micro_batches['targets_segmentation'] > 0), 1).astype(jnp.float32)
+
+  def add_micro_batch(sums, indexed):
+    index, batch = indexed
+    (loss, (nll_sum, correct, _)), grads = grad_fn(params, batch, jax.random.fold_in(rng, index))
+    share = jnp.sum(batch['targets_segmentation'] > 0) / total
+    loss_sum, nll_total, correct_total, grad_sum = sums
+    return (
+      loss_sum + share * loss,
+      nll_total + nll_sum,
+      correct_total + correct,
+      jax.tree.map(lambda g, x: g + share * x, grad_sum, grads),
+    ), None
+
+  scalar = jnp.zeros((), jnp.float32)
+  zeros = (scalar, scalar, scalar, jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
+  steps = jnp.arange(micro_batches['targets'].shape[0])
+  (loss, nll_sum, correct, grads), _ = jax.lax.scan(add_micro_batch, zeros, (steps, micro_batches))
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)  # summed in float32
+  return (loss, (nll_sum, correct, total)), grads
+
+
 def train_step(
   state,
   batch,
@@ -110,22 +137,30 @@ def train_step(
   loss_chunk_size=0,
   rdrop_alpha=0.0,
   ema_decay=0.0,
+  grad_accum_steps=1,
 ):
-  """One optimizer step on a global batch; returns (new state, metrics).
+  """One optimizer step on a global batch; returns (new state, metrics). With
+  grad_accum_steps k > 1 the batch is [k, rows, ...]: k micro-batches, one update
+  (`accumulate_gradients`).
 
   The learning rate is schedule(max(step, time_position)): time_position is 0 without a time
   budget, else where the elapsed share of the budget puts the schedule (TimeBudget)."""
   step = state['step']
-  (loss, (nll_sum, correct, num_tokens)), grads = loss_and_grads(
-    state['params'],
-    batch,
-    jax.random.fold_in(dropout_key, step),
+  grad_fn = functools.partial(
+    loss_and_grads,
     graphdef=graphdef,
     rest=rest,
     label_smoothing=label_smoothing,
     loss_chunk_size=loss_chunk_size,
     rdrop_alpha=rdrop_alpha,
   )
+  rng = jax.random.fold_in(dropout_key, step)
+  if grad_accum_steps == 1:
+    (loss, (nll_sum, correct, num_tokens)), grads = grad_fn(state['params'], batch, rng)
+  else:
+    (loss, (nll_sum, correct, num_tokens)), grads = accumulate_gradients(
+      grad_fn, state['params'], batch, rng
+    )
   learning_rate = schedule(jnp.maximum(step.astype(jnp.float32), time_position))
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   updates = jax.tree.map(lambda u: -learning_rate * u, updates)
@@ -177,7 +212,8 @@ class Training(NamedTuple):
   state: dict
   step_fn: Any
   replicated: NamedSharding
-  data_sharding: NamedSharding
+  data_sharding: NamedSharding  # evaluation batches, and training batches without accumulation
+  train_sharding: NamedSharding
 
 
 def create_training(config, mesh) -> Training:
@@ -186,6 +222,10 @@ def create_training(config, mesh) -> Training:
   schedule = create_learning_rate_schedule(config)
   tx = create_optimizer(config)
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  # training batches: [rows, ...], or [k, rows, ...] for k micro-batches per update
+  train_sharding = (
+    data_sharding if config.grad_accum_steps == 1 else NamedSharding(mesh, P(None, 'data'))
+  )
   state = jax.device_put(init_state(params, tx, config.ema_decay), replicated)
   step_fn = jax.jit(
     functools.partial(
@@ -200,9 +240,10 @@ def create_training(config, mesh) -> Training:
       loss_chunk_size=0 if config.copy_attention else config.loss_chunk_size,
       rdrop_alpha=config.rdrop_alpha,
       ema_decay=config.ema_decay,
+      grad_accum_steps=config.grad_accum_steps,
     ),
-    in_shardings=(replicated, data_sharding, replicated),
+    in_shardings=(replicated, train_sharding, replicated),
     out_shardings=(replicated, replicated),
     donate_argnums=0,
   )
-  return Training(graphdef, rest, tx, state, step_fn, replicated, data_sharding)
+  return Training(graphdef, rest, tx, state, step_fn, replicated, data_sharding, train_sharding)

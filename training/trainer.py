@@ -87,13 +87,21 @@ def _prepare_and_train(config, workdir: str, prepare_only: bool, budget: TimeBud
       config,
       state,
       Loop(step_fn, eval_fn, greedy_fn, train_iter, tok, eval_data, checkpoints, log),
-      Placement(data_sharding, replicated),
+      Placement(data_sharding, training.train_sharding, replicated),
       budget,
       stop_signal,
     )
   finally:
     for sig, handler in previous_handlers.items():
       signal.signal(sig, handler)
+
+
+def next_micro_batches(train_iter, k: int) -> dict:
+  """The next batch of this process's rows, or for k > 1 the next k stacked: [k, rows, ...]."""
+  if k == 1:
+    return next(train_iter)
+  batches = [next(train_iter) for _ in range(k)]
+  return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
 
 
 class Loop(NamedTuple):
@@ -112,7 +120,8 @@ class Loop(NamedTuple):
 class Placement(NamedTuple):
   """Where arrays live: batches split over the 'data' axis, everything else replicated."""
 
-  data_sharding: Any
+  data_sharding: Any  # evaluation batches
+  train_sharding: Any  # training batches: [rows, ...], or [k, rows, ...] with accumulation
   replicated: Any
 
 
@@ -120,7 +129,7 @@ def _train_loop(config, state, loop: Loop, placement: Placement, budget, stop_si
   """Steps until config.num_train_steps, the time budget or a stop signal; checkpoints, logs and
   evaluates."""
   step_fn, eval_fn, greedy_fn, train_iter, tok, eval_data, checkpoints, log = loop
-  data_sharding, replicated = placement
+  data_sharding, train_sharding, replicated = placement
   step = int(to_host(state['step']))
   pending, window_start, window_steps = [], time.time(), 0
   metrics = {}
@@ -167,7 +176,7 @@ def _train_loop(config, state, loop: Loop, placement: Placement, budget, stop_si
     checkpoints.save(step, state, {**train_iter.get_state(), **budget.to_save()})
 
   while step < config.num_train_steps and not spent:
-    batch = global_batch(next(train_iter), data_sharding)
+    batch = global_batch(next_micro_batches(train_iter, config.grad_accum_steps), train_sharding)
     state, step_metrics = step_fn(state, batch, time_position)
     step += 1
     pending.append((step, step_metrics))
