@@ -66,6 +66,11 @@ def get_config(size: str = 'tiny'):
   config.batching = 'packed'  # packed (rows of several examples) | bucketed (token budget)
   config.batch_size = 32  # rows of max_train_len tokens per global batch (packed)
   config.grad_accum_steps = 1  # k > 1: k batches (micro-batches) per update, one in memory
+  # devices as a ('data', 'fsdp', 'tensor') mesh; -1: the devices left (docs/design.md)
+  config.mesh = 'data:-1,fsdp:1,tensor:1'
+  # logical parameter axis -> mesh axis: FSDP over the model width, Megatron-style tensor
+  # parallelism over attention heads, the MLP's inner width and the vocabulary
+  config.sharding_rules = 'embed:fsdp,heads:tensor,mlp:tensor,vocab:tensor'
   config.pack_window = 1  # packed: rows filled first-fit from this many examples; 1: next-fit
   config.max_tokens = 4096  # bucketed: target tokens per global batch
   config.eval_batch_size = 64  # sentences per evaluation/decoding batch

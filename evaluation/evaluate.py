@@ -18,7 +18,7 @@ from input_pipeline import batching, datasets
 from input_pipeline import tokenizer as tokenizer_lib
 from model.transformer import shift_right
 from training.checks import check_decoding
-from training.parallel import make_mesh
+from training.parallel import BATCH_AXES, make_mesh
 
 # eval.py flags that override a decoding constraint of the config (0: off)
 CONSTRAINT_FLAGS = {
@@ -129,7 +129,7 @@ def evaluate_examples(run, examples, name: str):
     config.beam_size,
     config.length_penalty,
     config.eval_batch_size,
-    NamedSharding(make_mesh(), P('data')),
+    NamedSharding(make_mesh(), P(BATCH_AXES)),
   )
   seconds = time.time() - start
   if config.task == 'summarization':

@@ -179,6 +179,17 @@ def _unit_length(x):
   return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
 
 
+def logical_param(value, *axes):
+  """A parameter with its logical axis names (flax's `out_sharding` metadata), e.g. 'embed',
+  'heads', 'mlp', 'vocab'; training/sharding.py maps them to mesh axes by the config's rules."""
+  return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def logical_init(initializer, *axes):
+  """`initializer` whose parameter carries the logical axis names `axes` (see logical_param)."""
+  return nnx.with_partitioning(initializer, axes, eager_sharding=False)
+
+
 class MultiHeadAttention(nnx.Module):
   """Multi-head attention: `num_heads` attention heads in parallel, each with its own Q, K, V
   projections (d_model -> head_dim), their outputs concatenated and projected back to d_model.
@@ -233,24 +244,34 @@ class MultiHeadAttention(nnx.Module):
     self.dtype, self.matmul_dtype = dtype, matmul_dtype
     lecun = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3))
 
-    def param(shape, initializer):
-      return nnx.Param(initializer(rngs.params(), shape, param_dtype))
+    def param(shape, initializer, *axes):
+      return logical_param(initializer(rngs.params(), shape, param_dtype), *axes)
 
     if self_attention:
-      self.qkv_kernel = param((d_model, 3, num_heads, head_dim), lecun)
-      self.qkv_bias = param((3, num_heads, head_dim), nnx.initializers.zeros)
+      self.qkv_kernel = param(
+        (d_model, 3, num_heads, head_dim), lecun, 'embed', None, 'heads', 'kv'
+      )
+      self.qkv_bias = param((3, num_heads, head_dim), nnx.initializers.zeros, None, 'heads', 'kv')
     else:
       self.q_kernel = param(
-        (d_model, num_heads, head_dim), nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+        (d_model, num_heads, head_dim),
+        nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)),
+        'embed',
+        'heads',
+        'kv',
       )
-      self.q_bias = param((num_heads, head_dim), nnx.initializers.zeros)
-      self.kv_kernel = param((d_model, 2, num_heads, head_dim), lecun)
-      self.kv_bias = param((2, num_heads, head_dim), nnx.initializers.zeros)
+      self.q_bias = param((num_heads, head_dim), nnx.initializers.zeros, 'heads', 'kv')
+      self.kv_kernel = param((d_model, 2, num_heads, head_dim), lecun, 'embed', None, 'heads', 'kv')
+      self.kv_bias = param((2, num_heads, head_dim), nnx.initializers.zeros, None, 'heads', 'kv')
     self.out_kernel = param(
-      (num_heads, head_dim, d_model), nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+      (num_heads, head_dim, d_model),
+      nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
+      'heads',
+      'kv',
+      'embed',
     )
-    self.out_bias = param((d_model,), nnx.initializers.zeros)
-    self.qk_scale = nnx.Param(jnp.asarray(qk_norm, param_dtype)) if qk_norm > 0 else None
+    self.out_bias = param((d_model,), nnx.initializers.zeros, 'embed')
+    self.qk_scale = logical_param(jnp.asarray(qk_norm, param_dtype)) if qk_norm > 0 else None
 
   def _project(self, x, kernel, bias, spec):
     x = x.astype(self.dtype)

@@ -19,6 +19,8 @@ from model.attention import (
   MultiHeadAttention,
   combine_masks,
   dropout,
+  logical_init,
+  logical_param,
   make_attention_mask,
   make_causal_mask,
   make_segment_mask,
@@ -210,10 +212,10 @@ class MlpBlock(nnx.Module):
   ):
     self.dropout_rate, self.dtype, self.matmul_dtype = dropout_rate, dtype, matmul_dtype
     self.activation = activation
-    self.wi = nnx.Linear(dim, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.wo = nnx.Linear(mlp_dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.wi = _linear(dim, mlp_dim, ('embed', 'mlp'), dtype, param_dtype, rngs)
+    self.wo = _linear(mlp_dim, dim, ('mlp', 'embed'), dtype, param_dtype, rngs)
     self.wi_gate = (
-      nnx.Linear(dim, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+      _linear(dim, mlp_dim, ('embed', 'mlp'), dtype, param_dtype, rngs)
       if activation in GATED_ACTIVATIONS
       else None
     )
@@ -263,8 +265,8 @@ class LayerNorm(nnx.Module):
   ):
     # ones and zeros; the two keys are drawn as nnx.LayerNorm draws them, so that a seed gives
     # every other layer the initial values it has in a model built with nnx.LayerNorm
-    self.scale = nnx.Param(nnx.initializers.ones(rngs.params(), (dim,), param_dtype))
-    self.bias = nnx.Param(nnx.initializers.zeros(rngs.params(), (dim,), param_dtype))
+    self.scale = logical_param(nnx.initializers.ones(rngs.params(), (dim,), param_dtype), 'embed')
+    self.bias = logical_param(nnx.initializers.zeros(rngs.params(), (dim,), param_dtype), 'embed')
     self.epsilon, self.dtype = epsilon, dtype
 
   def __call__(self, x):
@@ -273,6 +275,19 @@ class LayerNorm(nnx.Module):
       x.astype(f32), self.scale[...].astype(f32), self.bias[...].astype(f32), self.epsilon
     )
     return y.astype(self.dtype)
+
+
+def _linear(inputs: int, outputs: int, axes, dtype, param_dtype, rngs):
+  """nnx.Linear (its default initializers) whose kernel and bias carry logical axis names."""
+  return nnx.Linear(
+    inputs,
+    outputs,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    kernel_init=logical_init(nnx.initializers.lecun_normal(), *axes),
+    bias_init=logical_init(nnx.initializers.zeros_init(), axes[1]),
+    rngs=rngs,
+  )
 
 
 def _norm(dim, config, rngs):
@@ -416,15 +431,17 @@ class EncoderDecoder(nnx.Module):
         dim,
         dtype=self.dtype,
         param_dtype=param_dtype,
-        embedding_init=embed_init,
+        embedding_init=logical_init(embed_init, 'vocab', 'embed'),
         rngs=rngs,
       )
 
     self.target_embed = embedding()
     self.source_embed = None if config.share_embeddings else embedding()
     if config.position_embedding == 'learned':
-      self.position_table = nnx.Param(
-        nnx.initializers.normal(0.02)(rngs.params(), (config.max_len, dim), param_dtype)
+      self.position_table = logical_param(
+        nnx.initializers.normal(0.02)(rngs.params(), (config.max_len, dim), param_dtype),
+        None,
+        'embed',
       )
     elif config.position_embedding == 'rope':
       self.position_table = None  # positions enter self-attention (rotary_embedding)
@@ -442,11 +459,11 @@ class EncoderDecoder(nnx.Module):
     self.logits_dense = (
       None
       if config.tie_output_embedding
-      else nnx.Linear(dim, config.vocab_size, dtype=self.dtype, param_dtype=param_dtype, rngs=rngs)
+      else _linear(dim, config.vocab_size, ('embed', 'vocab'), self.dtype, param_dtype, rngs)
     )
     # Copy attention: p_gen = sigmoid(w · decoder features + b) per target position.
     self.copy_gate = (
-      nnx.Linear(dim, 1, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs)
+      _linear(dim, 1, ('embed', None), jnp.float32, param_dtype, rngs)
       if config.copy_attention
       else None
     )

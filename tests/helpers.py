@@ -72,6 +72,19 @@ def tiny_run_config(tmp_path, **overrides):
   return config
 
 
+def random_batch(rows=8, length=12, seed=0):
+  """A packed-format batch of random tokens, the last 3 positions padding."""
+  rng = np.random.default_rng(seed)
+  batch = {}
+  for side in ('inputs', 'targets'):
+    tokens = rng.integers(4, 24, size=(rows, length)).astype(np.int32)
+    tokens[:, length - 3 :] = 0
+    batch[side] = tokens
+    batch[f'{side}_position'] = np.tile(np.arange(length, dtype=np.int32), (rows, 1))
+    batch[f'{side}_segmentation'] = (tokens != 0).astype(np.int32)
+  return batch
+
+
 def losses(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [r['train/loss'] for r in map(json.loads, f) if 'train/loss' in r]

@@ -37,6 +37,7 @@ from helpers import (
   ROOT,
   final_params,
   losses,
+  random_batch,
   run_train,
   tiny_run_config,
   train_command,
@@ -86,19 +87,6 @@ def test_tiny_model_learns_to_reverse_sequences(tmp_path):
   assert metrics['train/nll'] < 0.05
   assert metrics['eval/nll'] < 0.1
   assert metrics['eval/bleu'] > 90
-
-
-def random_batch(rows=8, length=12, seed=0):
-  """A packed-format batch of random tokens, the last 3 positions padding."""
-  rng = np.random.default_rng(seed)
-  batch = {}
-  for side in ('inputs', 'targets'):
-    tokens = rng.integers(4, 24, size=(rows, length)).astype(np.int32)
-    tokens[:, length - 3 :] = 0
-    batch[side] = tokens
-    batch[f'{side}_position'] = np.tile(np.arange(length, dtype=np.int32), (rows, 1))
-    batch[f'{side}_segmentation'] = (tokens != 0).astype(np.int32)
-  return batch
 
 
 def loss_and_grads(config, chunk, rdrop_alpha=0.0):
@@ -587,14 +575,48 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 
 @pytest.mark.slow
 def test_eight_devices_give_the_same_losses_as_one(tmp_path):
-  config = tiny_run_config(tmp_path, num_train_steps=15, checkpoint_every_steps=15)
+  """train.py end to end (data, steps, checkpoints, validation, decoding) on 8 simulated
+  devices as a (data 2, fsdp 2, tensor 2) mesh: the losses of one device."""
+  config = tiny_run_config(tmp_path, num_train_steps=15, checkpoint_every_steps=15, num_heads=4)
   config_file = write_config_file(config, tmp_path / 'cfg.py')
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   one = run_train(config_file, tmp_path / 'one')
-  eight = run_train(config_file, tmp_path / 'eight', env=env)
+  eight = run_train(
+    config_file, tmp_path / 'eight', '--config.mesh=data:2,fsdp:2,tensor:2', env=env
+  )
   assert one.returncode == 0 and eight.returncode == 0, eight.stderr[-2000:]
-  assert '8 devices' in eight.stdout
+  assert '8 devices' in eight.stdout and 'mesh data 2 x fsdp 2 x tensor 2' in eight.stdout
   np.testing.assert_allclose(losses(tmp_path / 'eight'), losses(tmp_path / 'one'), rtol=1e-5)
+
+
+MESHES = {  # (data, fsdp, tensor) -> the share of the parameters each device holds, at most
+  'data:8,fsdp:1,tensor:1': 1,
+  'data:2,fsdp:4,tensor:1': 1 / 4,
+  'data:2,fsdp:2,tensor:2': 1 / 4,
+  'data:1,fsdp:2,tensor:4': 1 / 8,
+}
+
+
+def test_sharded_meshes_give_one_devices_losses_and_hold_their_share():
+  """On 8 simulated devices, for each mesh: 20 steps give one device's losses; each device
+  holds about its share of the parameters and optimizer moments (read from the arrays'
+  addressable shards; a few small vectors stay whole); and a checkpoint saved with fsdp over
+  8 devices restores on one device, and that one's on a (2, 2, 2) mesh, bit for bit."""
+  result = subprocess.run(
+    [sys.executable, 'sharded_steps.py', *MESHES],
+    cwd=os.path.join(ROOT, 'tests'),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  results = json.loads(result.stdout.splitlines()[-1])
+  for mesh, share in MESHES.items():
+    np.testing.assert_allclose(results[mesh]['losses'], results['one'], rtol=1e-5)
+    for part in ('params', 'opt_state'):
+      held, whole = results[mesh][part]
+      assert share * whole <= held <= 1.1 * share * whole, (mesh, part, held, whole)
+  assert results['restored_equal'] == [True, True] and results['restored_sharded']
 
 
 def free_port():

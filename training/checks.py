@@ -11,6 +11,7 @@ from configs import default
 from input_pipeline import batching
 from input_pipeline import tokenizer as tokenizer_lib
 from model.transformer import TransformerConfig
+from training import parallel
 from training.optimizer import create_optimizer
 from training.steps import create_model, init_state
 
@@ -27,6 +28,8 @@ FIELDS_ADDED_LATER = {
   'average_last': 1,
   'expected_result': '',
   'grad_accum_steps': 1,
+  'mesh': 'data:-1,fsdp:1,tensor:1',
+  'sharding_rules': 'embed:fsdp,heads:tensor,mlp:tensor,vocab:tensor',
 }
 
 
@@ -153,15 +156,17 @@ def validate_training_config(config):
     'subword_sampling_nbest',
     'must be -1 (sample from all segmentations) or an integer > 1.',
   )
-  devices = jax.device_count()
-  require(
-    config.batch_size % devices == 0, 'batch_size', f'must be divisible by the {devices} devices.'
-  )
-  require(
-    config.eval_batch_size % devices == 0,
-    'eval_batch_size',
-    f'must be divisible by the {devices} devices.',
-  )
+  try:
+    data, fsdp, _ = parallel.parse_mesh(config.mesh, jax.device_count())
+    parallel.parse_rules(config.sharding_rules)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  for field in ('batch_size', 'eval_batch_size'):
+    require(
+      config[field] % (data * fsdp) == 0,
+      field,
+      f'must be divisible by the {data * fsdp} devices of the mesh axes data and fsdp.',
+    )
   check_decoding(config)
 
 

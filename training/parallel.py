@@ -1,13 +1,95 @@
-"""The device mesh and moving batches and results between processes and devices."""
+"""The device mesh, where the training state and batches live on it, and moving batches and
+results between processes and devices."""
+
+import math
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')  # batch rows are split over both; 'tensor' devices share rows
 
 
-def make_mesh():
-  """A 1-D mesh named 'data' over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+def parse_mesh(spec: str, devices: int) -> tuple:
+  """'data:-1,fsdp:4,tensor:1' -> the sizes of MESH_AXES over `devices` devices; one axis may be
+  -1 (the devices left over), an axis not named has size 1."""
+  sizes = dict.fromkeys(MESH_AXES, 1)
+  try:
+    for item in spec.split(','):
+      name, size = item.split(':')
+      if name.strip() not in sizes:
+        raise ValueError
+      sizes[name.strip()] = int(size)
+  except ValueError:
+    raise ValueError(
+      f"config.mesh={spec!r} is not of the form 'data:-1,fsdp:1,tensor:1' (axes {MESH_AXES})."
+    ) from None
+  free = [name for name, size in sizes.items() if size == -1]
+  if len(free) > 1 or any(size < 1 and size != -1 for size in sizes.values()):
+    raise ValueError(f'config.mesh={spec!r}: sizes are >= 1, and at most one is -1.')
+  fixed = math.prod(size for size in sizes.values() if size != -1)
+  if free and devices % fixed == 0:
+    sizes[free[0]] = devices // fixed
+  if math.prod(sizes.values()) != devices:
+    raise ValueError(
+      f'config.mesh={spec!r} does not cover the {devices} devices ({sizes}); make the '
+      f'sizes multiply to {devices}, or give one of them as -1.'
+    )
+  return tuple(sizes.values())
+
+
+def make_mesh(spec: str = 'data:-1'):
+  """The ('data', 'fsdp', 'tensor') mesh of `spec` (parse_mesh) over every device of every
+  process; the default puts them all on 'data' (pure data parallelism)."""
+  sizes = parse_mesh(spec, jax.device_count())
+  return jax.make_mesh(sizes, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+def parse_rules(spec: str) -> dict:
+  """'embed:fsdp,heads:tensor,mlp:tensor' -> {logical axis name: mesh axis}."""
+  try:
+    rules = dict(item.split(':') for item in spec.split(',') if item)
+  except ValueError:
+    rules = None
+  if rules is None or not set(rules.values()) <= set(MESH_AXES):
+    raise ValueError(
+      f"config.sharding_rules={spec!r} is not of the form 'embed:fsdp,heads:tensor' (logical "
+      f'axis: one of {MESH_AXES}).'
+    )
+  return rules
+
+
+def state_shardings(state, mesh, rules: dict):
+  """A NamedSharding for every array of a training state: each parameter, and its optimizer
+  moments and moving average, split along its logical axes (`logical_param` metadata) over
+  the mesh axes `rules` names; a dimension the mesh axis does not divide, and every array
+  without logical axes (step, counts), is not split."""
+
+  def sharding(leaf):
+    if not isinstance(leaf, nnx.Variable):
+      return NamedSharding(mesh, P())
+    spec = []
+    for name, size in zip(leaf.get_metadata().get('out_sharding') or (), leaf.shape):
+      axis = rules.get(name)
+      fits = axis is not None and size % mesh.shape[axis] == 0 and axis not in spec
+      spec.append(axis if fits else None)
+    return leaf.replace(NamedSharding(mesh, P(*spec)))
+
+  return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def bytes_per_device(tree) -> tuple:
+  """(bytes of `tree`'s arrays on the most loaded device, bytes of the arrays whole)."""
+  per_device, total = {}, 0
+  for x in jax.tree.leaves(tree):
+    total += x.size * x.dtype.itemsize
+    for shard in x.addressable_shards:
+      per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+  return max(per_device.values(), default=0), total
 
 
 def global_batch(local_batch: dict, sharding):

@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 from model.losses import cross_entropy_sums, fused_cross_entropy_sums, rdrop_cross_entropy_sums
 from model.transformer import EncoderDecoder, TransformerConfig, shift_right
 from training.optimizer import create_learning_rate_schedule, create_optimizer
+from training.parallel import BATCH_AXES, parse_rules, state_shardings
 
 
 def _forward(model, batch, dropout_rng=None, return_features=False):
@@ -214,19 +215,23 @@ class Training(NamedTuple):
   replicated: NamedSharding
   data_sharding: NamedSharding  # evaluation batches, and training batches without accumulation
   train_sharding: NamedSharding
+  state_sharding: Any  # the state's tree of NamedShardings (`state_shardings`)
 
 
 def create_training(config, mesh) -> Training:
-  """Model, optimizer, replicated initial state and the jit-compiled, sharded train step."""
+  """Model, optimizer, the initial state placed on `mesh` by config.sharding_rules, and the
+  jit-compiled train step; batches are split over the mesh's BATCH_AXES."""
   graphdef, params, rest = create_model(config, config.seed)
   schedule = create_learning_rate_schedule(config)
   tx = create_optimizer(config)
-  replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P(BATCH_AXES))
   # training batches: [rows, ...], or [k, rows, ...] for k micro-batches per update
   train_sharding = (
-    data_sharding if config.grad_accum_steps == 1 else NamedSharding(mesh, P(None, 'data'))
+    data_sharding if config.grad_accum_steps == 1 else NamedSharding(mesh, P(None, BATCH_AXES))
   )
-  state = jax.device_put(init_state(params, tx, config.ema_decay), replicated)
+  state = init_state(params, tx, config.ema_decay)
+  state_sharding = state_shardings(state, mesh, parse_rules(config.sharding_rules))
+  state = jax.device_put(state, state_sharding)
   step_fn = jax.jit(
     functools.partial(
       train_step,
@@ -242,8 +247,10 @@ def create_training(config, mesh) -> Training:
       ema_decay=config.ema_decay,
       grad_accum_steps=config.grad_accum_steps,
     ),
-    in_shardings=(replicated, train_sharding, replicated),
-    out_shardings=(replicated, replicated),
+    in_shardings=(state_sharding, train_sharding, replicated),
+    out_shardings=(state_sharding, replicated),
     donate_argnums=0,
   )
-  return Training(graphdef, rest, tx, state, step_fn, replicated, data_sharding, train_sharding)
+  return Training(
+    graphdef, rest, tx, state, step_fn, replicated, data_sharding, train_sharding, state_sharding
+  )

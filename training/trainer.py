@@ -20,7 +20,7 @@ from training.checkpoints import Checkpoints
 from training.checks import check_resume, save_config, validate_training_config
 from training.data import load_data
 from training.metrics_log import MetricsLog, format_eta
-from training.parallel import global_batch, make_mesh, process_rows, to_host
+from training.parallel import bytes_per_device, global_batch, make_mesh, process_rows, to_host
 from training.steps import all_finite, create_training, eval_step
 from training.time_budget import TimeBudget
 from training.workdir import check_workdir, disk_full_in_one_line, exclusive_workdir
@@ -49,20 +49,30 @@ def _prepare_and_train(config, workdir: str, prepare_only: bool, budget: TimeBud
     )
     return {}
 
-  training = create_training(config, make_mesh())
+  training = create_training(config, make_mesh(config.mesh))
   graphdef, rest, state = training.graphdef, training.rest, training.state
   replicated, data_sharding = training.replicated, training.data_sharding
+  mesh = training.data_sharding.mesh
   log.print(
     f'model: {count_params(nnx.merge(graphdef, state["params"], rest)):,} parameters; '
     f'{jax.device_count()} devices ({jax.devices()[0].platform}), '
-    f'{jax.process_count()} processes'
+    f'{jax.process_count()} processes; mesh '
+    + ' x '.join(f'{axis} {size}' for axis, size in mesh.shape.items())
+    + '; per device: '
+    + ', '.join(
+      f'{name} {held / 1e6:.2f} of {whole / 1e6:.2f} MB'
+      for name, (held, whole) in (
+        ('parameters', bytes_per_device(state['params'])),
+        ('optimizer state', bytes_per_device(state['opt_state'])),
+      )
+    )
   )
   checkpoints = Checkpoints(workdir, config.keep_checkpoints)
   restored, data_state = checkpoints.restore_latest(
     jax.tree.map(ocp.utils.to_shape_dtype_struct, state), log.print
   )
   if restored is not None:
-    state = jax.device_put(restored, replicated)
+    state = jax.device_put(restored, training.state_sharding)
     budget.resume(data_state)
     train_iter.set_state(data_state)
     log.print(
@@ -72,7 +82,7 @@ def _prepare_and_train(config, workdir: str, prepare_only: bool, budget: TimeBud
   step_fn = training.step_fn
   eval_fn = jax.jit(
     functools.partial(eval_step, graphdef=graphdef, rest=rest),
-    in_shardings=(replicated, data_sharding),
+    in_shardings=(training.state_sharding['params'], data_sharding),
     out_shardings=replicated,
   )
   greedy_fn = make_decode_fn(graphdef, rest, config, tok, beam_size=1, alpha=0.0)
@@ -118,7 +128,7 @@ class Loop(NamedTuple):
 
 
 class Placement(NamedTuple):
-  """Where arrays live: batches split over the 'data' axis, everything else replicated."""
+  """Where arrays live: batches split over the mesh's batch axes, scalars replicated."""
 
   data_sharding: Any  # evaluation batches
   train_sharding: Any  # training batches: [rows, ...], or [k, rows, ...] with accumulation
