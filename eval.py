@@ -33,7 +33,9 @@ from evaluation import evaluate as ev  # noqa: E402
 from evaluation.metrics import annotator_scores  # noqa: E402
 from evaluation.runs import load_run, restore  # noqa: E402
 from input_pipeline import datasets  # noqa: E402
+from training import parallel  # noqa: E402
 from training.checks import ConfigError  # noqa: E402
+from training.metrics_log import MetricsLog  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -65,6 +67,7 @@ def define_flags():
   flags.DEFINE_string('plot_attention', None, 'Sentence whose attention maps to draw.')
   flags.DEFINE_string('output', 'attention.png', 'Image path for --plot_attention.')
   flags.DEFINE_bool('score_annotations', False, "Score a split's human annotations; no decoding.")
+  parallel.define_process_flags()  # every process decodes its share of each batch
 
 
 def main(argv):
@@ -73,6 +76,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if not FLAGS.workdir:
     sys.exit('error: --workdir is required.')
+  parallel.initialize_processes(FLAGS)
+  say = MetricsLog.print_main  # process 0 prints and writes
   try:
     config, tok = load_run(FLAGS.workdir)
     values = {flag: FLAGS[flag].value for flag in ev.DECODING_FLAGS}
@@ -82,7 +87,7 @@ def main(argv):
     if FLAGS.score_annotations:
       examples, _ = ev.examples_to_score(config, FLAGS.split)
       for key, value in annotator_scores(examples).items():
-        print(f'  {key:16s} {value:6.2f}')
+        say(f'  {key:16s} {value:6.2f}')
       return
     if FLAGS.input is not None:  # inputs are read and checked before anything is restored
       lines = ev.read_input_lines(FLAGS.input)
@@ -93,22 +98,22 @@ def main(argv):
     run = restore(FLAGS.workdir, config, tok, FLAGS.step, FLAGS.ensemble, FLAGS.ema)
     if FLAGS.input is not None:
       for line in ev.translate_lines(run, lines):
-        print(line)
+        say(line)
       return
     if FLAGS.plot_attention is not None:
       maps = ev.attention_maps(run, FLAGS.plot_attention)
       ev.plot_attention(*maps, FLAGS.output)
-      print(f'output: {tok.sp.decode(maps[1])}\nattention maps written to {FLAGS.output}')
+      say(f'output: {tok.sp.decode(maps[1])}\nattention maps written to {FLAGS.output}')
       return
     report = ev.evaluate_examples(run, examples, name)
   except (EvalError, ConfigError, datasets.DataError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
-  print('\n'.join(ev.report_lines(report, run)))
+  say('\n'.join(ev.report_lines(report, run)))
   decoding_flags = (*ev.DECODING_FLAGS, 'mbr', 'step', 'ensemble', 'ema', 'eval_files')
   if config.expected_result.startswith(f'{config.dataset} {name}: ') and all(
     FLAGS[f].value == FLAGS[f].default for f in decoding_flags
   ):
-    print(f'expected for this config: {config.expected_result}')
+    say(f'expected for this config: {config.expected_result}')
 
 
 if __name__ == '__main__':

@@ -15,11 +15,11 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow (tfds) start-up banners
 
-import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from input_pipeline import datasets  # noqa: E402
+from training import parallel  # noqa: E402
 from training.checks import ConfigError  # noqa: E402
 from training.trainer import train_and_evaluate  # noqa: E402
 from training.workdir import DiskFullError  # noqa: E402
@@ -32,10 +32,7 @@ def define_flags():
     'config', 'configs/default.py', 'Training configuration.', lock_config=True
   )
   flags.DEFINE_string('workdir', None, 'Output directory (checkpoints, logs); may be gs://.')
-  flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (auto-detect).')
-  flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
-  flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
-  flags.DEFINE_integer('process_id', None, 'Multi-process: this process (0-based).')
+  parallel.define_process_flags()
   flags.DEFINE_bool(
     'prepare_only',
     False,
@@ -51,8 +48,7 @@ def main(argv):
   if not FLAGS.workdir:
     sys.exit('error: --workdir is required (the output directory of the run).')
   logging.set_verbosity(logging.WARNING)  # orbax INFO lines drown the progress lines
-  if FLAGS.distributed or FLAGS.num_processes:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  parallel.initialize_processes(FLAGS)
   config = FLAGS.config
   try:
     config.get('seed')  # a config file that failed to load raises here, at its first use

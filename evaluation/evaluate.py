@@ -4,6 +4,7 @@ import json
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
@@ -73,6 +74,11 @@ def report_lines(report, run) -> list:
   return lines + [f'hypotheses: {report["hypotheses"]}']
 
 
+def batch_sharding():
+  """Decoding batches split over every device of every process (the mesh's batch axes)."""
+  return NamedSharding(make_mesh(), P(BATCH_AXES))
+
+
 def output_name(run, name: str) -> str:
   """The file stem of a decoding's outputs: what was decoded and how, e.g.
   'val.step11000.avg10.beam20.alpha1.5.mbr-bleu.t0.15'."""
@@ -129,7 +135,7 @@ def evaluate_examples(run, examples, name: str):
     config.beam_size,
     config.length_penalty,
     config.eval_batch_size,
-    NamedSharding(make_mesh(), P(BATCH_AXES)),
+    batch_sharding(),
   )
   seconds = time.time() - start
   if config.task == 'summarization':
@@ -137,9 +143,7 @@ def evaluate_examples(run, examples, name: str):
   else:
     scores = translation_scores(hypotheses, examples, config.target_lang)
   out_dir = epath.Path(run.workdir) / 'eval'
-  out_dir.mkdir(parents=True, exist_ok=True)
   stem = out_dir / output_name(run, name)
-  stem.with_suffix(stem.suffix + '.txt').write_text('\n'.join(hypotheses) + '\n')
   report = {
     'split': name,
     'steps': run.steps,
@@ -154,7 +158,10 @@ def evaluate_examples(run, examples, name: str):
     'hypotheses': str(stem) + '.txt',
     **scores,
   }
-  (out_dir / f'{stem.name}.json').write_text(json.dumps(report, indent=2))
+  if jax.process_index() == 0:  # every process decoded its share; one writes
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f'{stem.name}.txt').write_text('\n'.join(hypotheses) + '\n')
+    (out_dir / f'{stem.name}.json').write_text(json.dumps(report, indent=2))
   return report
 
 
@@ -187,7 +194,7 @@ def translate_lines(run, lines):
       )
   outputs = [''] * len(lines)
   if sources:
-    decoding = (config.beam_size, config.length_penalty, config.eval_batch_size)
+    decoding = (config.beam_size, config.length_penalty, config.eval_batch_size, batch_sharding())
     for i, text in zip(
       keep, decode_texts(sources, config, tok, run.graphdef, run.params, run.rest, *decoding)
     ):

@@ -6,11 +6,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from etils import epath
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from evaluation import EvalError
 from input_pipeline import tokenizer as tokenizer_lib
 from training.checkpoints import Checkpoints
 from training.checks import one_line, read_saved_config
+from training.parallel import make_mesh
 from training.steps import create_model
 
 # config fields an ensemble's members must share: they fix what text the models read and write
@@ -36,10 +39,13 @@ def restore(workdir: str, config, tok, step=None, ensemble=(), ema=False) -> Res
   """The run in `workdir` (with `ensemble` workdirs as more members) at config.average_last
   checkpoints up to `step` (default: the latest)."""
   if ensemble:
-    parts = load_ensemble(config, tok, workdir, ensemble, step, config.average_last, ema)
+    graphdef, params, rest, steps = load_ensemble(
+      config, tok, workdir, ensemble, step, config.average_last, ema
+    )
   else:
-    parts = load_params(config, workdir, step, config.average_last, ema)
-  return Restored(workdir, config, tok, *parts, ema=ema, ensemble=tuple(ensemble))
+    graphdef, params, rest, steps = load_params(config, workdir, step, config.average_last, ema)
+  params = jax.device_put(params, NamedSharding(make_mesh(), P()))  # on every device, process
+  return Restored(workdir, config, tok, graphdef, params, rest, steps, ema, tuple(ensemble))
 
 
 def load_run(workdir: str, flag: str = '--workdir'):

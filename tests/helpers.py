@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -83,6 +84,12 @@ def random_batch(rows=8, length=12, seed=0):
     batch[f'{side}_position'] = np.tile(np.arange(length, dtype=np.int32), (rows, 1))
     batch[f'{side}_segmentation'] = (tokens != 0).astype(np.int32)
   return batch
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
 
 
 def losses(workdir):

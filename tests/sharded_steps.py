@@ -25,6 +25,16 @@ from helpers import random_batch, tiny_run_config  # noqa: E402
 STEPS = 20
 
 
+def held_by_devices(tree) -> tuple:
+  """(the most bytes of `tree` that one device holds, read from the arrays' addressable shards,
+  and what bytes_per_device says from their shardings)."""
+  per_device = {}
+  for x in jax.tree.leaves(tree):
+    for shard in x.addressable_shards:
+      per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+  return max(per_device.values()), *bytes_per_device(tree)
+
+
 def one_device_mesh():
   return Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), MESH_AXES)
 
@@ -58,8 +68,8 @@ def main(meshes):
     training, state, losses = train(config, make_mesh(spec))
     results[spec] = {
       'losses': losses,
-      'params': bytes_per_device(state['params']),
-      'opt_state': bytes_per_device(state['opt_state']),
+      'params': held_by_devices(state['params']),
+      'opt_state': held_by_devices(state['opt_state']),
     }
   # a checkpoint saved with fsdp over 8 devices restores on one device, and back on (2, 2, 2)
   fsdp = 'data:1,fsdp:8,tensor:1'

@@ -32,7 +32,7 @@ from training.parallel import make_mesh
 from training.steps import create_training
 from training.trainer import train_and_evaluate
 
-from helpers import ROOT, tiny_run_config
+from helpers import ROOT, free_port, tiny_run_config
 
 
 @pytest.fixture(scope='module')
@@ -222,6 +222,51 @@ def test_a_newest_checkpoint_that_cannot_be_read_is_passed_over_and_left_in_plac
     .splitlines()[-1]
     .startswith('error: --step=30: its checkpoint cannot be read (')
   )
+
+
+@pytest.mark.slow
+def test_two_processes_decode_their_shares_into_the_files_of_one(run, tmp_path):
+  """eval.py as 2 processes on 127.0.0.1 (each decodes its rows of every batch, process 0
+  writes): the hypotheses and scores of one process."""
+  runs = [tmp_path / 'one', tmp_path / 'two']
+  for copy in runs:
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns('eval'))
+  args = ['--split=eval', '--beam_size=2', '--mbr=bleu']
+  assert run_eval(f'--workdir={runs[0]}', *args).returncode == 0
+  address = f'127.0.0.1:{free_port()}'
+  processes = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        'eval.py',
+        f'--workdir={runs[1]}',
+        *args,
+        f'--coordinator_address={address}',
+        '--num_processes=2',
+        f'--process_id={i}',
+      ],
+      cwd=ROOT,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+    )
+    for i in range(2)
+  ]
+  try:
+    outputs = [p.communicate(timeout=300) for p in processes]
+  finally:
+    for p in processes:
+      p.kill()
+  for p, (_, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+  said = [[line for line in out.splitlines() if 'examples' in line] for out, _ in outputs]
+  assert said[0][0].startswith('eval: 32 examples') and not said[1]  # process 0 reports
+  stem = 'eval/eval.step30.beam2.alpha0.6.mbr-bleu.t0.15'
+  assert (runs[1] / f'{stem}.txt').read_text() == (runs[0] / f'{stem}.txt').read_text()
+  one, two = (json.loads((r / f'{stem}.json').read_text()) for r in runs)
+  for report in (one, two):
+    del report['decode_seconds'], report['hypotheses']
+  assert one == two
 
 
 def test_user_lines_keep_empty_lines_and_warn_on_long_ones(run):

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
@@ -36,6 +35,7 @@ from training.workdir import LOCK_FILE
 from helpers import (
   ROOT,
   final_params,
+  free_port,
   losses,
   random_batch,
   run_train,
@@ -600,7 +600,8 @@ MESHES = {  # (data, fsdp, tensor) -> the share of the parameters each device ho
 def test_sharded_meshes_give_one_devices_losses_and_hold_their_share():
   """On 8 simulated devices, for each mesh: 20 steps give one device's losses; each device
   holds about its share of the parameters and optimizer moments (read from the arrays'
-  addressable shards; a few small vectors stay whole); and a checkpoint saved with fsdp over
+  addressable shards, as train.py reports it; a few small vectors stay whole); and a
+  checkpoint saved with fsdp over
   8 devices restores on one device, and that one's on a (2, 2, 2) mesh, bit for bit."""
   result = subprocess.run(
     [sys.executable, 'sharded_steps.py', *MESHES],
@@ -614,15 +615,39 @@ def test_sharded_meshes_give_one_devices_losses_and_hold_their_share():
   for mesh, share in MESHES.items():
     np.testing.assert_allclose(results[mesh]['losses'], results['one'], rtol=1e-5)
     for part in ('params', 'opt_state'):
-      held, whole = results[mesh][part]
-      assert share * whole <= held <= 1.1 * share * whole, (mesh, part, held, whole)
+      held, said, whole = results[mesh][part]
+      assert held == said and share * whole <= held <= 1.1 * share * whole, (mesh, part)
   assert results['restored_equal'] == [True, True] and results['restored_sharded']
 
 
-def free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+def two_processes(config_file, workdir):
+  """train.py as processes 0 and 1 of one run, coordinated on a free local port."""
+  address = f'127.0.0.1:{free_port()}'
+  return [
+    subprocess.Popen(
+      train_command(
+        config_file,
+        workdir,
+        f'--coordinator_address={address}',
+        '--num_processes=2',
+        f'--process_id={i}',
+      ),
+      cwd=ROOT,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+    )
+    for i in range(2)
+  ]
+
+
+def finish(processes, timeout=300):
+  """[(stdout, stderr)] of each process; all are killed if any outlives `timeout`."""
+  try:
+    return [p.communicate(timeout=timeout) for p in processes]
+  finally:
+    for p in processes:
+      p.kill()
 
 
 @pytest.mark.slow
@@ -639,29 +664,9 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
     time_budget_minutes=1e6,
   )
   config_file = write_config_file(config, tmp_path / 'cfg.py')
-  address = f'127.0.0.1:{free_port()}'
   workdir = tmp_path / 'multi'
-  processes = [
-    subprocess.Popen(
-      train_command(
-        config_file,
-        workdir,
-        f'--coordinator_address={address}',
-        '--num_processes=2',
-        f'--process_id={i}',
-      ),
-      cwd=ROOT,
-      text=True,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-    )
-    for i in range(2)
-  ]
-  try:
-    outputs = [p.communicate(timeout=300) for p in processes]
-  finally:
-    for p in processes:
-      p.kill()
+  processes = two_processes(config_file, workdir)
+  outputs = finish(processes)
   for p, (_, err) in zip(processes, outputs):
     assert p.returncode == 0, err[-3000:]
   assert '2 devices (cpu), 2 processes' in outputs[0][0]
@@ -669,6 +674,30 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
   single = run_train(config_file, tmp_path / 'single')
   assert single.returncode == 0, single.stderr[-2000:]
   np.testing.assert_allclose(losses(workdir), losses(tmp_path / 'single'), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+  """A preemption that reaches one host: both processes save the same step (a log step, where
+  they agree) and exit 0; the same command resumes there."""
+  config = tiny_run_config(tmp_path, num_train_steps=100000, checkpoint_every_steps=10)
+  config_file = write_config_file(config, tmp_path / 'cfg.py')
+  workdir = tmp_path / 'run'
+  processes = two_processes(config_file, workdir)
+  wait_for_checkpoint(str(workdir), 10, processes[0])
+  processes[1].send_signal(signal.SIGTERM)
+  outputs = finish(processes, timeout=120)
+  for p, (_, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+  saved = re.search(
+    r'received signal 15 \(process 1\): saved checkpoint at step (\d+);', outputs[0][0]
+  )
+  step = int(saved.group(1))
+  assert step % config.log_every_steps == 0 and os.path.isdir(workdir / 'checkpoints' / str(step))
+  config.num_train_steps = step + 5
+  write_config_file(config, tmp_path / 'cfg.py')
+  outputs = finish(two_processes(config_file, workdir))
+  assert f'resumed from step {step} ' in outputs[0][0], outputs[0][1][-3000:]
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import math
 
 import jax
 import numpy as np
+from absl import flags
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
@@ -12,6 +13,20 @@ from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')  # batch rows are split over both; 'tensor' devices share rows
+
+
+def define_process_flags():
+  """The flags of a run over several processes (hosts), shared by train.py and eval.py."""
+  flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (auto-detect).')
+  flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0.')
+  flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
+  flags.DEFINE_integer('process_id', None, 'Multi-process: this process (0-based).')
+
+
+def initialize_processes(values):
+  """jax.distributed.initialize from those flags' `values`, when they ask for processes."""
+  if values.distributed or values.num_processes:
+    jax.distributed.initialize(values.coordinator_address, values.num_processes, values.process_id)
 
 
 def parse_mesh(spec: str, devices: int) -> tuple:
@@ -83,17 +98,17 @@ def state_shardings(state, mesh, rules: dict):
 
 
 def bytes_per_device(tree) -> tuple:
-  """(bytes of `tree`'s arrays on the most loaded device, bytes of the arrays whole)."""
-  per_device, total = {}, 0
+  """(bytes of `tree`'s arrays that one device holds, bytes of the arrays whole), from each
+  array's sharding (its shard shape); also for abstract arrays (jax.ShapeDtypeStruct)."""
+  held = whole = 0
   for x in jax.tree.leaves(tree):
-    total += x.size * x.dtype.itemsize
-    for shard in x.addressable_shards:
-      per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
-  return max(per_device.values(), default=0), total
+    held += math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+    whole += math.prod(x.shape) * x.dtype.itemsize
+  return held, whole
 
 
 def global_batch(local_batch: dict, sharding):
-  """This process's rows -> global arrays sharded over the 'data' axis."""
+  """This process's rows -> global arrays sharded as `sharding` says (over the batch axes)."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 

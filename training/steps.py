@@ -218,9 +218,11 @@ class Training(NamedTuple):
   state_sharding: Any  # the state's tree of NamedShardings (`state_shardings`)
 
 
-def create_training(config, mesh) -> Training:
+def create_training(config, mesh, abstract: bool = False) -> Training:
   """Model, optimizer, the initial state placed on `mesh` by config.sharding_rules, and the
-  jit-compiled train step; batches are split over the mesh's BATCH_AXES."""
+  jit-compiled train step; batches are split over the mesh's BATCH_AXES. abstract: the state
+  as jax.ShapeDtypeStructs with their shardings, no optimizer state allocated (to compile and
+  measure the step, benchmarks/memory.py)."""
   graphdef, params, rest = create_model(config, config.seed)
   schedule = create_learning_rate_schedule(config)
   tx = create_optimizer(config)
@@ -229,9 +231,17 @@ def create_training(config, mesh) -> Training:
   train_sharding = (
     data_sharding if config.grad_accum_steps == 1 else NamedSharding(mesh, P(None, BATCH_AXES))
   )
-  state = init_state(params, tx, config.ema_decay)
+  if abstract:
+    state = jax.eval_shape(functools.partial(init_state, tx=tx, ema_decay=config.ema_decay), params)
+  else:
+    state = init_state(params, tx, config.ema_decay)
   state_sharding = state_shardings(state, mesh, parse_rules(config.sharding_rules))
-  state = jax.device_put(state, state_sharding)
+  if abstract:
+    state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding
+    )
+  else:
+    state = jax.device_put(state, state_sharding)
   step_fn = jax.jit(
     functools.partial(
       train_step,

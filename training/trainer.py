@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import sacrebleu
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from evaluation.decode import decode_all, make_decode_fn
 from evaluation.metrics import rouge
@@ -106,6 +107,21 @@ def _prepare_and_train(config, workdir: str, prepare_only: bool, budget: TimeBud
       signal.signal(sig, handler)
 
 
+def stop_requested(stop_signal: list, step: int, every: int) -> str:
+  """'' to go on, else why to stop. One process stops at the step its SIGTERM/SIGINT arrives;
+  several agree at log steps (an allgather of the signals each received), so that all of them
+  save the same step and exit, whichever process a preemption reached."""
+  if jax.process_count() == 1:
+    return f'received signal {stop_signal[0]}' if stop_signal else ''
+  if step % every:
+    return ''
+  signals = multihost_utils.process_allgather(np.int32(stop_signal[0] if stop_signal else 0))
+  signalled = np.flatnonzero(signals)
+  if not len(signalled):
+    return ''
+  return f'received signal {int(signals[signalled[0]])} (process {int(signalled[0])})'
+
+
 def next_micro_batches(train_iter, k: int) -> dict:
   """The next batch of this process's rows, or for k > 1 the next k stacked: [k, rows, ...]."""
   if k == 1:
@@ -191,7 +207,8 @@ def _train_loop(config, state, loop: Loop, placement: Placement, budget, stop_si
     step += 1
     pending.append((step, step_metrics))
     window_steps += 1
-    if step % config.log_every_steps == 0 or step == config.num_train_steps or stop_signal:
+    stop = stop_requested(stop_signal, step, config.log_every_steps)
+    if step % config.log_every_steps == 0 or step == config.num_train_steps or stop:
       check_finite()
       fetched = to_host([m for _, m in pending])
       elapsed, position, spent = budget.check(training=True)
@@ -226,13 +243,10 @@ def _train_loop(config, state, loop: Loop, placement: Placement, budget, stop_si
         f'pad {100 * train_iter.padding_fraction:.0f}% | ETA {format_eta(eta)}'
       )
       pending, window_start, window_steps = [], time.time(), 0
-    if stop_signal:
+    if stop:
       save(step)
       checkpoints.wait()
-      log.print(
-        f'received signal {stop_signal[0]}: saved checkpoint at step {step}; '
-        f'rerun the same command to resume.'
-      )
+      log.print(f'{stop}: saved checkpoint at step {step}; rerun the same command to resume.')
       return metrics
     last_step = step == config.num_train_steps or spent
     if spent and step < config.num_train_steps:
