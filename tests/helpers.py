@@ -126,6 +126,29 @@ def train_command(config_file, workdir, *extra):
   ]
 
 
+def start(command):
+  """`command` started in the repository root, its output captured as text."""
+  return subprocess.Popen(
+    command, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+  )
+
+
+def two_processes(command):
+  """`command` (train.py or eval.py) as processes 0 and 1 of one run on a free local port."""
+  address = f'127.0.0.1:{free_port()}'
+  flags = [f'--coordinator_address={address}', '--num_processes=2']
+  return [start([*command, *flags, f'--process_id={i}']) for i in range(2)]
+
+
+def finish(processes, timeout=300):
+  """[(stdout, stderr)] of each process; all are killed if any outlives `timeout`."""
+  try:
+    return [p.communicate(timeout=timeout) for p in processes]
+  finally:
+    for p in processes:
+      p.kill()
+
+
 def run_train(config_file, workdir, *extra, env=None, timeout=300):
   result = subprocess.run(
     train_command(config_file, workdir, *extra),

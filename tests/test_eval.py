@@ -32,7 +32,7 @@ from training.parallel import make_mesh
 from training.steps import create_training
 from training.trainer import train_and_evaluate
 
-from helpers import ROOT, free_port, tiny_run_config
+from helpers import ROOT, finish, tiny_run_config, two_processes
 
 
 @pytest.fixture(scope='module')
@@ -233,30 +233,8 @@ def test_two_processes_decode_their_shares_into_the_files_of_one(run, tmp_path):
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns('eval'))
   args = ['--split=eval', '--beam_size=2', '--mbr=bleu']
   assert run_eval(f'--workdir={runs[0]}', *args).returncode == 0
-  address = f'127.0.0.1:{free_port()}'
-  processes = [
-    subprocess.Popen(
-      [
-        sys.executable,
-        'eval.py',
-        f'--workdir={runs[1]}',
-        *args,
-        f'--coordinator_address={address}',
-        '--num_processes=2',
-        f'--process_id={i}',
-      ],
-      cwd=ROOT,
-      text=True,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-    )
-    for i in range(2)
-  ]
-  try:
-    outputs = [p.communicate(timeout=300) for p in processes]
-  finally:
-    for p in processes:
-      p.kill()
+  processes = two_processes([sys.executable, 'eval.py', f'--workdir={runs[1]}', *args])
+  outputs = finish(processes)
   for p, (_, err) in zip(processes, outputs):
     assert p.returncode == 0, err[-3000:]
   said = [[line for line in out.splitlines() if 'examples' in line] for out, _ in outputs]

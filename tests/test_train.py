@@ -35,12 +35,14 @@ from training.workdir import LOCK_FILE
 from helpers import (
   ROOT,
   final_params,
-  free_port,
+  finish,
   losses,
   random_batch,
   run_train,
+  start,
   tiny_run_config,
   train_command,
+  two_processes,
   wait_for_checkpoint,
   write_config_file,
 )
@@ -507,13 +509,7 @@ def test_sigkill_then_rerun_ends_with_the_same_parameters(tmp_path):
   config_file = write_config_file(config, tmp_path / 'cfg.py')
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
   assert run_train(config_file, straight).returncode == 0
-  process = subprocess.Popen(
-    train_command(config_file, killed),
-    cwd=ROOT,
-    text=True,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-  )
+  process = start(train_command(config_file, killed))
   wait_for_checkpoint(str(killed), 40, process)
   process.send_signal(signal.SIGKILL)
   process.wait(timeout=30)
@@ -554,13 +550,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
   config = tiny_run_config(tmp_path, num_train_steps=100000, checkpoint_every_steps=20)
   config_file = write_config_file(config, tmp_path / 'cfg.py')
   workdir = tmp_path / 'run'
-  process = subprocess.Popen(
-    train_command(config_file, workdir),
-    cwd=ROOT,
-    text=True,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-  )
+  process = start(train_command(config_file, workdir))
   wait_for_checkpoint(str(workdir), 20, process)
   process.send_signal(signal.SIGTERM)
   stdout, stderr = process.communicate(timeout=60)
@@ -620,36 +610,6 @@ def test_sharded_meshes_give_one_devices_losses_and_hold_their_share():
   assert results['restored_equal'] == [True, True] and results['restored_sharded']
 
 
-def two_processes(config_file, workdir):
-  """train.py as processes 0 and 1 of one run, coordinated on a free local port."""
-  address = f'127.0.0.1:{free_port()}'
-  return [
-    subprocess.Popen(
-      train_command(
-        config_file,
-        workdir,
-        f'--coordinator_address={address}',
-        '--num_processes=2',
-        f'--process_id={i}',
-      ),
-      cwd=ROOT,
-      text=True,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-    )
-    for i in range(2)
-  ]
-
-
-def finish(processes, timeout=300):
-  """[(stdout, stderr)] of each process; all are killed if any outlives `timeout`."""
-  try:
-    return [p.communicate(timeout=timeout) for p in processes]
-  finally:
-    for p in processes:
-      p.kill()
-
-
 @pytest.mark.slow
 def test_two_processes_give_the_same_losses_as_one(tmp_path):
   """With subword sampling: both processes read process 0's draw, which the one-process run
@@ -665,7 +625,7 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path):
   )
   config_file = write_config_file(config, tmp_path / 'cfg.py')
   workdir = tmp_path / 'multi'
-  processes = two_processes(config_file, workdir)
+  processes = two_processes(train_command(config_file, workdir))
   outputs = finish(processes)
   for p, (_, err) in zip(processes, outputs):
     assert p.returncode == 0, err[-3000:]
@@ -683,7 +643,7 @@ def test_a_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   config = tiny_run_config(tmp_path, num_train_steps=100000, checkpoint_every_steps=10)
   config_file = write_config_file(config, tmp_path / 'cfg.py')
   workdir = tmp_path / 'run'
-  processes = two_processes(config_file, workdir)
+  processes = two_processes(train_command(config_file, workdir))
   wait_for_checkpoint(str(workdir), 10, processes[0])
   processes[1].send_signal(signal.SIGTERM)
   outputs = finish(processes, timeout=120)
@@ -696,7 +656,7 @@ def test_a_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   assert step % config.log_every_steps == 0 and os.path.isdir(workdir / 'checkpoints' / str(step))
   config.num_train_steps = step + 5
   write_config_file(config, tmp_path / 'cfg.py')
-  outputs = finish(two_processes(config_file, workdir))
+  outputs = finish(two_processes(train_command(config_file, workdir)))
   assert f'resumed from step {step} ' in outputs[0][0], outputs[0][1][-3000:]
 
 

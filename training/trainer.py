@@ -259,30 +259,22 @@ def _train_loop(config, state, loop: Loop, placement: Placement, budget, stop_si
       save(step)
     if step % config.eval_every_steps == 0 or last_step:
       eval_start = budget.clock()
-      eval_metrics = evaluate(
-        state['params'],
-        eval_fn,
-        greedy_fn,
-        eval_data,
-        tok,
-        config,
-        data_sharding,
-        config.num_eval_bleu_batches,
-      )
-      if 'ema_params' in state:
-        eval_metrics.update(
-          evaluate(
-            state['ema_params'],
-            eval_fn,
-            greedy_fn,
-            eval_data,
-            tok,
-            config,
-            data_sharding,
-            config.num_eval_bleu_batches,
-            prefix='eval_ema',
+      eval_metrics = {}
+      for key, prefix in (('params', 'eval'), ('ema_params', 'eval_ema')):
+        if key in state:  # the parameters, and their moving average where the run keeps one
+          eval_metrics.update(
+            evaluate(
+              state[key],
+              eval_fn,
+              greedy_fn,
+              eval_data,
+              tok,
+              config,
+              data_sharding,
+              config.num_eval_bleu_batches,
+              prefix=prefix,
+            )
           )
-        )
       budget.reserve = budget.clock() - eval_start
       log.write(step, eval_metrics)
       metrics.update(eval_metrics)
