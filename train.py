@@ -1,4 +1,4 @@
-r"""Train an encoder-decoder Transformer: jit-compiled, data-parallel, resumable.
+r"""Train an encoder-decoder Transformer: jit-compiled, sharded over a device mesh, resumable.
 
   python train.py --config=configs/default.py --workdir=runs/x [--config.num_heads=8 ...]
 

@@ -567,7 +567,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 def test_eight_devices_give_the_same_losses_as_one(tmp_path):
   """train.py end to end (data, steps, checkpoints, validation, decoding) on 8 simulated
   devices as a (data 2, fsdp 2, tensor 2) mesh: the losses of one device."""
-  config = tiny_run_config(tmp_path, num_train_steps=15, checkpoint_every_steps=15, num_heads=4)
+  config = tiny_run_config(tmp_path, num_train_steps=10, checkpoint_every_steps=10, num_heads=4)
   config_file = write_config_file(config, tmp_path / 'cfg.py')
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   one = run_train(config_file, tmp_path / 'one')
