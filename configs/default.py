@@ -76,6 +76,10 @@ def get_config(size: str = 'tiny'):
   config.eval_batch_size = 64  # sentences per evaluation/decoding batch
 
   # ---- model
+  # transformer | rnn (bidirectional recurrent encoder, attentional decoder: model/rnn.py,
+  # configs/rnn_attention.py); the rnn reads emb_dim, the layer counts, dropout_rate,
+  # source_word_dropout, the embedding and dtype fields, and the rnn_* fields below
+  config.architecture = 'transformer'
   emb_dim, num_heads, enc_layers, dec_layers, mlp_dim = MODEL_SIZES[size]
   config.emb_dim = emb_dim  # model width d_model
   config.num_heads = num_heads  # attention heads; must divide emb_dim
@@ -101,6 +105,9 @@ def get_config(size: str = 'tiny'):
   config.qk_norm = 10.0 if size == 'tiny' else 0.0
   config.share_embeddings = True  # one embedding table for source and target
   config.tie_output_embedding = True  # target embedding doubles as the output projection
+  config.rnn_cell = 'gru'  # rnn: gru | lstm
+  config.rnn_hidden_dim = 256  # rnn: decoder state and annotation width (encoder: half each way)
+  config.rnn_attention = 'additive'  # rnn: additive (Bahdanau) | dot | general (Luong)
   config.copy_attention = False  # pointer-generator: also copy source tokens (summaries)
   config.attention_kernel = 'einsum'  # einsum (own path) | jax (jax.nn.dot_product_attention)
   config.dtype = 'float32'  # activations: float32 | bfloat16

@@ -234,33 +234,44 @@ def attention_maps(run, sentence):
 
 
 def plot_attention(src_pieces, out_pieces, enc_weights, cross_weights, path: str):
-  """One row per layer: cross-attention heads, then encoder self-attention heads."""
+  """One row per layer: cross-attention heads, then encoder self-attention heads (a recurrent
+  encoder has none)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  layers, heads = len(cross_weights), cross_weights[0].shape[0]
+  layers = max(len(cross_weights), len(enc_weights))
+  panels = [[] for _ in range(layers)]  # per layer: (weights, row labels, title)
+  for name, per_layer, rows in (
+    ('cross', cross_weights, out_pieces),
+    ('encoder self', enc_weights, src_pieces),
+  ):
+    for layer, weights in enumerate(per_layer):
+      panels[layer] += [
+        (w, rows, f'{name} L{layer + 1} H{head + 1}') for head, w in enumerate(weights)
+      ]
+  columns = max(map(len, panels))
   fig, axes = plt.subplots(
     layers,
-    2 * heads,
+    columns,
     squeeze=False,
     figsize=(
-      2 * heads * (1.2 + 0.28 * len(src_pieces)),
+      columns * (1.2 + 0.28 * len(src_pieces)),
       layers * (1.2 + 0.28 * max(len(out_pieces), len(src_pieces))),
     ),
   )
-  for layer in range(layers):
-    for head in range(heads):
-      for column, weights, rows, title in (
-        (head, cross_weights[layer][head], out_pieces, 'cross'),
-        (heads + head, enc_weights[layer][head], src_pieces, 'encoder self'),
-      ):
-        ax = axes[layer][column]
-        ax.imshow(weights, cmap='viridis', vmin=0.0, vmax=1.0)
-        ax.set_xticks(range(len(src_pieces)), src_pieces, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(rows)), rows, fontsize=7)
-        ax.set_title(f'{title} L{layer + 1} H{head + 1}', fontsize=8)
+  for layer, row in enumerate(panels):
+    for column in range(columns):
+      ax = axes[layer][column]
+      if column >= len(row):
+        ax.axis('off')
+        continue
+      weights, rows, title = row[column]
+      ax.imshow(weights, cmap='viridis', vmin=0.0, vmax=1.0)
+      ax.set_xticks(range(len(src_pieces)), src_pieces, rotation=90, fontsize=7)
+      ax.set_yticks(range(len(rows)), rows, fontsize=7)
+      ax.set_title(title, fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
   plt.close(fig)

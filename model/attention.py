@@ -142,6 +142,24 @@ def dot_product_attention(
   return (out, weights) if return_weights else out
 
 
+def additive_scores(query, keys, v):
+  """Bahdanau et al. (2015)'s additive ("concat") score e_j = v · tanh(W q + U k_j).
+
+  query: the projected queries W q [sources, rows, d]; keys: the projected keys U k_j
+  [sources, src_len, d] (rows queries per source, e.g. its beams); v: [d]. Returns float32
+  scores [sources, rows, src_len].
+  """
+  hidden = jnp.tanh(query[:, :, None, :] + keys[:, None, :, :])  # [n, rows, src_len, d]
+  return jnp.einsum('nrsd,d->nrs', hidden, v, preferred_element_type=jnp.float32)
+
+
+def dot_scores(query, keys):
+  """Luong et al. (2015)'s dot score e_j = q · k_j, unscaled; their "general" score q · W_a k_j
+  is this with keys W_a k_j. query [sources, rows, d], keys [sources, src_len, d] -> float32
+  [sources, rows, src_len]."""
+  return jnp.einsum('nrd,nsd->nrs', query, keys, preferred_element_type=jnp.float32)
+
+
 def _check_qkv(query, key, value):
   for name, x in (('query', query), ('key', key), ('value', value)):
     if x.ndim != 4:
@@ -188,6 +206,20 @@ def logical_param(value, *axes):
 def logical_init(initializer, *axes):
   """`initializer` whose parameter carries the logical axis names `axes` (see logical_param)."""
   return nnx.with_partitioning(initializer, axes, eager_sharding=False)
+
+
+def logical_linear(inputs: int, outputs: int, axes, dtype, param_dtype, rngs, use_bias=True):
+  """nnx.Linear (its default initializers) whose kernel and bias carry logical axis names."""
+  return nnx.Linear(
+    inputs,
+    outputs,
+    use_bias=use_bias,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    kernel_init=logical_init(nnx.initializers.lecun_normal(), *axes),
+    bias_init=logical_init(nnx.initializers.zeros_init(), axes[1]),
+    rngs=rngs,
+  )
 
 
 class MultiHeadAttention(nnx.Module):

@@ -20,6 +20,7 @@ from model.attention import (
   combine_masks,
   dropout,
   logical_init,
+  logical_linear,
   logical_param,
   make_attention_mask,
   make_causal_mask,
@@ -212,10 +213,10 @@ class MlpBlock(nnx.Module):
   ):
     self.dropout_rate, self.dtype, self.matmul_dtype = dropout_rate, dtype, matmul_dtype
     self.activation = activation
-    self.wi = _linear(dim, mlp_dim, ('embed', 'mlp'), dtype, param_dtype, rngs)
-    self.wo = _linear(mlp_dim, dim, ('mlp', 'embed'), dtype, param_dtype, rngs)
+    self.wi = logical_linear(dim, mlp_dim, ('embed', 'mlp'), dtype, param_dtype, rngs)
+    self.wo = logical_linear(mlp_dim, dim, ('mlp', 'embed'), dtype, param_dtype, rngs)
     self.wi_gate = (
-      _linear(dim, mlp_dim, ('embed', 'mlp'), dtype, param_dtype, rngs)
+      logical_linear(dim, mlp_dim, ('embed', 'mlp'), dtype, param_dtype, rngs)
       if activation in GATED_ACTIVATIONS
       else None
     )
@@ -275,19 +276,6 @@ class LayerNorm(nnx.Module):
       x.astype(f32), self.scale[...].astype(f32), self.bias[...].astype(f32), self.epsilon
     )
     return y.astype(self.dtype)
-
-
-def _linear(inputs: int, outputs: int, axes, dtype, param_dtype, rngs):
-  """nnx.Linear (its default initializers) whose kernel and bias carry logical axis names."""
-  return nnx.Linear(
-    inputs,
-    outputs,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    kernel_init=logical_init(nnx.initializers.lecun_normal(), *axes),
-    bias_init=logical_init(nnx.initializers.zeros_init(), axes[1]),
-    rngs=rngs,
-  )
 
 
 def _norm(dim, config, rngs):
@@ -459,11 +447,11 @@ class EncoderDecoder(nnx.Module):
     self.logits_dense = (
       None
       if config.tie_output_embedding
-      else _linear(dim, config.vocab_size, ('embed', 'vocab'), self.dtype, param_dtype, rngs)
+      else logical_linear(dim, config.vocab_size, ('embed', 'vocab'), self.dtype, param_dtype, rngs)
     )
     # Copy attention: p_gen = sigmoid(w · decoder features + b) per target position.
     self.copy_gate = (
-      _linear(dim, 1, ('embed', None), jnp.float32, param_dtype, rngs)
+      logical_linear(dim, 1, ('embed', None), jnp.float32, param_dtype, rngs)
       if config.copy_attention
       else None
     )

@@ -10,7 +10,7 @@ from etils import epath
 from configs import default
 from input_pipeline import batching
 from input_pipeline import tokenizer as tokenizer_lib
-from model.transformer import TransformerConfig
+from model.architectures import model_config
 from training import parallel
 from training.optimizer import create_optimizer
 from training.steps import create_model, init_state
@@ -46,7 +46,7 @@ def one_line(error: Exception) -> str:
 def validate_training_config(config):
   """Check every training field before any data is read or anything compiles."""
   try:
-    TransformerConfig.from_config(config)  # the model fields, checked where they are defined
+    model_config(config)  # the model fields, checked where they are defined
   except ValueError as e:
     raise ConfigError(str(e)) from None
 

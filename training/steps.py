@@ -10,8 +10,9 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from model.architectures import build_model
 from model.losses import cross_entropy_sums, fused_cross_entropy_sums, rdrop_cross_entropy_sums
-from model.transformer import EncoderDecoder, TransformerConfig, shift_right
+from model.transformer import shift_right
 from training.optimizer import create_learning_rate_schedule, create_optimizer
 from training.parallel import BATCH_AXES, parse_rules, state_shardings
 
@@ -199,7 +200,7 @@ def all_finite(tree):
 
 def create_model(config, seed: int):
   """(graphdef, params, rest): the model split into structure, parameters and constants."""
-  model = EncoderDecoder(TransformerConfig.from_config(config), rngs=nnx.Rngs(seed))
+  model = build_model(config, nnx.Rngs(seed))
   return nnx.split(model, nnx.Param, ...)
 
 
