@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 from evaluation import EvalError
 from input_pipeline import tokenizer as tokenizer_lib
 from training.checkpoints import Checkpoints
-from training.checks import one_line, read_saved_config
+from training.checks import one_line, read_saved_config, save_config
 from training.parallel import make_mesh
 from training.steps import create_model
 
@@ -133,3 +133,25 @@ def load_ensemble(config, tok, workdir, members, step=None, average_last=1, ema=
   loaded = [load_params(c, w, step, average_last, ema) for c, w in runs]
   graphdefs, params, rests, used = zip(*loaded)
   return list(graphdefs), list(params), list(rests), used[0]
+
+
+def export_params(workdir: str, output: str, step=None, average_last=None, ema=False) -> list:
+  """Write the decoding parameters of the run in `workdir` to a new workdir `output` that
+  eval.py reads like a run's: the last `average_last` (default: config.average_last)
+  checkpoints up to `step` averaged (or their moving average, ema)
+  into one parameters-only checkpoint at the last step, beside config.json (average_last 1,
+  since they are averaged already) and tokenizer.model. Returns the steps averaged."""
+  target = epath.Path(output)
+  if target.exists() and any(target.iterdir()):
+    raise EvalError(f'--output={output} is not empty; name a new directory.')
+  config, _ = load_run(workdir)
+  average_last = config.average_last if average_last is None else average_last
+  _, params, _, steps = load_params(config, workdir, step, average_last, ema)
+  target.mkdir(parents=True, exist_ok=True)
+  Checkpoints(output, keep=1).save(steps[-1], {'params': params}, {})
+  (target / tokenizer_lib.FILENAME).write_bytes(
+    (epath.Path(workdir) / tokenizer_lib.FILENAME).read_bytes()
+  )
+  config.average_last, config.ema_decay, config.keep_checkpoints = 1, 0.0, 1
+  save_config(config, output)
+  return steps

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -245,6 +246,36 @@ def test_two_processes_decode_their_shares_into_the_files_of_one(run, tmp_path):
   for report in (one, two):
     del report['decode_seconds'], report['hypotheses']
   assert one == two
+
+
+def test_an_exported_run_decodes_as_the_run_it_came_from(run, tmp_path):
+  """export.py writes the mean of the last checkpoints, parameters only, with the config and
+  tokenizer; eval.py decodes it to the run's own hypotheses and scores."""
+  exported = str(tmp_path / 'exported')
+  command = [sys.executable, os.path.join(ROOT, 'export.py'), f'--workdir={run}']
+  result = subprocess.run(
+    [*command, f'--output={exported}', '--average_last=2'], cwd=ROOT, capture_output=True, text=True
+  )
+  assert result.returncode == 0 and '[20, 30]' in result.stdout, result.stderr[-2000:]
+  assert sorted(os.listdir(exported)) == ['checkpoints', 'config.json', 'tokenizer.model']
+  config, _ = load_run(exported)
+  _, params, _, _ = load_params(config, exported)
+  size = sum(
+    f.stat().st_size for f in pathlib.Path(exported, 'checkpoints').rglob('*') if f.is_file()
+  )
+  assert size < 1.5 * sum(x.nbytes for x in jax.tree.leaves(params))  # no optimizer moments
+  outputs = []
+  for workdir, extra in ((run, ['--average_last=2']), (exported, [])):
+    result = run_eval(f'--workdir={workdir}', '--split=eval', '--beam_size=2', *extra)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    hypotheses = open(lines[-1].split('hypotheses: ')[1]).read()
+    outputs.append(([line for line in lines if line.startswith('  ')], hypotheses))
+  assert outputs[0] == outputs[1]
+  again = subprocess.run(
+    [*command, f'--output={exported}'], cwd=ROOT, capture_output=True, text=True
+  )
+  assert again.returncode == 1 and 'is not empty' in again.stderr
 
 
 def test_user_lines_keep_empty_lines_and_warn_on_long_ones(run):

@@ -10,6 +10,8 @@ import pytest
 from flax import nnx
 
 from configs import default, rnn_attention
+from evaluation.evaluate import attention_maps, plot_attention
+from evaluation.runs import load_run, restore
 from model import decoding
 from model.architectures import build_model
 from model.attention import additive_scores, dot_scores
@@ -270,3 +272,11 @@ def test_train_and_evaluate_trains_the_rnn(tmp_path):
   history = losses(tmp_path / 'run')
   assert history[-1] < history[0] - 0.3
   assert 'eval/bleu' in metrics and np.isfinite(metrics['eval/nll'])
+  # eval.py's attention maps: one cross-attention head, no encoder self-attention
+  config, tok = load_run(str(tmp_path / 'run'))
+  config.beam_size = 1
+  src, out, enc, cross = attention_maps(restore(str(tmp_path / 'run'), config, tok), 'a b c d')
+  assert enc == [] and len(cross) == 1 and cross[0].shape == (1, len(out), len(src))
+  np.testing.assert_allclose(cross[0].sum(-1), 1.0, atol=1e-5)
+  plot_attention(src, out, enc, cross, str(tmp_path / 'attention.png'))
+  assert (tmp_path / 'attention.png').read_bytes()[:4] == b'\x89PNG'
