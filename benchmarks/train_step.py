@@ -2,6 +2,7 @@ r"""Training-step throughput on fixed shapes: tokens/s, GFLOP/s, MFU, compile ti
 
   .venv/bin/python benchmarks/train_step.py [--shape=tiny|small] [--steps=20] [--repeats=3]
   .venv/bin/python benchmarks/train_step.py --real_data   # default config's real pipeline
+  .venv/bin/python benchmarks/train_step.py --real_data --architecture=rnn  # rnn_attention.py
   .venv/bin/python benchmarks/train_step.py --profile_ops=25  # also: where the step's time goes
 
 Shapes (those of the reference figures in docs/speed.md): batch 128 pairs, source and target
@@ -10,7 +11,9 @@ float32 2048x2048 matmul measured in the same process; with --override=matmul_dt
 (mixed precision) also against a bfloat16 one, the fair peak for it. Model FLOPs are analytic: 6
 x non-embedding matmul params x tokens (source tokens for the encoder, target tokens for the
 decoder), plus the logits matmul (6 x d x V per target token), plus attention scores and values
-(2 matmuls x 2 x len x d per token per layer, x3 for backward).
+(2 matmuls x 2 x len x d per token per layer, x3 for backward). The rnn's: 6 x each cell's and
+projection's matmul params x the tokens it reads, plus the logits and 2 x 2 x src_len x hidden
+per target token for the scores and the context (x3 for backward).
 """
 
 import os
@@ -22,7 +25,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_enum('shape', 'tiny', ['tiny', 'small'], 'Model shape.')
+flags.DEFINE_enum('shape', 'tiny', ['tiny', 'small'], 'Model shape (the transformer).')
+flags.DEFINE_enum(
+  'architecture',
+  'transformer',
+  ['transformer', 'rnn'],
+  'transformer: configs/default.py; rnn: configs/rnn_attention.py (its one size).',
+)
 flags.DEFINE_integer('steps', 20, 'Timed steps per repeat.')
 flags.DEFINE_integer('repeats', 3, 'Repeats; the median is reported.')
 flags.DEFINE_integer('batch', 128, 'Sentence pairs per batch.')
@@ -42,7 +51,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import op_profile  # noqa: E402
-from configs import default  # noqa: E402
+from configs import default, rnn_attention  # noqa: E402
 from model.fast_ops import resolve_matmul_dtype  # noqa: E402
 from model.transformer import GATED_ACTIVATIONS  # noqa: E402
 from training.data import load_data  # noqa: E402
@@ -62,7 +71,23 @@ def matmul_peak_gflops(n=2048, reps=10, dtype=jnp.float32):
   return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
+def rnn_flops_per_step(config, src_tokens, tgt_tokens, src_len):
+  e, h, v = config.emb_dim, config.rnn_hidden_dim, config.vocab_size
+  gates = {'gru': 3, 'lstm': 4}[config.rnn_cell]
+  enc = sum(
+    2 * gates * ((e if i == 0 else h) + h // 2) * (h // 2) for i in range(config.num_encoder_layers)
+  )
+  dec = sum(gates * ((2 * e if i == 0 else h) + h) * h for i in range(config.num_decoder_layers))
+  keys = {'additive': h * h, 'general': h * h, 'dot': 0}[config.rnn_attention]
+  query = h * h if config.rnn_attention == 'additive' else 0
+  per_target = dec + query + 2 * h * e + e * v
+  flops = 6 * (enc + keys) * src_tokens + 6 * per_target * tgt_tokens
+  return flops + 3 * 2 * 2 * h * src_len * tgt_tokens
+
+
 def model_flops_per_step(config, src_tokens, tgt_tokens, src_len, tgt_len):
+  if config.architecture == 'rnn':
+    return rnn_flops_per_step(config, src_tokens, tgt_tokens, src_len)
   d, f, v = config.emb_dim, config.mlp_dim, config.vocab_size
   attn_params = 4 * d * d
   mlp_params = (3 if config.activation in GATED_ACTIVATIONS else 2) * d * f
@@ -98,10 +123,11 @@ def synthetic_batches(batch, length, vocab, seed=0):
 
 def main(argv):
   del argv
+  rnn = FLAGS.architecture == 'rnn'
   if FLAGS.real_data:
-    config = default.get_config()
+    config = rnn_attention.get_config() if rnn else default.get_config()
   else:
-    config = default.get_config(FLAGS.shape)
+    config = rnn_attention.get_config() if rnn else default.get_config(FLAGS.shape)
     config.vocab_size = 10000
     config.dropout_rate = 0.1
     config.activation = 'relu'  # the baselines' MLP (the default tiny config's is swiglu)
@@ -155,9 +181,9 @@ def main(argv):
   tgt_s, all_s, gflops = (float(np.median([r[i] for r in results])) for i in range(3))
   rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
   label = (
-    'default config, real data'
+    f'{"rnn_attention" if rnn else "default"} config, real data'
     if FLAGS.real_data
-    else (f'{FLAGS.shape}: batch {FLAGS.batch} x length {FLAGS.length}')
+    else (f'{"rnn" if rnn else FLAGS.shape}: batch {FLAGS.batch} x length {FLAGS.length}')
   )
   matmul_dtype = jnp.dtype(resolve_matmul_dtype(config.matmul_dtype))
   print(
