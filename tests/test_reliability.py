@@ -99,6 +99,11 @@ BAD_CONFIGS = [
   ('--config.seed=-1', 'error: config.seed=-1 must be an integer >= 0.'),
   ('--config.max_decode_len_a=-1', 'error: config.max_decode_len_a=-1.0 must be >= 0'),
   ('--config.mbr_utility=ter', "error: config.mbr_utility='ter' is unknown"),
+  ('--config.architecture=lstm', "error: config.architecture='lstm' is unknown; use one of"),
+  (
+    '--config=configs/rnn_attention.py --config.rnn_hidden_dim=255',
+    'error: config.rnn_hidden_dim=255 must be even (the encoder splits it',
+  ),
   (
     '--config=configs/no_such_config.py',
     'error: --config could not be loaded: [Errno 2] No such file or directory: '
@@ -124,6 +129,7 @@ def test_a_bad_config_stops_in_one_line_and_writes_nothing(tmp_path, flag, messa
 # flags of a resume of the finished run -> the start of the one line train.py stops with
 BAD_RESUMES = [
   ('--config.activation=relu', 'error: --workdir={run} holds a run with config.activation='),
+  ('--config.architecture=rnn', 'error: --workdir={run} holds a run with config.architecture='),
   ('--config.optimizer=adam --config.weight_decay=0', 'error: --workdir={run} holds a run with '),
   ('--config.max_decode_len_a=-1', 'error: config.max_decode_len_a=-1.0 must be >= 0'),
   ('--config.seed=-1', 'error: config.seed=-1 must be an integer >= 0.'),
