@@ -188,6 +188,15 @@ def dropout(x, rate: float, rng, whole_vectors: bool = False):
   return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros_like(x))
 
 
+def fold_rng(rng, *data):
+  """An independent dropout key per layer, sublayer or step; None (no dropout) stays None."""
+  if rng is None:
+    return None
+  for d in data:
+    rng = jax.random.fold_in(rng, d)
+  return rng
+
+
 # ----------------------------------------------------------------------------- module
 
 

@@ -31,11 +31,12 @@ from model.attention import (
   additive_scores,
   dot_scores,
   dropout,
-  logical_init,
+  fold_rng,
   logical_linear,
   logical_param,
 )
 from model.fast_ops import DTYPES, MATMUL_DTYPES, masked_softmax, matmul, resolve_matmul_dtype
+from model.transformer import TokenEnds, token_embedding
 
 CELLS = {'gru': 3, 'lstm': 4}  # cell -> gates
 SCORES = ('additive', 'dot', 'general')
@@ -101,15 +102,6 @@ class RNNConfig:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _fold(rng, *data):
-  """An independent key per layer or step; None (no dropout) stays None."""
-  if rng is None:
-    return None
-  for d in data:
-    rng = jax.random.fold_in(rng, d)
-  return rng
 
 
 def example_starts(segments, reverse: bool = False):
@@ -211,7 +203,7 @@ def run_cell(cell: RecurrentCell, projected, starts, reverse: bool = False):
 # ----------------------------------------------------------------------------- model
 
 
-class RNNEncoderDecoder(nnx.Module):
+class RNNEncoderDecoder(TokenEnds):
   """Bidirectional recurrent encoder, attentional recurrent decoder (see the module docstring).
   Call as model(inputs, decoder_inputs) for teacher-forced logits."""
 
@@ -220,17 +212,9 @@ class RNNEncoderDecoder(nnx.Module):
     emb, hidden = config.emb_dim, config.rnn_hidden_dim
     param_dtype, self.dtype = DTYPES[config.param_dtype], DTYPES[config.dtype]
     self.matmul_dtype = resolve_matmul_dtype(config.matmul_dtype)
-    embed_init = nnx.initializers.normal(stddev=emb**-0.5)
 
     def embedding():
-      return nnx.Embed(
-        config.vocab_size,
-        emb,
-        dtype=self.dtype,
-        param_dtype=param_dtype,
-        embedding_init=logical_init(embed_init, 'vocab', 'embed'),
-        rngs=rngs,
-      )
+      return token_embedding(config.vocab_size, emb, self.dtype, param_dtype, rngs)
 
     def cell(inputs, width):
       return RecurrentCell(
@@ -281,29 +265,8 @@ class RNNEncoderDecoder(nnx.Module):
     """Token embeddings scaled by sqrt(emb_dim), word dropout (source), then dropout."""
     x = table(tokens) * jnp.asarray(math.sqrt(self.config.emb_dim), self.dtype)
     if word_dropout:
-      x = dropout(x, word_dropout, _fold(rng, 1), whole_vectors=True)
+      x = dropout(x, word_dropout, fold_rng(rng, 1), whole_vectors=True)
     return dropout(x, self.config.dropout_rate, rng)
-
-  def _check_tokens(self, name, tokens):
-    if tokens.ndim != 2:
-      raise ValueError(f'{name} must be int token ids [batch, length], got shape {tokens.shape}.')
-    if tokens.shape[1] > self.config.max_len:
-      raise ValueError(
-        f'{name} length {tokens.shape[1]} exceeds config.max_len={self.config.max_len}.'
-      )
-
-  def output_projection(self):
-    """(kernel [vocab, emb_dim], bias [vocab] or None) with logits = h~ · kernelᵀ + bias."""
-    if self.logits_dense is not None:
-      return self.logits_dense.kernel[...].T, self.logits_dense.bias[...]
-    return self.target_embed.embedding[...], None
-
-  def _logits(self, features):
-    kernel, bias = self.output_projection()
-    logits = matmul(
-      'btd,vd->btv', features, kernel.astype(features.dtype), self.matmul_dtype, jnp.float32
-    )
-    return logits if bias is None else logits + bias.astype(jnp.float32)
 
   # -- encoder
 
@@ -324,14 +287,14 @@ class RNNEncoderDecoder(nnx.Module):
       (inputs != 0).astype(jnp.int32) if inputs_segmentation is None else inputs_segmentation
     )
     table = self.source_embed or self.target_embed
-    x = self._embed(table, inputs, _fold(dropout_rng, 0), self.config.source_word_dropout)
+    x = self._embed(table, inputs, fold_rng(dropout_rng, 0), self.config.source_word_dropout)
     for i, (forward, backward) in enumerate(self.encoder_cells):
       states = [
         run_cell(forward, forward.project_inputs(x), example_starts(segments)),
         run_cell(backward, backward.project_inputs(x), example_starts(segments, True), True),
       ]
       x = dropout(
-        jnp.concatenate(states, axis=-1), self.config.dropout_rate, _fold(dropout_rng, 1, i)
+        jnp.concatenate(states, axis=-1), self.config.dropout_rate, fold_rng(dropout_rng, 1, i)
       )
     return (x, []) if return_weights else x
 
@@ -372,7 +335,7 @@ class RNNEncoderDecoder(nnx.Module):
       x = (
         state[0]
         if i == len(self.decoder_cells) - 1
-        else dropout(state[0], self.config.dropout_rate, _fold(rng, i))
+        else dropout(state[0], self.config.dropout_rate, fold_rng(rng, i))
       )
     keys, values = memory['keys'], memory['values']
     sources, rows = keys.shape[0], x.shape[0]
@@ -421,7 +384,7 @@ class RNNEncoderDecoder(nnx.Module):
     half = self.config.rnn_hidden_dim // 2
     first = jnp.argmax(mask, axis=-1)  # [batch, tgt_len]
     initial = self._initial_states(jnp.take_along_axis(encoded[..., half:], first[..., None], 1))
-    embedded = self._embed(self.target_embed, decoder_inputs, _fold(dropout_rng, 0))
+    embedded = self._embed(self.target_embed, decoder_inputs, fold_rng(dropout_rng, 0))
     memory = {'keys': self._keys(encoded), 'values': encoded}
     batch = decoder_inputs.shape[0]
     carry = (
@@ -440,7 +403,7 @@ class RNNEncoderDecoder(nnx.Module):
         for i, (cell, state) in enumerate(zip(self.decoder_cells, states))
       )
       feed = jnp.where(start_t[:, None], 0.0, feed).astype(feed.dtype)
-      step_rng = _fold(dropout_rng, 1, t)
+      step_rng = fold_rng(dropout_rng, 1, t)
       return self._decoder_step((states, feed), embedded_t, memory, mask_t[:, None, :], step_rng)
 
     time_major = [jnp.swapaxes(a, 0, 1) for a in (embedded, example_starts(target), initial, mask)]
@@ -448,9 +411,9 @@ class RNNEncoderDecoder(nnx.Module):
       body, carry, (*time_major, jnp.arange(decoder_inputs.shape[1]))
     )
     features = dropout(
-      jnp.swapaxes(features, 0, 1), self.config.dropout_rate, _fold(dropout_rng, 2)
+      jnp.swapaxes(features, 0, 1), self.config.dropout_rate, fold_rng(dropout_rng, 2)
     )
-    out = features if return_features else self._logits(features)
+    out = features if return_features else self.vocab_logits(features)
     return (out, [jnp.swapaxes(weights, 0, 1)[:, None]]) if return_weights else out
 
   def __call__(
@@ -467,7 +430,7 @@ class RNNEncoderDecoder(nnx.Module):
   ):
     """Teacher-forced logits [batch, tgt_len, vocab]; dropout only when dropout_rng is given."""
     encoded = self.encode(
-      inputs, inputs_positions, inputs_segmentation, dropout_rng=_fold(dropout_rng, 0)
+      inputs, inputs_positions, inputs_segmentation, dropout_rng=fold_rng(dropout_rng, 0)
     )
     return self.decode(
       encoded,
@@ -475,7 +438,7 @@ class RNNEncoderDecoder(nnx.Module):
       decoder_inputs,
       inputs_segmentation=inputs_segmentation,
       targets_segmentation=targets_segmentation,
-      dropout_rng=_fold(dropout_rng, 1),
+      dropout_rng=fold_rng(dropout_rng, 1),
       return_features=return_features,
     )
 
@@ -516,5 +479,5 @@ class RNNEncoderDecoder(nnx.Module):
     (states, feed), (features, _) = self._decoder_step(
       (states, feed), embedded, cross_kv, mask, None
     )
-    logits = self._logits(features[:, None])[:, 0]
+    logits = self.vocab_logits(features[:, None])[:, 0]
     return logits, {'index': cache['index'] + 1, 'states': states, 'feed': feed}

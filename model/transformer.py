@@ -19,6 +19,7 @@ from model.attention import (
   MultiHeadAttention,
   combine_masks,
   dropout,
+  fold_rng,
   logical_init,
   logical_linear,
   logical_param,
@@ -95,15 +96,6 @@ def pointer_generator_log_probs(logits, gate_logit, attention, source_ids):
     jax.nn.log_sigmoid(gate_logit) + jax.nn.log_softmax(logits, axis=-1),
     jax.nn.log_sigmoid(-gate_logit) + log_copy,
   )
-
-
-def _fold(rng, *data):
-  """Derive an independent key per layer/sublayer; None stays None (no dropout)."""
-  if rng is None:
-    return None
-  for d in data:
-    rng = jax.random.fold_in(rng, d)
-  return rng
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +182,50 @@ class TransformerConfig:
         'must be 0 with copy_attention (the copy distribution is '
         'the attention weights, which attention dropout would unnormalise).',
       )
+
+
+def token_embedding(vocab_size: int, dim: int, dtype, param_dtype, rngs):
+  """A token embedding table [vocab, dim], initialised N(0, 1/dim) (read scaled by sqrt(dim))."""
+  return nnx.Embed(
+    vocab_size,
+    dim,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    embedding_init=logical_init(nnx.initializers.normal(stddev=dim**-0.5), 'vocab', 'embed'),
+    rngs=rngs,
+  )
+
+
+class TokenEnds(nnx.Module):
+  """The ends every architecture shares: checked token ids in, logits out of the decoder's
+  features through the target embedding (tied) or `logits_dense`."""
+
+  config: Any
+  target_embed: nnx.Embed
+  logits_dense: Any
+  matmul_dtype: Any
+
+  def _check_tokens(self, name, tokens):
+    if tokens.ndim != 2:
+      raise ValueError(f'{name} must be int token ids [batch, length], got shape {tokens.shape}.')
+    if tokens.shape[1] > self.config.max_len:
+      raise ValueError(
+        f'{name} length {tokens.shape[1]} exceeds config.max_len={self.config.max_len}.'
+      )
+
+  def output_projection(self):
+    """(kernel [vocab, features], bias [vocab] or None) with logits = features · kernelᵀ + bias."""
+    if self.logits_dense is not None:
+      return self.logits_dense.kernel[...].T, self.logits_dense.bias[...]
+    return self.target_embed.embedding[...], None
+
+  def vocab_logits(self, features):
+    """features [batch, len, d] -> logits [batch, len, vocab], accumulated in float32."""
+    kernel, bias = self.output_projection()
+    logits = matmul(
+      'btd,vd->btv', features, kernel.astype(features.dtype), self.matmul_dtype, jnp.float32
+    )
+    return logits if bias is None else logits + bias.astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -327,13 +363,13 @@ class EncoderLayer(_Sublayers):
 
     def attend(h):
       if weights is None:
-        return self.self_attention(h, mask=mask, dropout_rng=_fold(rng, 0), positions=positions)
+        return self.self_attention(h, mask=mask, dropout_rng=fold_rng(rng, 0), positions=positions)
       out, w = self.self_attention(h, mask=mask, return_weights=True, positions=positions)
       weights.append(w)
       return out
 
-    x = self.residual(x, self.norm1, attend, _fold(rng, 1))
-    return self.residual(x, self.norm2, lambda h: self.mlp(h, _fold(rng, 2)), _fold(rng, 3))
+    x = self.residual(x, self.norm1, attend, fold_rng(rng, 1))
+    return self.residual(x, self.norm2, lambda h: self.mlp(h, fold_rng(rng, 2)), fold_rng(rng, 3))
 
 
 class DecoderLayer(_Sublayers):
@@ -363,7 +399,7 @@ class DecoderLayer(_Sublayers):
       nonlocal new_cache
       if cache is None:
         return self.self_attention(
-          h, mask=self_mask, dropout_rng=_fold(rng, 0), positions=positions
+          h, mask=self_mask, dropout_rng=fold_rng(rng, 0), positions=positions
         )
       out, new_cache = self.self_attention.decode_step(h, cache)
       return out
@@ -378,7 +414,7 @@ class DecoderLayer(_Sublayers):
       q = q.reshape(batch // group, group * length, *q.shape[2:])
       if weights is None:
         out = self.cross_attention.attend(
-          q, *cross_kv, cross_mask, _fold(rng, 2), kv_heads_major=heads_major
+          q, *cross_kv, cross_mask, fold_rng(rng, 2), kv_heads_major=heads_major
         )
         return out.reshape(batch, length, -1)
       out, w = self.cross_attention.attend(
@@ -389,16 +425,16 @@ class DecoderLayer(_Sublayers):
       weights.append(jnp.swapaxes(w, 1, 2).reshape(batch, w.shape[1], length, w.shape[-1]))
       return out.reshape(batch, length, -1)
 
-    x = self.residual(x, self.norm1, self_attend, _fold(rng, 1))
-    x = self.residual(x, self.norm2, cross_attend, _fold(rng, 3))
-    x = self.residual(x, self.norm3, lambda h: self.mlp(h, _fold(rng, 4)), _fold(rng, 5))
+    x = self.residual(x, self.norm1, self_attend, fold_rng(rng, 1))
+    x = self.residual(x, self.norm2, cross_attend, fold_rng(rng, 3))
+    x = self.residual(x, self.norm3, lambda h: self.mlp(h, fold_rng(rng, 4)), fold_rng(rng, 5))
     return x, new_cache
 
 
 # ----------------------------------------------------------------------------- model
 
 
-class EncoderDecoder(nnx.Module):
+class EncoderDecoder(TokenEnds):
   """Transformer encoder-decoder. Call as model(inputs, targets) for teacher-forced logits.
 
   Token embeddings are shared between source and target when `config.share_embeddings`, and the
@@ -411,17 +447,9 @@ class EncoderDecoder(nnx.Module):
     dim = config.emb_dim
     param_dtype, self.dtype = DTYPES[config.param_dtype], DTYPES[config.dtype]
     self.matmul_dtype = resolve_matmul_dtype(config.matmul_dtype)
-    embed_init = nnx.initializers.normal(stddev=dim**-0.5)
 
     def embedding():
-      return nnx.Embed(
-        config.vocab_size,
-        dim,
-        dtype=self.dtype,
-        param_dtype=param_dtype,
-        embedding_init=logical_init(embed_init, 'vocab', 'embed'),
-        rngs=rngs,
-      )
+      return token_embedding(config.vocab_size, dim, self.dtype, param_dtype, rngs)
 
     self.target_embed = embedding()
     self.source_embed = None if config.share_embeddings else embedding()
@@ -466,20 +494,12 @@ class EncoderDecoder(nnx.Module):
     dim = self.config.emb_dim
     x = table(tokens) * jnp.asarray(math.sqrt(dim), self.dtype)
     if word_dropout:
-      x = dropout(x, word_dropout, _fold(rng, 1), whole_vectors=True)
+      x = dropout(x, word_dropout, fold_rng(rng, 1), whole_vectors=True)
     if self.position_table is not None:
       if positions is None:
         positions = jnp.arange(tokens.shape[1])[None, :]
       x = x + jnp.take(self.position_table[...], positions, axis=0).astype(self.dtype)
     return dropout(x, self.config.dropout_rate, rng)
-
-  def _check_tokens(self, name, tokens):
-    if tokens.ndim != 2:
-      raise ValueError(f'{name} must be int token ids [batch, length], got shape {tokens.shape}.')
-    if tokens.shape[1] > self.config.max_len:
-      raise ValueError(
-        f'{name} length {tokens.shape[1]} exceeds config.max_len={self.config.max_len}.'
-      )
 
   # -- encoder
 
@@ -500,11 +520,11 @@ class EncoderDecoder(nnx.Module):
       mask = make_segment_mask(inputs_segmentation, inputs_segmentation)
     table = self.source_embed or self.target_embed
     x = self._embed(
-      table, inputs, inputs_positions, _fold(dropout_rng, 0), self.config.source_word_dropout
+      table, inputs, inputs_positions, fold_rng(dropout_rng, 0), self.config.source_word_dropout
     )
     weights = [] if return_weights else None
     for i, layer in enumerate(self.encoder_layers):
-      x = layer(x, mask, _fold(dropout_rng, 1, i), weights, inputs_positions)
+      x = layer(x, mask, fold_rng(dropout_rng, 1, i), weights, inputs_positions)
     if self.encoder_norm is not None:
       x = self.encoder_norm(x)
     return (x, weights) if return_weights else x
@@ -518,27 +538,12 @@ class EncoderDecoder(nnx.Module):
     """
     return [layer.cross_attention.project_kv(encoded, heads_major) for layer in self.decoder_layers]
 
-  def output_projection(self):
-    """(kernel [vocab, emb_dim], bias [vocab] or None) with logits = features · kernelᵀ + bias."""
-    if self.logits_dense is not None:
-      return self.logits_dense.kernel[...].T, self.logits_dense.bias[...]
-    return self.target_embed.embedding[...], None
-
   def features(self, x):
     """Decoder output before the vocabulary projection (after the final norm when pre-LN)."""
     return x if self.decoder_norm is None else self.decoder_norm(x)
 
   def _logits(self, x):
-    kernel, bias = self.output_projection()
-    # logits = x kernelᵀ (+ bias), accumulated in float32 (the tied kernel is the embedding)
-    logits = matmul(
-      'btd,vd->btv',
-      self.features(x),
-      kernel.astype(x.dtype),
-      self.matmul_dtype,
-      out_dtype=jnp.float32,
-    )
-    return logits if bias is None else logits + bias.astype(jnp.float32)
+    return self.vocab_logits(self.features(x))
 
   def _output(self, x, cross_weights, inputs):
     """Logits of the decoder output x; with copy attention, the log-probabilities of the
@@ -591,7 +596,7 @@ class EncoderDecoder(nnx.Module):
         make_segment_mask(targets_segmentation, targets_segmentation), make_causal_mask(length)
       )
       cross_mask = make_segment_mask(targets_segmentation, inputs_segmentation)
-    x = self._embed(self.target_embed, decoder_inputs, targets_positions, _fold(dropout_rng, 0))
+    x = self._embed(self.target_embed, decoder_inputs, targets_positions, fold_rng(dropout_rng, 0))
     weights = [] if return_weights or self.copy_gate is not None else None
     for i, (layer, kv) in enumerate(zip(self.decoder_layers, self.cross_kv(encoded))):
       x, _ = layer(
@@ -599,7 +604,7 @@ class EncoderDecoder(nnx.Module):
         kv,
         self_mask,
         cross_mask,
-        _fold(dropout_rng, 1, i),
+        fold_rng(dropout_rng, 1, i),
         weights=weights,
         positions=targets_positions,
       )
@@ -628,7 +633,7 @@ class EncoderDecoder(nnx.Module):
         f'[batch, length] with the same batch.'
       )
     encoded = self.encode(
-      inputs, inputs_positions, inputs_segmentation, dropout_rng=_fold(dropout_rng, 0)
+      inputs, inputs_positions, inputs_segmentation, dropout_rng=fold_rng(dropout_rng, 0)
     )
     return self.decode(
       encoded,
@@ -637,7 +642,7 @@ class EncoderDecoder(nnx.Module):
       targets_positions=targets_positions,
       inputs_segmentation=inputs_segmentation,
       targets_segmentation=targets_segmentation,
-      dropout_rng=_fold(dropout_rng, 1),
+      dropout_rng=fold_rng(dropout_rng, 1),
       return_features=return_features,
     )
 
