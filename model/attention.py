@@ -7,7 +7,9 @@ Layout throughout: [batch, length, heads, head_dim] for Q, K, V ("BTNH", the lay
 query may attend to a key.
 """
 
+import functools
 import math
+import sys
 from typing import Any
 
 import jax
@@ -17,6 +19,10 @@ from flax import nnx
 from model.fast_ops import dropout_keep_mask, masked_softmax, matmul
 
 KERNELS = ('einsum', 'jax')
+# cuDNN's fused (flash) attention takes these input dtypes and head sizes (a multiple of 8, at
+# most 128; 256 on Hopper and later, which JAX checks itself when it traces the call)
+FUSED_DTYPES = ('bfloat16', 'float16')
+FUSED_MAX_HEAD_DIM = 256
 
 
 def rotary_embedding(x, positions, base: float = 10000.0):
@@ -79,6 +85,40 @@ def combine_masks(*masks):
 # ----------------------------------------------------------------------------- core kernel
 
 
+def fused_attention_unsupported(query, backend: str | None = None) -> str:
+  """'' where `jax.nn.dot_product_attention(implementation='cudnn')` may take queries like
+  `query` [batch, len, heads, head_dim] on `backend` (default: JAX's), else why not, in words."""
+  backend = backend or jax.default_backend()
+  if backend != 'gpu':
+    return f'the devices are {backend}, not CUDA GPUs'
+  dtype = jnp.dtype(query.dtype).name
+  if dtype not in FUSED_DTYPES:
+    return f'{dtype} inputs; cuDNN takes {" or ".join(FUSED_DTYPES)} (config.dtype)'
+  head_dim = query.shape[-1]
+  if head_dim % 8 or head_dim > FUSED_MAX_HEAD_DIM:
+    return f'head size {head_dim}; cuDNN takes multiples of 8 up to {FUSED_MAX_HEAD_DIM}'
+  return ''
+
+
+@functools.cache
+def _notice(message: str):
+  """Print `message` to stderr once per process (at trace time, so once per compilation)."""
+  print(message, file=sys.stderr)
+
+
+def _jax_attention(query, key, value, mask):
+  """`jax.nn.dot_product_attention`: cuDNN's fused attention where the inputs qualify (the
+  boolean mask goes in as cuDNN's additive bias), else XLA's, with a one-line notice saying why."""
+  why = fused_attention_unsupported(query)
+  if not why:
+    try:
+      return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation='cudnn')
+    except (NotImplementedError, RuntimeError, ValueError) as e:  # JAX's own checks of cuDNN
+      why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  _notice(f'attention_kernel=jax: XLA attention, not cuDNN ({why}).')
+  return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation='xla')
+
+
 def dot_product_attention(
   query,
   key,
@@ -98,7 +138,8 @@ def dot_product_attention(
     value: [batch, kv_len, heads, d_v].
     mask: boolean, broadcastable to [batch, heads, q_len, kv_len]; True = may attend.
     kernel: 'einsum' (this module's own path, the only one that can return weights or apply
-      attention dropout) or 'jax' (`jax.nn.dot_product_attention`, cuDNN flash attention on GPU).
+      attention dropout) or 'jax' (`jax.nn.dot_product_attention`: cuDNN's fused attention on
+      CUDA GPUs for bfloat16 or float16 inputs and head sizes it takes, else XLA's).
     dropout_rate, dropout_rng: dropout on the attention weights (training only).
     return_weights: also return the weights [batch, heads, q_len, kv_len] (float32).
     kv_heads_major: key and value are [batch, heads, kv_len, d] instead: the layout in which
@@ -123,7 +164,7 @@ def dot_product_attention(
   if not use_einsum:
     if kv_heads_major:
       key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
-    out = jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=None)
+    out = _jax_attention(query, key, value, mask)
     if row_has_key is not None:
       out = out * jnp.swapaxes(row_has_key, 1, 2)[..., None].astype(out.dtype)
     return out

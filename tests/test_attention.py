@@ -129,12 +129,41 @@ def test_softmax_is_float32_for_bfloat16_inputs():
   np.testing.assert_allclose(np.asarray(out, np.float32), ref_out, atol=5e-2)
 
 
-def test_einsum_and_jax_kernels_agree():
+def test_einsum_and_jax_kernels_agree_and_the_jax_kernel_says_which_it_runs(capfd):
   q, k, v = random_qkv(lq=7, lk=7, h=2, d=8)
   mask = padded_causal_mask()
+  attn._notice.cache_clear()  # pylint: disable=protected-access
   a = attn.dot_product_attention(q, k, v, mask, kernel='einsum')
   b = attn.dot_product_attention(q, k, v, mask, kernel='jax')
   np.testing.assert_allclose(a, b, atol=1e-5)
+  attn.dot_product_attention(q, k, v, mask, kernel='jax')
+  notices = capfd.readouterr().err.splitlines()
+  if jax.default_backend() != 'gpu':  # once per process, whatever the number of calls
+    assert (
+      notices.count(
+        f'attention_kernel=jax: XLA attention, not cuDNN (the devices are '
+        f'{jax.default_backend()}, not CUDA GPUs).'
+      )
+      <= 1
+    )
+
+
+@pytest.mark.parametrize(
+  'backend,dtype,head_dim,why',
+  [
+    ('gpu', jnp.bfloat16, 64, ''),
+    ('gpu', jnp.float16, 128, ''),
+    ('cpu', jnp.bfloat16, 64, 'the devices are cpu, not CUDA GPUs'),
+    ('gpu', jnp.float32, 64, 'float32 inputs; cuDNN takes bfloat16 or float16 (config.dtype)'),
+    ('gpu', jnp.bfloat16, 12, 'head size 12; cuDNN takes multiples of 8 up to 256'),
+    ('gpu', jnp.bfloat16, 512, 'head size 512; cuDNN takes multiples of 8 up to 256'),
+  ],
+)
+def test_fused_attention_is_asked_for_only_where_cudnn_takes_the_inputs(
+  backend, dtype, head_dim, why
+):
+  query = jax.ShapeDtypeStruct((2, 16, 4, head_dim), dtype)
+  assert attn.fused_attention_unsupported(query, backend) == why
 
 
 def test_attention_dropout_zeroes_weights_and_rescales():
