@@ -109,7 +109,8 @@ def get_config(size: str = 'tiny'):
   config.rnn_hidden_dim = 256  # rnn: decoder state and annotation width (encoder: half each way)
   config.rnn_attention = 'additive'  # rnn: additive (Bahdanau) | dot | general (Luong)
   config.copy_attention = False  # pointer-generator: also copy source tokens (summaries)
-  config.attention_kernel = 'einsum'  # einsum (own path) | jax (jax.nn.dot_product_attention)
+  # einsum (own path) | jax (jax.nn.dot_product_attention: cuDNN on GPUs where the inputs qualify)
+  config.attention_kernel = 'einsum'
   config.dtype = 'float32'  # activations: float32 | bfloat16
   config.param_dtype = 'float32'
   # matmul operands: bfloat16 (float32 sums) | float32 (exact) | auto: bfloat16 where the
