@@ -38,9 +38,15 @@ def elapsed_minutes(workdir):
 
 
 def checkpoint_at(workdir, minutes, logged):
-  """(step, minutes) of the last checkpoint at or before `minutes`, or None."""
-  steps = Checkpoints(workdir, keep=1000).manager.all_steps()
-  timed = [(logged[s], s) for s in steps if s in logged and logged[s] <= minutes + 1e-6]
+  """(step, minutes) of the last checkpoint at or before `minutes`, or None. A checkpoint's
+  minutes are those of the first logged step at or after it (the last logged step for a
+  final checkpoint after it): an upper bound, by at most one logging interval."""
+  timed = []
+  for step in Checkpoints(workdir, keep=1000).manager.all_steps():
+    later = [s for s in logged if s >= step]
+    at = logged[min(later)] if later else logged[max(logged)]
+    if at <= minutes + 1e-6:
+      timed.append((at, step))
   return max(timed)[::-1] if timed else None
 
 

@@ -206,12 +206,11 @@ def test_padding_changes_nothing_and_gets_no_attention():
   assert np.all(np.asarray(weights)[:, 0][np.asarray(wider_src == 0)[:, None, :].repeat(6, 1)] == 0)
 
 
-@pytest.mark.parametrize('beam_size', [1, 3])
-def test_cached_searches_equal_recomputing_the_prefix(beam_size):
+def test_cached_searches_equal_recomputing_the_prefix():
   """Beam search and greedy decoding with the recurrent state as their cache (reordered with the
   beams) find what teacher forcing over each prefix finds, in groups too."""
   model = tiny_rnn('lstm', 'general')
-  kwargs = dict(max_len=10, alpha=0.6, beam_size=beam_size)
+  kwargs = dict(max_len=10, alpha=0.6, beam_size=3)
   cached, cached_scores = decoding.beam_search(model, SRC, **kwargs)
   recomputed, scores = decoding.beam_search(model, SRC, use_cache=False, **kwargs)
   grouped, _ = decoding.beam_search(model, SRC, groups=2, **kwargs)
