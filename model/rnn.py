@@ -36,14 +36,14 @@ from model.attention import (
   logical_param,
 )
 from model.fast_ops import DTYPES, MATMUL_DTYPES, masked_softmax, matmul, resolve_matmul_dtype
-from model.transformer import TokenEnds, token_embedding
+from model.transformer import ModelConfig, TokenEnds, token_embedding
 
 CELLS = {'gru': 3, 'lstm': 4}  # cell -> gates
 SCORES = ('additive', 'dot', 'general')
 
 
 @dataclasses.dataclass(frozen=True)
-class RNNConfig:
+class RNNConfig(ModelConfig):
   """What `RNNEncoderDecoder` is built from (fields documented in configs/default.py)."""
 
   vocab_size: int
@@ -63,42 +63,32 @@ class RNNConfig:
   param_dtype: str = 'float32'
   matmul_dtype: str = 'auto'
 
-  @classmethod
-  def from_config(cls, config) -> 'RNNConfig':
-    """The model's fields of an experiment config (a ConfigDict or any mapping)."""
-    return cls(**{field.name: config[field.name] for field in dataclasses.fields(cls)})
-
   def __post_init__(self):
-    def fail(field, why):
-      raise ValueError(f'config.{field}={getattr(self, field)!r} {why}')
-
-    for field in (
-      'vocab_size',
-      'emb_dim',
-      'rnn_hidden_dim',
-      'num_encoder_layers',
-      'num_decoder_layers',
-      'max_len',
-    ):
-      value = getattr(self, field)
-      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        fail(field, 'must be a positive integer.')
+    self.check_fields(
+      positive=(
+        'vocab_size',
+        'emb_dim',
+        'rnn_hidden_dim',
+        'num_encoder_layers',
+        'num_decoder_layers',
+        'max_len',
+      ),
+      choices=(
+        ('rnn_cell', tuple(CELLS)),
+        ('rnn_attention', SCORES),
+        ('dtype', tuple(DTYPES)),
+        ('param_dtype', tuple(DTYPES)),
+        ('matmul_dtype', MATMUL_DTYPES),
+      ),
+      rates=('dropout_rate', 'source_word_dropout'),
+      flags=('share_embeddings', 'tie_output_embedding', 'copy_attention'),
+    )
     if self.rnn_hidden_dim % 2:
-      fail('rnn_hidden_dim', 'must be even (the encoder splits it between its two directions).')
-    for field, allowed in (
-      ('rnn_cell', tuple(CELLS)),
-      ('rnn_attention', SCORES),
-      ('dtype', tuple(DTYPES)),
-      ('param_dtype', tuple(DTYPES)),
-      ('matmul_dtype', MATMUL_DTYPES),
-    ):
-      if getattr(self, field) not in allowed:
-        fail(field, f'is unknown; use one of {allowed}.')
-    for field in ('dropout_rate', 'source_word_dropout'):
-      if not 0.0 <= getattr(self, field) < 1.0:
-        fail(field, 'must be in [0, 1).')
+      self.fail(
+        'rnn_hidden_dim', 'must be even (the encoder splits it between its two directions).'
+      )
     if self.copy_attention:
-      fail('copy_attention', "is built for architecture='transformer' only; set it False.")
+      self.fail('copy_attention', "is built for architecture='transformer' only; set it False.")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -320,6 +310,16 @@ class RNNEncoderDecoder(TokenEnds):
 
   # -- decoder
 
+  def _restart(self, carry, initial, start):
+    """The decoder carry (per layer cell carries, h~) where `start` (bool, broadcastable to
+    [rows, 1]) is True: each layer from `initial` [rows, layers, hidden], h~ from zero."""
+    states, feed = carry
+    states = tuple(
+      tuple(jnp.where(start, s, c) for s, c in zip(cell.start_carry(initial[:, i]), state))
+      for i, (cell, state) in enumerate(zip(self.decoder_cells, states))
+    )
+    return states, jnp.where(start, 0.0, feed).astype(feed.dtype)
+
   def _decoder_step(self, carry, embedded, memory, mask, rng):
     """One target position for rows decoding `sources` sources (rows // sources each).
 
@@ -394,17 +394,9 @@ class RNNEncoderDecoder(TokenEnds):
 
     def body(carry, xs):
       embedded_t, start_t, initial_t, mask_t, t = xs
-      states, feed = carry
-      states = tuple(
-        tuple(
-          jnp.where(start_t[:, None], s, c)
-          for s, c in zip(cell.start_carry(initial_t[:, i]), state)
-        )
-        for i, (cell, state) in enumerate(zip(self.decoder_cells, states))
-      )
-      feed = jnp.where(start_t[:, None], 0.0, feed).astype(feed.dtype)
+      carry = self._restart(carry, initial_t, start_t[:, None])
       step_rng = fold_rng(dropout_rng, 1, t)
-      return self._decoder_step((states, feed), embedded_t, memory, mask_t[:, None, :], step_rng)
+      return self._decoder_step(carry, embedded_t, memory, mask_t[:, None, :], step_rng)
 
     time_major = [jnp.swapaxes(a, 0, 1) for a in (embedded, example_starts(target), initial, mask)]
     _, (features, weights) = jax.lax.scan(
@@ -467,17 +459,10 @@ class RNNEncoderDecoder(TokenEnds):
         f'{tokens.shape[0]} rows do not split into groups of beams of {sources} sources (cross_kv).'
       )
     group = tokens.shape[0] // sources
-    first = cache['index'] == 0
     initial = jnp.repeat(cross_kv['initial'], group, axis=0)  # [rows, layers, hidden]
-    states = tuple(
-      tuple(jnp.where(first, s, c) for s, c in zip(cell.start_carry(initial[:, i]), state))
-      for i, (cell, state) in enumerate(zip(self.decoder_cells, cache['states']))
-    )
-    feed = jnp.where(first, 0.0, cache['feed']).astype(cache['feed'].dtype)
+    carry = self._restart((cache['states'], cache['feed']), initial, cache['index'] == 0)
     embedded = self._embed(self.target_embed, tokens, None)
     mask = (inputs[::group] != 0)[:, None, :]  # [sources, 1, src_len]
-    (states, feed), (features, _) = self._decoder_step(
-      (states, feed), embedded, cross_kv, mask, None
-    )
+    (states, feed), (features, _) = self._decoder_step(carry, embedded, cross_kv, mask, None)
     logits = self.vocab_logits(features[:, None])[:, 0]
     return logits, {'index': cache['index'] + 1, 'states': states, 'feed': feed}

@@ -98,8 +98,37 @@ def pointer_generator_log_probs(logits, gate_logit, attention, source_ids):
   )
 
 
+class ModelConfig:
+  """What the architectures' typed configs share: building one from an experiment config, and
+  checks of their fields that raise ValueError naming the field and what it must be."""
+
+  @classmethod
+  def from_config(cls, config):
+    """The model's fields of an experiment config (a ConfigDict or any mapping)."""
+    return cls(**{field.name: config[field.name] for field in dataclasses.fields(cls)})
+
+  def fail(self, field, why):
+    raise ValueError(f'config.{field}={getattr(self, field)!r} {why}')
+
+  def check_fields(self, positive=(), choices=(), rates=(), flags=()):
+    """positive: integers > 0; choices: (field, allowed values); rates: in [0, 1); flags: bools."""
+    for field in positive:
+      value = getattr(self, field)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        self.fail(field, 'must be a positive integer.')
+    for field, allowed in choices:
+      if getattr(self, field) not in allowed:
+        self.fail(field, f'is unknown; use one of {allowed}.')
+    for field in rates:
+      if not 0.0 <= getattr(self, field) < 1.0:
+        self.fail(field, 'must be in [0, 1).')
+    for field in flags:
+      if not isinstance(getattr(self, field), bool):
+        self.fail(field, 'must be True or False.')
+
+
 @dataclasses.dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(ModelConfig):
   """What `EncoderDecoder` is built from: its shape and its numerics, nothing of training.
 
   Built once from an experiment's ConfigDict (`from_config`), whose fields of the same names
@@ -129,55 +158,40 @@ class TransformerConfig:
   param_dtype: str = 'float32'
   matmul_dtype: str = 'auto'  # one of MATMUL_DTYPES; see resolve_matmul_dtype
 
-  @classmethod
-  def from_config(cls, config) -> 'TransformerConfig':
-    """The model's fields of an experiment config (a ConfigDict or any mapping)."""
-    return cls(**{field.name: config[field.name] for field in dataclasses.fields(cls)})
-
   def __post_init__(self):
-    def fail(field, why):
-      raise ValueError(f'config.{field}={getattr(self, field)!r} {why}')
-
-    for field in (
-      'vocab_size',
-      'emb_dim',
-      'num_heads',
-      'num_encoder_layers',
-      'num_decoder_layers',
-      'mlp_dim',
-      'max_len',
-    ):
-      value = getattr(self, field)
-      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        fail(field, 'must be a positive integer.')
+    self.check_fields(
+      positive=(
+        'vocab_size',
+        'emb_dim',
+        'num_heads',
+        'num_encoder_layers',
+        'num_decoder_layers',
+        'mlp_dim',
+        'max_len',
+      ),
+      choices=(
+        ('attention_kernel', KERNELS),
+        ('position_embedding', POSITION_TYPES),
+        ('layer_norm', LAYER_NORM_TYPES),
+        ('dtype', tuple(DTYPES)),
+        ('activation', tuple(ACTIVATIONS)),
+        ('param_dtype', tuple(DTYPES)),
+        ('matmul_dtype', MATMUL_DTYPES),
+      ),
+      rates=('dropout_rate', 'attention_dropout_rate', 'source_word_dropout'),
+      flags=('share_embeddings', 'tie_output_embedding', 'copy_attention'),
+    )
     if self.emb_dim % self.num_heads:
-      fail('num_heads', f'must divide config.emb_dim={self.emb_dim}.')
+      self.fail('num_heads', f'must divide config.emb_dim={self.emb_dim}.')
     if self.position_embedding == 'rope' and (self.emb_dim // self.num_heads) % 2:
-      fail(
+      self.fail(
         'position_embedding',
         f'needs an even head dimension; emb_dim / num_heads = {self.emb_dim // self.num_heads}.',
       )
     if not self.qk_norm >= 0:
-      fail('qk_norm', 'must be >= 0 (0: off; else the initial attention scale g, e.g. 10).')
-    for field in ('dropout_rate', 'attention_dropout_rate', 'source_word_dropout'):
-      if not 0.0 <= getattr(self, field) < 1.0:
-        fail(field, 'must be in [0, 1).')
-    for field, allowed in (
-      ('attention_kernel', KERNELS),
-      ('position_embedding', POSITION_TYPES),
-      ('layer_norm', LAYER_NORM_TYPES),
-      ('dtype', tuple(DTYPES)),
-      ('activation', tuple(ACTIVATIONS)),
-      ('param_dtype', tuple(DTYPES)),
-      ('matmul_dtype', MATMUL_DTYPES),
-    ):
-      if getattr(self, field) not in allowed:
-        fail(field, f'is unknown; use one of {allowed}.')
-    for field in ('share_embeddings', 'tie_output_embedding', 'copy_attention'):
-      if not isinstance(getattr(self, field), bool):
-        fail(field, 'must be True or False.')
+      self.fail('qk_norm', 'must be >= 0 (0: off; else the initial attention scale g, e.g. 10).')
     if self.copy_attention and self.attention_dropout_rate:
-      fail(
+      self.fail(
         'attention_dropout_rate',
         'must be 0 with copy_attention (the copy distribution is '
         'the attention weights, which attention dropout would unnormalise).',

@@ -1,5 +1,6 @@
 """Helpers shared by the test modules: tiny configs, a toy task and subprocess runs."""
 
+import functools
 import json
 import os
 import socket
@@ -7,12 +8,15 @@ import subprocess
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from configs import default
 from evaluation.runs import load_params, load_run
 from model.transformer import TransformerConfig
+from training import steps as training_steps
+from training.steps import create_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -197,3 +201,19 @@ def tiny_model_config(**overrides):
 
 
 SRC = jnp.array([[5, 6, 7, 8, 1, 0], [9, 10, 1, 0, 0, 0]])
+
+
+def loss_and_grads(config, chunk, rdrop_alpha=0.0):
+  """training.steps.loss_and_grads of `config`'s model on `random_batch()`, jit-compiled, with
+  loss_chunk_size `chunk` (0: the plain logits path)."""
+  graphdef, params, rest = create_model(config, 0)
+  return jax.jit(
+    functools.partial(
+      training_steps.loss_and_grads,
+      graphdef=graphdef,
+      rest=rest,
+      label_smoothing=0.1,
+      loss_chunk_size=chunk,
+      rdrop_alpha=rdrop_alpha,
+    )
+  )(params, random_batch(), jax.random.key(3))

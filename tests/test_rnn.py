@@ -1,8 +1,6 @@
 """The recurrent encoder-decoder: its cells, scores and attention against NumPy written from the
 formulas, packing and padding, step-by-step decoding against teacher forcing, and training."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,11 +15,9 @@ from model.architectures import build_model
 from model.attention import additive_scores, dot_scores
 from model.rnn import RNNConfig, RNNEncoderDecoder
 from model.transformer import EncoderDecoder, count_params, shift_right
-from training import steps as training_steps
-from training.steps import create_model
 from training.trainer import train_and_evaluate
 
-from helpers import SRC, losses, random_batch, tiny_model_config, tiny_run_config
+from helpers import SRC, loss_and_grads, losses, tiny_model_config, tiny_run_config
 
 COMBINATIONS = [('gru', 'additive'), ('lstm', 'dot'), ('gru', 'general')]
 
@@ -239,19 +235,6 @@ def test_the_config_matches_transformer_tiny_in_size():
     sizes[name] = count_params(nnx.eval_shape(lambda c=config: build_model(c, nnx.Rngs(0))))
   assert sizes['rnn'] == 2_569_216 and sizes['transformer'] == 2_613_772
   assert abs(sizes['rnn'] / sizes['transformer'] - 1) < 0.02
-
-
-def loss_and_grads(config, chunk):
-  graphdef, params, rest = create_model(config, 0)
-  return jax.jit(
-    functools.partial(
-      training_steps.loss_and_grads,
-      graphdef=graphdef,
-      rest=rest,
-      label_smoothing=0.1,
-      loss_chunk_size=chunk,
-    )
-  )(params, random_batch(), jax.random.key(3))
 
 
 def test_the_fused_loss_takes_the_attentional_vectors(tmp_path):

@@ -27,7 +27,7 @@ from training.checks import ConfigError, check_resume, save_config, validate_tra
 from training.data import SAMPLES_DIR, load_data
 from training.optimizer import create_learning_rate_schedule, decays_weight
 from training.parallel import make_mesh, to_host
-from training.steps import create_model, create_training
+from training.steps import create_training
 from training.time_budget import TimeBudget, budget_position
 from training.trainer import train_and_evaluate
 from training.workdir import LOCK_FILE
@@ -36,6 +36,7 @@ from helpers import (
   ROOT,
   final_params,
   finish,
+  loss_and_grads,
   losses,
   random_batch,
   run_train,
@@ -89,20 +90,6 @@ def test_tiny_model_learns_to_reverse_sequences(tmp_path):
   assert metrics['train/nll'] < 0.05
   assert metrics['eval/nll'] < 0.1
   assert metrics['eval/bleu'] > 90
-
-
-def loss_and_grads(config, chunk, rdrop_alpha=0.0):
-  graphdef, params, rest = create_model(config, 0)
-  return jax.jit(
-    functools.partial(
-      training_steps.loss_and_grads,
-      graphdef=graphdef,
-      rest=rest,
-      label_smoothing=0.1,
-      loss_chunk_size=chunk,
-      rdrop_alpha=rdrop_alpha,
-    )
-  )(params, random_batch(), jax.random.key(3))
 
 
 def assert_same_loss_and_grads(result_a, result_b):
