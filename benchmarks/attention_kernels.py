@@ -3,11 +3,14 @@ r"""The two attention kernels side by side: outputs and gradients, and time per 
   .venv/bin/python benchmarks/attention_kernels.py [--batch=32 --length=512 --heads=8 \
       --head_dim=64 --dtype=bfloat16]
 
-`attention_kernel=einsum` (the textbook path) against `jax` (`jax.nn.dot_product_attention`:
-cuDNN's fused attention on a CUDA GPU for bfloat16/float16 inputs, else XLA's, with a notice)
-on a padded causal mask: the largest output and gradient differences (bfloat16 tolerance is
-about 1e-2 of the values' scale) and the median milliseconds of a jit-compiled forward and of
-a forward plus backward pass.
+`attention_kernel=einsum` (the textbook path, on the dense mask) against `jax`
+(`jax.nn.dot_product_attention` given the mask's structure: cuDNN's fused attention on a CUDA
+GPU for bfloat16/float16 inputs, else XLA's, with a notice) on two causal self-attention masks:
+padded rows of one example each (cuDNN: is_causal and sequence lengths) and packed rows of
+examples 8 to 64 tokens long (cuDNN's packed layout on Hopper and later, else a segment bias).
+It prints the largest output and gradient differences (bfloat16 tolerance is about 1e-2 of the
+values' scale) and the median milliseconds of a jit-compiled forward and of a forward plus
+backward pass.
 """
 
 import os
@@ -30,13 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from model.attention import (  # noqa: E402
-  combine_masks,
-  dot_product_attention,
-  fused_attention_unsupported,
-  make_attention_mask,
-  make_causal_mask,
-)
+from model.attention import AttentionMask, dot_product_attention, fused_attention_unsupported  # noqa: E402
 
 
 def median_ms(fn, *args):
@@ -49,19 +46,23 @@ def median_ms(fn, *args):
   return 1000 * float(np.median(times))
 
 
-def main(argv):
-  del argv
-  shape = (FLAGS.batch, FLAGS.length, FLAGS.heads, FLAGS.head_dim)
-  keys = jax.random.split(jax.random.key(0), 3)
-  q, k, v = (jax.random.normal(key, shape, FLAGS.dtype) for key in keys)
-  lengths = jnp.linspace(FLAGS.length // 2, FLAGS.length, FLAGS.batch).astype(jnp.int32)
-  valid = jnp.arange(FLAGS.length)[None, :] < lengths[:, None]
-  mask = combine_masks(make_attention_mask(valid, valid), make_causal_mask(FLAGS.length))
-  why = fused_attention_unsupported(q)
-  print(
-    f'== attention kernels, {jax.devices()[0].device_kind}, inputs {shape} {FLAGS.dtype}; '
-    f'jax kernel: {"cuDNN" if not why else "XLA (" + why + ")"}'
-  )
+def masks():
+  """Padded rows (lengths from half to all of the row) and packed rows (the same, cut into
+  examples of 8 to 64 tokens)."""
+  lengths = np.linspace(FLAGS.length // 2, FLAGS.length, FLAGS.batch).astype(int)
+  valid = np.arange(FLAGS.length)[None, :] < lengths[:, None]
+  rng = np.random.default_rng(0)
+  segments = np.zeros((FLAGS.batch, FLAGS.length), np.int32)
+  for row, length in enumerate(lengths):
+    cuts = np.cumsum(rng.integers(8, 65, size=FLAGS.length))
+    segments[row, :length] = 1 + np.searchsorted(cuts, np.arange(length), side='right')
+  return {
+    'padded': AttentionMask.padding(jnp.asarray(valid), jnp.asarray(valid), causal=True),
+    'packed': AttentionMask.segments(jnp.asarray(segments), jnp.asarray(segments), causal=True),
+  }
+
+
+def compare(name, mask, q, k, v):
   results = {}
   for kernel in ('einsum', 'jax'):
     forward = jax.jit(
@@ -71,17 +72,30 @@ def main(argv):
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
     results[kernel] = (forward(q, k, v), grads(q, k, v))
     print(
-      f'{kernel:7s} forward {median_ms(forward, q, k, v):8.2f} ms   '
+      f'{name:7s} {kernel:7s} forward {median_ms(forward, q, k, v):8.2f} ms   '
       f'forward+backward {median_ms(grads, q, k, v):8.2f} ms'
     )
-  real = valid[:, :, None, None]  # padded queries' outputs are defined as zero by both
   (out_a, grads_a), (out_b, grads_b) = results['einsum'], results['jax']
-  diff = jnp.max(jnp.abs(jnp.where(real, out_a.astype(jnp.float32) - out_b.astype(jnp.float32), 0)))
+  diff = jnp.max(jnp.abs(out_a.astype(jnp.float32) - out_b.astype(jnp.float32)))
   scale = float(jnp.max(jnp.abs(out_a)))
-  print(f'max |output difference|   {float(diff):.3e} (outputs up to {scale:.2f})')
-  for name, a, b in zip('qkv', grads_a, grads_b):
+  print(f'{name:7s} max |output difference| {float(diff):.3e} (up to {scale:.2f})')
+  for grad, a, b in zip('qkv', grads_a, grads_b):
     d, scale = jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))), jnp.max(jnp.abs(a))
-    print(f'max |d{name} difference|       {float(d):.3e} (values up to {float(scale):.2f})')
+    print(f'{name:7s} max |d{grad} difference|     {float(d):.3e} (up to {float(scale):.2f})')
+
+
+def main(argv):
+  del argv
+  shape = (FLAGS.batch, FLAGS.length, FLAGS.heads, FLAGS.head_dim)
+  keys = jax.random.split(jax.random.key(0), 3)
+  q, k, v = (jax.random.normal(key, shape, FLAGS.dtype) for key in keys)
+  why = fused_attention_unsupported(q)
+  print(
+    f'== attention kernels, {jax.devices()[0].device_kind}, inputs {shape} {FLAGS.dtype}; '
+    f'jax kernel: {"cuDNN" if not why else "XLA (" + why + ")"}'
+  )
+  for name, mask in masks().items():
+    compare(name, mask, q, k, v)
 
 
 if __name__ == '__main__':

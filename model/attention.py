@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from model.fast_ops import dropout_keep_mask, masked_softmax, matmul
 
@@ -82,6 +82,53 @@ def combine_masks(*masks):
   return out
 
 
+@struct.dataclass
+class AttentionMask:
+  """A mask given by its structure, segment ids and causality, rather than as an array: query
+  i may attend to key j when both are in the same segment and, if `causal`, j <= i.
+
+  query_segments: int [batch, q_len], or None: every query real, in one segment.
+  key_segments: int [batch or 1, kv_len]. Segment ids number the examples of a packed row 1, 2,
+    ... from the left, each contiguous, with 0 for padding. A row of one example has 1 for each
+    real token, with the real tokens first.
+  packed: rows may hold several examples.
+  `dense()` is the boolean [batch, 1, q_len, kv_len] array. The jax kernel passes the structure
+  on instead: `is_causal` and sequence lengths, or for packed rows the segments' offsets and
+  lengths (cuDNN's packed layout), so that cuDNN can skip what is masked.
+  """
+
+  query_segments: Any
+  key_segments: Any
+  causal: bool = struct.field(pytree_node=False, default=False)
+  packed: bool = struct.field(pytree_node=False, default=False)
+
+  @classmethod
+  def padding(cls, query_valid, key_valid, causal: bool = False):
+    """Rows of one example each; query_valid [batch, q_len] or None, key_valid [batch or 1,
+    kv_len]: booleans, True for real tokens."""
+    ids = lambda valid: None if valid is None else jnp.asarray(valid, jnp.int32)
+    return cls(ids(query_valid), ids(key_valid), causal=causal)
+
+  @classmethod
+  def segments(cls, query_segments, key_segments, causal: bool = False):
+    """Packed rows: segment ids [batch, q_len] and [batch, kv_len] (0 = padding)."""
+    return cls(query_segments, key_segments, causal=causal, packed=True)
+
+  def dense(self):
+    """The boolean mask [batch, 1, q_len or 1, kv_len]: True where a query may attend."""
+    if self.causal and (
+      self.query_segments is None or self.query_segments.shape[-1] != self.key_segments.shape[-1]
+    ):
+      raise ValueError('a causal AttentionMask needs query and key segments of one length.')
+    if self.query_segments is None:
+      mask = (self.key_segments != 0)[:, None, None, :]
+    else:
+      mask = make_segment_mask(self.query_segments, self.key_segments)
+    if self.causal:
+      mask = mask & make_causal_mask(mask.shape[-1])
+    return mask
+
+
 # ----------------------------------------------------------------------------- core kernel
 
 
@@ -106,17 +153,94 @@ def _notice(message: str):
   print(message, file=sys.stderr)
 
 
+def _first_line(error: Exception) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
+
+
+def _mask_arguments(mask, batch: int) -> dict:
+  """`jax.nn.dot_product_attention`'s mask arguments for `mask` (None, a boolean array or an
+  AttentionMask): `is_causal` and sequence lengths for rows of one example, `is_causal` and the
+  segment mask for packed rows, a given array as it is."""
+  if not isinstance(mask, AttentionMask):
+    return {} if mask is None else {'mask': mask}
+  if mask.packed:
+    segments = AttentionMask.segments(mask.query_segments, mask.key_segments)
+    return {'mask': segments.dense(), 'is_causal': mask.causal}
+
+  def lengths(segments):  # real tokens first: a row's length is its count of real tokens
+    return jnp.broadcast_to(jnp.sum(segments != 0, axis=-1, dtype=jnp.int32), (batch,))
+
+  q = mask.query_segments
+  return {
+    'is_causal': mask.causal,
+    'query_seq_lengths': None if q is None else lengths(q),
+    'key_value_seq_lengths': lengths(mask.key_segments),
+  }
+
+
+def packed_segment_layout(segments, max_segments: int):
+  """cuDNN's packed layout of segment ids [batch, len] (numbered 1, 2, ... from the left, each
+  contiguous, 0 = padding): each segment's length [batch, max_segments] and start
+  [batch, max_segments + 1], -1 past a row's last segment (and in the last column)."""
+  member = segments[:, :, None] == jnp.arange(1, max_segments + 1)  # [batch, len, segments]
+  lengths = jnp.sum(member, axis=1, dtype=jnp.int32)
+  starts = jnp.argmax(member, axis=1).astype(jnp.int32)
+  present = lengths > 0
+  unused = jnp.full_like(lengths[:, :1], -1)
+  return jnp.where(present, lengths, -1), jnp.concatenate(
+    [jnp.where(present, starts, -1), unused], axis=1
+  )
+
+
+def _cudnn_packed_attention(query, key, value, mask: AttentionMask):
+  """cuDNN's fused attention over packed rows, each segment attending within itself (causally
+  if the mask is), given as segment offsets and lengths. JAX exposes this layout only in its
+  cuDNN module, not in `jax.nn.dot_product_attention`; cuDNN runs it on Hopper GPUs and later."""
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn  # noqa: PLC0415
+
+  max_segments = min(query.shape[1], key.shape[1])  # each example has a token on both sides
+  q_lengths, q_offsets = packed_segment_layout(mask.query_segments, max_segments)
+  kv_lengths, kv_offsets = packed_segment_layout(mask.key_segments, max_segments)
+  return cudnn.dot_product_attention(
+    query,
+    key,
+    value,
+    q_seqlen=q_lengths,
+    kv_seqlen=kv_lengths,
+    q_offsets=q_offsets,
+    kv_offsets=kv_offsets,
+    scale=1.0 / math.sqrt(query.shape[-1]),
+    mask_type=cudnn.MaskType.PADDING_CAUSAL if mask.causal else cudnn.MaskType.PADDING,
+  )
+
+
+def _cudnn_attention(query, key, value, mask):
+  """cuDNN's fused attention with the mask's structure; packed rows in cuDNN's packed layout,
+  or, where cuDNN refuses that layout, with the segment mask as an additive bias."""
+  if isinstance(mask, AttentionMask) and mask.packed:
+    try:
+      return _cudnn_packed_attention(query, key, value, mask)
+    except (NotImplementedError, RuntimeError, ValueError) as e:  # JAX's own checks of cuDNN
+      _notice(f'attention_kernel=jax: cuDNN with a segment bias, not its packed layout ({e}).')
+  return jax.nn.dot_product_attention(
+    query, key, value, **_mask_arguments(mask, query.shape[0]), implementation='cudnn'
+  )
+
+
 def _jax_attention(query, key, value, mask):
-  """`jax.nn.dot_product_attention`: cuDNN's fused attention where the inputs qualify (the
-  boolean mask goes in as cuDNN's additive bias), else XLA's, with a one-line notice saying why."""
+  """`jax.nn.dot_product_attention` given the mask's structure where it has one: cuDNN's fused
+  attention where the inputs qualify, else XLA's, with a one-line notice saying why."""
   why = fused_attention_unsupported(query)
   if not why:
     try:
-      return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation='cudnn')
+      return _cudnn_attention(query, key, value, mask)
     except (NotImplementedError, RuntimeError, ValueError) as e:  # JAX's own checks of cuDNN
-      why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      why = _first_line(e)
   _notice(f'attention_kernel=jax: XLA attention, not cuDNN ({why}).')
-  return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation='xla')
+  return jax.nn.dot_product_attention(
+    query, key, value, **_mask_arguments(mask, query.shape[0]), implementation='xla'
+  )
 
 
 def dot_product_attention(
@@ -136,7 +260,8 @@ def dot_product_attention(
   Args:
     query: [batch, q_len, heads, d_k]; key: [batch, kv_len, heads, d_k];
     value: [batch, kv_len, heads, d_v].
-    mask: boolean, broadcastable to [batch, heads, q_len, kv_len]; True = may attend.
+    mask: boolean, broadcastable to [batch, heads, q_len, kv_len], True = may attend; or an
+      `AttentionMask`, the same given by segment ids and causality.
     kernel: 'einsum' (this module's own path, the only one that can return weights or apply
       attention dropout) or 'jax' (`jax.nn.dot_product_attention`: cuDNN's fused attention on
       CUDA GPUs for bfloat16 or float16 inputs and head sizes it takes, else XLA's).
@@ -156,6 +281,9 @@ def dot_product_attention(
     _check_qkv(query, key, value)
   if kernel not in KERNELS:
     raise ValueError(f'attention kernel={kernel!r} is unknown; use one of {KERNELS}.')
+  structure = mask
+  if isinstance(mask, AttentionMask):
+    mask = mask.dense()
   # A query row with no key to attend to: its output is defined as zero.
   row_has_key = None if mask is None else jnp.any(mask, axis=-1)  # [b, h|1, q]
   use_einsum = (
@@ -164,9 +292,9 @@ def dot_product_attention(
   if not use_einsum:
     if kv_heads_major:
       key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
-    out = _jax_attention(query, key, value, mask)
-    if row_has_key is not None:
-      out = out * jnp.swapaxes(row_has_key, 1, 2)[..., None].astype(out.dtype)
+    out = _jax_attention(query, key, value, structure)
+    if row_has_key is not None:  # `where`: cuDNN leaves rows outside every segment undefined
+      out = jnp.where(jnp.swapaxes(row_has_key, 1, 2)[..., None], out, jnp.zeros_like(out))
     return out
 
   depth = query.shape[-1]
@@ -465,7 +593,7 @@ class MultiHeadAttention(nnx.Module):
 
     key, value = write(cache['key'], k), write(cache['value'], v)
     max_len = key.shape[2]
-    mask = (jnp.arange(max_len) <= index)[None, None, None, :]  # [1, 1, 1, max_len]
+    mask = AttentionMask.padding(None, (jnp.arange(max_len) <= index)[None, :])  # keys 0..index
     new_cache = {'key': key, 'value': value, 'index': index + 1}
     if return_weights:
       out, weights = self.attend(

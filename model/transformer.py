@@ -16,16 +16,13 @@ from flax import nnx
 
 from model.attention import (
   KERNELS,
+  AttentionMask,
   MultiHeadAttention,
-  combine_masks,
   dropout,
   fold_rng,
   logical_init,
   logical_linear,
   logical_param,
-  make_attention_mask,
-  make_causal_mask,
-  make_segment_mask,
 )
 from model.fast_ops import DTYPES, MATMUL_DTYPES, layer_norm, matmul, resolve_matmul_dtype
 
@@ -529,9 +526,9 @@ class EncoderDecoder(TokenEnds):
     """inputs: [batch, src_len] token ids -> [batch, src_len, emb_dim] (and per-layer weights)."""
     self._check_tokens('inputs', inputs)
     if inputs_segmentation is None:
-      mask = make_attention_mask(inputs != 0, inputs != 0)
+      mask = AttentionMask.padding(inputs != 0, inputs != 0)
     else:
-      mask = make_segment_mask(inputs_segmentation, inputs_segmentation)
+      mask = AttentionMask.segments(inputs_segmentation, inputs_segmentation)
     table = self.source_embed or self.target_embed
     x = self._embed(
       table, inputs, inputs_positions, fold_rng(dropout_rng, 0), self.config.source_word_dropout
@@ -600,16 +597,13 @@ class EncoderDecoder(TokenEnds):
         f'batch mismatch: encoded {encoded.shape}, inputs {inputs.shape}, '
         f'decoder_inputs {decoder_inputs.shape}.'
       )
-    length = decoder_inputs.shape[1]
     if targets_segmentation is None:
       valid = decoder_inputs != 0
-      self_mask = combine_masks(make_attention_mask(valid, valid), make_causal_mask(length))
-      cross_mask = make_attention_mask(valid, inputs != 0)
+      self_mask = AttentionMask.padding(valid, valid, causal=True)
+      cross_mask = AttentionMask.padding(valid, inputs != 0)
     else:
-      self_mask = combine_masks(
-        make_segment_mask(targets_segmentation, targets_segmentation), make_causal_mask(length)
-      )
-      cross_mask = make_segment_mask(targets_segmentation, inputs_segmentation)
+      self_mask = AttentionMask.segments(targets_segmentation, targets_segmentation, causal=True)
+      cross_mask = AttentionMask.segments(targets_segmentation, inputs_segmentation)
     x = self._embed(self.target_embed, decoder_inputs, targets_positions, fold_rng(dropout_rng, 0))
     weights = [] if return_weights or self.copy_gate is not None else None
     for i, (layer, kv) in enumerate(zip(self.decoder_layers, self.cross_kv(encoded))):
@@ -685,7 +679,7 @@ class EncoderDecoder(TokenEnds):
       raise ValueError(
         f'{tokens.shape[0]} rows do not split into groups of beams of {sources} sources (cross_kv).'
       )
-    cross_mask = (inputs[:: tokens.shape[0] // sources] != 0)[:, None, None, :]
+    cross_mask = AttentionMask.padding(None, inputs[:: tokens.shape[0] // sources] != 0)
     weights = [] if self.copy_gate is not None else None
     new_cache = []
     for layer, kv, layer_cache in zip(self.decoder_layers, cross_kv, cache):

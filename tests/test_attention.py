@@ -1,5 +1,7 @@
 """Scaled dot-product and multi-head attention against a NumPy reference."""
 
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -146,6 +148,103 @@ def test_einsum_and_jax_kernels_agree_and_the_jax_kernel_says_which_it_runs(capf
       )
       <= 1
     )
+
+
+def test_attention_mask_structure_gives_the_masks_it_names():
+  valid = jnp.array([[True, True, False]])
+  np.testing.assert_array_equal(
+    attn.AttentionMask.padding(valid, valid, causal=True).dense()[0, 0],
+    [[1, 0, 0], [1, 1, 0], [0, 0, 0]],
+  )
+  segments = jnp.array([[1, 1, 2, 0]])
+  np.testing.assert_array_equal(
+    attn.AttentionMask.segments(segments, segments, causal=True).dense()[0, 0],
+    [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]],
+  )
+  decoding = attn.AttentionMask.padding(None, jnp.array([[True, True, False]])).dense()
+  assert decoding.shape == (1, 1, 1, 3)
+  np.testing.assert_array_equal(decoding[0, 0, 0], [1, 1, 0])
+  with pytest.raises(ValueError, match='causal AttentionMask needs query and key segments'):
+    attn.AttentionMask.padding(valid, jnp.ones((1, 4), bool), causal=True).dense()
+
+
+def structured_masks():
+  """Masks as the model builds them: [q_len, kv_len] and the AttentionMask."""
+  real = jnp.array([[1] * 7, [1] * 4 + [0] * 3], bool)
+  source = jnp.array([[1] * 5 + [0] * 4, [1] * 9], bool)
+  packed = jnp.array([[1, 1, 1, 2, 2, 2, 2], [1, 1, 2, 2, 2, 3, 0]])
+  packed_source = jnp.array([[1, 1, 2, 2, 2, 2, 0, 0, 0], [1, 2, 2, 2, 3, 3, 3, 3, 0]])
+  return {
+    'encoder': (7, 7, attn.AttentionMask.padding(real, real)),
+    'decoder': (7, 7, attn.AttentionMask.padding(real, real, causal=True)),
+    'cross': (7, 9, attn.AttentionMask.padding(real, source)),
+    'decoding step': (1, 9, attn.AttentionMask.padding(None, jnp.arange(9)[None, :] <= 4)),
+    'packed decoder': (7, 7, attn.AttentionMask.segments(packed, packed, causal=True)),
+    'packed cross': (7, 9, attn.AttentionMask.segments(packed, packed_source)),
+  }
+
+
+@pytest.mark.parametrize('name', list(structured_masks()))
+def test_jax_kernel_given_the_masks_structure_equals_the_definition(name):
+  """The jax kernel passes is_causal and sequence lengths (or, packed, is_causal and the segment
+  mask) to jax.nn.dot_product_attention: outputs and gradients equal the einsum kernel's on the
+  dense mask, and the NumPy definition."""
+  lq, lk, mask = structured_masks()[name]
+  arguments = attn._mask_arguments(mask, 2)  # pylint: disable=protected-access
+  assert arguments['is_causal'] == mask.causal
+  assert ('mask' in arguments) == mask.packed  # rows of one example: lengths, not an array
+  q, k, v = random_qkv(lq=lq, lk=lk, h=2, d=8)
+  ref_out, _ = numpy_attention(q, k, v, mask.dense())
+  cotangent = jnp.asarray(np.random.default_rng(5).normal(size=q.shape), jnp.float32)
+  results = {}
+  for kernel in attn.KERNELS:
+    f = lambda *a, kernel=kernel: attn.dot_product_attention(*a, mask, kernel=kernel)
+    out, vjp = jax.vjp(f, q, k, v)
+    np.testing.assert_allclose(out, ref_out, atol=1e-5)
+    results[kernel] = vjp(cotangent)
+  for a, b in zip(results['einsum'], results['jax']):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_packed_layout_gives_each_segments_start_and_length():
+  segments = jnp.array([[1, 1, 1, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
+  lengths, starts = attn.packed_segment_layout(segments, 4)
+  np.testing.assert_array_equal(lengths, [[3, 2, 1, -1], [8, -1, -1, -1]])
+  np.testing.assert_array_equal(starts, [[0, 3, 5, -1, -1], [0, -1, -1, -1, -1]])
+  # The layout rebuilds the segment mask: query i and key j in one segment [start, start + length).
+  _, _, mask = structured_masks()['packed cross']
+  (q_lengths, q_starts), (k_lengths, k_starts) = (
+    map(np.asarray, attn.packed_segment_layout(s, 7))
+    for s in (mask.query_segments, mask.key_segments)
+  )
+  rebuilt = np.zeros((2, 1, 7, 9), bool)
+  for b in range(2):
+    for s in range(7):
+      if q_lengths[b, s] > 0:
+        rows = slice(q_starts[b, s], q_starts[b, s] + q_lengths[b, s])
+        cols = slice(k_starts[b, s], k_starts[b, s] + k_lengths[b, s])
+        rebuilt[b, 0, rows, cols] = True
+  np.testing.assert_array_equal(rebuilt, mask.dense())
+
+
+def test_packed_layout_passes_jaxs_cudnn_checks_forward_and_backward():
+  """Traced abstractly (no GPU here: JAX's queries of the cuDNN version and the GPU's compute
+  capability answer as a Hopper GPU would), the packed-layout call passes JAX's own checks of
+  shapes, ranks and dtypes and gives the query's shape, and so do its gradients."""
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn  # noqa: PLC0415
+
+  segments = jnp.array([[1, 1, 1, 2, 2, 2, 2, 0], [1, 1, 2, 2, 2, 3, 0, 0]])
+  mask = attn.AttentionMask.segments(segments, segments, causal=True)
+  query = jax.ShapeDtypeStruct((2, 8, 2, 16), jnp.bfloat16)
+  f = lambda q, k, v: attn._cudnn_packed_attention(q, k, v, mask)  # pylint: disable=protected-access
+  loss = lambda *a: jnp.sum(f(*a).astype(jnp.float32))
+  with (
+    mock.patch.object(cudnn, 'check_cudnn_version', return_value=91000),
+    mock.patch.object(cudnn, 'check_compute_capability', return_value=True),
+    mock.patch.object(cudnn, 'is_cuda_compute_capability_equal', return_value=False),
+  ):
+    assert jax.eval_shape(f, query, query, query) == query
+    assert jax.eval_shape(jax.grad(loss, argnums=(0, 1, 2)), query, query, query) == (query,) * 3
 
 
 @pytest.mark.parametrize(

@@ -103,6 +103,7 @@ def test_self_attention_without_positions_is_permutation_equivariant():
   'overrides',
   [
     {},
+    {'attention_kernel': 'jax'},
     {'copy_attention': True},
     {'position_embedding': 'rope'},
     {'position_embedding': 'rope', 'qk_norm': 10.0},
