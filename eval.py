@@ -5,6 +5,7 @@ r"""Evaluate a trained run: decode a split and score it, translate your own text
   python eval.py --workdir=runs/x --ensemble=runs/y,runs/z --split=...  # 3 models as one
   python eval.py --workdir=runs/x --eval_files=test.tsv         # score your own test set
   python eval.py --workdir=runs/x --input=my_sentences.txt      # or --input=- (stdin)
+  python eval.py --workdir=runs/x --mesh=data:1,fsdp:8 ...     # default: the run's config.mesh
   python eval.py --workdir=runs/x --plot_attention="A dog runs across the field." \
                  --output=attn.png
 
@@ -62,6 +63,9 @@ def define_flags():
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
   flags.DEFINE_list('ensemble', [], 'Workdirs of more runs to decode with as one ensemble.')
   flags.DEFINE_bool('ema', False, 'Decode with the moving average of the parameters.')
+  flags.DEFINE_string(
+    'mesh', None, "Device mesh, e.g. 'data:-1' (config.mesh): parameters split as in training."
+  )
   # other modes
   flags.DEFINE_string('input', None, 'Translate/summarise lines of this file (- for stdin).')
   flags.DEFINE_string('plot_attention', None, 'Sentence whose attention maps to draw.')
@@ -95,7 +99,7 @@ def main(argv):
       examples, name = ev.examples_to_score(
         config, FLAGS.split, FLAGS.eval_files, FLAGS.file_format
       )
-    run = restore(FLAGS.workdir, config, tok, FLAGS.step, FLAGS.ensemble, FLAGS.ema)
+    run = restore(FLAGS.workdir, config, tok, FLAGS.step, FLAGS.ensemble, FLAGS.ema, FLAGS.mesh)
     if FLAGS.input is not None:
       for line in ev.translate_lines(run, lines):
         say(line)
@@ -109,6 +113,7 @@ def main(argv):
   except (EvalError, ConfigError, datasets.DataError, FileNotFoundError) as e:
     sys.exit(f'error: {e}')
   say('\n'.join(ev.report_lines(report, run)))
+  say(parallel.describe_placement(run.mesh, {'parameters': run.params}))
   decoding_flags = (*ev.DECODING_FLAGS, 'mbr', 'step', 'ensemble', 'ema', 'eval_files')
   if config.expected_result.startswith(f'{config.dataset} {name}: ') and all(
     FLAGS[f].value == FLAGS[f].default for f in decoding_flags

@@ -19,7 +19,7 @@ from input_pipeline import batching, datasets
 from input_pipeline import tokenizer as tokenizer_lib
 from model.transformer import shift_right
 from training.checks import check_decoding
-from training.parallel import BATCH_AXES, make_mesh
+from training.parallel import BATCH_AXES
 
 # eval.py flags that override a decoding constraint of the config (0: off)
 CONSTRAINT_FLAGS = {
@@ -74,9 +74,10 @@ def report_lines(report, run) -> list:
   return lines + [f'hypotheses: {report["hypotheses"]}']
 
 
-def batch_sharding():
-  """Decoding batches split over every device of every process (the mesh's batch axes)."""
-  return NamedSharding(make_mesh(), P(BATCH_AXES))
+def batch_sharding(run):
+  """Decoding batches split over the run's mesh's batch axes (every device of every process
+  that does not split the parameters by 'tensor')."""
+  return NamedSharding(run.mesh, P(BATCH_AXES))
 
 
 def output_name(run, name: str) -> str:
@@ -135,7 +136,7 @@ def evaluate_examples(run, examples, name: str):
     config.beam_size,
     config.length_penalty,
     config.eval_batch_size,
-    batch_sharding(),
+    batch_sharding(run),
   )
   seconds = time.time() - start
   if config.task == 'summarization':
@@ -194,7 +195,8 @@ def translate_lines(run, lines):
       )
   outputs = [''] * len(lines)
   if sources:
-    decoding = (config.beam_size, config.length_penalty, config.eval_batch_size, batch_sharding())
+    sharding = batch_sharding(run)
+    decoding = (config.beam_size, config.length_penalty, config.eval_batch_size, sharding)
     for i, text in zip(
       keep, decode_texts(sources, config, tok, run.graphdef, run.params, run.rest, *decoding)
     ):

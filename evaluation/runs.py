@@ -1,19 +1,18 @@
 """Restoring a training run: its config, tokenizer and (averaged or ensembled) parameters."""
 
+import math
 import sys
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from etils import epath
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from evaluation import EvalError
 from input_pipeline import tokenizer as tokenizer_lib
 from training.checkpoints import Checkpoints
 from training.checks import one_line, read_saved_config, save_config
-from training.parallel import make_mesh
+from training.parallel import BATCH_AXES, make_mesh, parse_rules, state_shardings
 from training.steps import create_model
 
 # config fields an ensemble's members must share: they fix what text the models read and write
@@ -33,19 +32,52 @@ class Restored(NamedTuple):
   steps: list
   ema: bool = False
   ensemble: tuple = ()
+  mesh: Any = None
 
 
-def restore(workdir: str, config, tok, step=None, ensemble=(), ema=False) -> Restored:
+def restore(
+  workdir: str, config, tok, step=None, ensemble=(), ema=False, mesh: str | None = None
+) -> Restored:
   """The run in `workdir` (with `ensemble` workdirs as more members) at config.average_last
-  checkpoints up to `step` (default: the latest)."""
+  checkpoints up to `step` (default: the latest), its parameters split over the devices of
+  every process as in training: on the mesh `mesh` (default: the run's config.mesh, see
+  `decoding_mesh`) by each run's config.sharding_rules. Decoding batches are split over the
+  mesh's batch axes."""
+  device_mesh = decoding_mesh(mesh, config.mesh)
+  if config.eval_batch_size % math.prod(device_mesh.shape[a] for a in BATCH_AXES):
+    raise EvalError(
+      f'--batch_size={config.eval_batch_size} is not divisible by the '
+      f'{math.prod(device_mesh.shape[a] for a in BATCH_AXES)} devices of the mesh axes data '
+      f'and fsdp; give a multiple of them.'
+    )
   if ensemble:
     graphdef, params, rest, steps = load_ensemble(
-      config, tok, workdir, ensemble, step, config.average_last, ema
+      config, tok, workdir, ensemble, step, config.average_last, ema, device_mesh
     )
   else:
-    graphdef, params, rest, steps = load_params(config, workdir, step, config.average_last, ema)
-  params = jax.device_put(params, NamedSharding(make_mesh(), P()))  # on every device, process
-  return Restored(workdir, config, tok, graphdef, params, rest, steps, ema, tuple(ensemble))
+    graphdef, params, rest, steps = load_params(
+      config, workdir, step, config.average_last, ema, device_mesh
+    )
+  return Restored(
+    workdir, config, tok, graphdef, params, rest, steps, ema, tuple(ensemble), device_mesh
+  )
+
+
+def decoding_mesh(spec: str | None, run_spec: str):
+  """The device mesh over every device of every process: `spec` (a one-line error if it does
+  not fit them), else the run's `run_spec` where it fits, else whole parameters on every
+  device ('data:-1'), said on stderr."""
+  try:
+    return make_mesh(spec, '--mesh') if spec else make_mesh(run_spec)
+  except ValueError as e:
+    if spec:
+      raise EvalError(str(e)) from None
+  print(
+    f"eval: the run's config.mesh={run_spec!r} does not fit these {jax.device_count()} "
+    f'devices; decoding with whole parameters on each (--mesh=data:-1; --mesh chooses).',
+    file=sys.stderr,
+  )
+  return make_mesh('data:-1')
 
 
 def load_run(workdir: str, flag: str = '--workdir'):
@@ -61,9 +93,12 @@ def load_run(workdir: str, flag: str = '--workdir'):
   return read_saved_config(workdir), tokenizer_lib.Tokenizer(str(path / tokenizer_lib.FILENAME))
 
 
-def load_params(config, workdir: str, step=None, average_last: int = 1, ema: bool = False):
+def load_params(
+  config, workdir: str, step=None, average_last: int = 1, ema: bool = False, mesh=None
+):
   """Parameters of one checkpoint, or the mean of the last K (Vaswani et al.'s averaging);
-  ema: their exponential moving average instead (a run with config.ema_decay > 0).
+  ema: their exponential moving average instead (a run with config.ema_decay > 0). With a
+  `mesh`, split over it by config.sharding_rules (else on the default device).
 
   Returns (graphdef, params, rest, the steps used).
   """
@@ -105,10 +140,13 @@ def load_params(config, workdir: str, step=None, average_last: int = 1, ema: boo
   # The mean in float32 on the device, as the scores in docs/results.md were computed: summed and
   # divided in NumPy instead, some parameters differ in the last bit, and so do a few beams.
   averaged = jax.tree.map(lambda *xs: sum(xs) / len(xs), *restored)
+  if mesh is not None:
+    rules = parse_rules(config.sharding_rules)
+    averaged = jax.device_put(averaged, state_shardings(averaged, mesh, rules))
   return graphdef, averaged, rest, used
 
 
-def load_ensemble(config, tok, workdir, members, step=None, average_last=1, ema=False):
+def load_ensemble(config, tok, workdir, members, step=None, average_last=1, ema=False, mesh=None):
   """`load_params` of --workdir and of each member workdir, after checking that the members
   read and write the same text with the same vocabulary.
 
@@ -130,7 +168,7 @@ def load_ensemble(config, tok, workdir, members, step=None, average_last=1, ema=
           f'{workdir} {config.get(field)!r}; members must agree.'
         )
     runs.append((member_config, member))
-  loaded = [load_params(c, w, step, average_last, ema) for c, w in runs]
+  loaded = [load_params(c, w, step, average_last, ema, mesh) for c, w in runs]
   graphdefs, params, rests, used = zip(*loaded)
   return list(graphdefs), list(params), list(rests), used[0]
 

@@ -222,7 +222,8 @@ def _cudnn_attention(query, key, value, mask):
     try:
       return _cudnn_packed_attention(query, key, value, mask)
     except (NotImplementedError, RuntimeError, ValueError) as e:  # JAX's own checks of cuDNN
-      _notice(f'attention_kernel=jax: cuDNN with a segment bias, not its packed layout ({e}).')
+      why = _first_line(e)
+      _notice(f'attention_kernel=jax: cuDNN with a segment bias, not its packed layout ({why}).')
   return jax.nn.dot_product_attention(
     query, key, value, **_mask_arguments(mask, query.shape[0]), implementation='cudnn'
   )

@@ -44,10 +44,11 @@ def run(tmp_path_factory):
   return workdir
 
 
-def run_eval(*args, stdin=None):
+def run_eval(*args, stdin=None, env=None):
   return subprocess.run(
     [sys.executable, os.path.join(ROOT, 'eval.py'), *args],
     cwd=ROOT,
+    env=env,
     input=stdin,
     capture_output=True,
     text=True,
@@ -200,7 +201,8 @@ def test_own_test_files_are_scored_like_a_split_of_the_same_pairs(run, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
   split, own = (r.stdout.splitlines() for r in results)
   assert own[0].startswith('test.src: 32 examples, beam 2') and split[0].startswith('eval: 32')
-  assert own[1:-1] == split[1:-1]  # every score and its signature
+  scores = lambda lines: [line for line in lines if line.startswith('  ')]
+  assert scores(own) == scores(split) and len(scores(own)) == 2  # BLEU, chrF and signatures
   stem = os.path.join(run, 'eval', '{}.step30.beam2.alpha0.6.txt')
   assert open(stem.format('test.src')).read() == open(stem.format('eval')).read()
 
@@ -248,6 +250,42 @@ def test_two_processes_decode_their_shares_into_the_files_of_one(run, tmp_path):
   assert one == two
 
 
+@pytest.mark.slow
+def test_parameters_split_over_eight_devices_decode_into_the_files_of_one(run, tmp_path):
+  """eval.py on 8 simulated devices as a (data 2, fsdp 2, tensor 2) mesh, each device holding
+  a share of the parameters: the hypotheses and scores of one device. Where the run's mesh
+  does not fit the devices, whole parameters on each; a --mesh that does not, an error."""
+  runs = [tmp_path / 'one', tmp_path / 'eight']
+  for copy in runs:
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns('eval'))
+  args = ['--split=eval', '--beam_size=2']
+  one = run_eval(f'--workdir={runs[0]}', *args)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  eight = run_eval(f'--workdir={runs[1]}', *args, '--mesh=data:2,fsdp:2,tensor:2', env=env)
+  assert one.returncode == 0 and eight.returncode == 0, eight.stderr[-3000:]
+  placement = next(line for line in eight.stdout.splitlines() if line.startswith('mesh '))
+  held, whole = (float(x) for x in placement.split('parameters ')[1].split(' MB')[0].split(' of '))
+  assert placement.startswith('mesh data 2 x fsdp 2 x tensor 2') and held < whole / 2
+  stem = 'eval/eval.step30.beam2.alpha0.6'
+  assert (runs[1] / f'{stem}.txt').read_text() == (runs[0] / f'{stem}.txt').read_text()
+  reports = [json.loads((r / f'{stem}.json').read_text()) for r in runs]
+  for report in reports:
+    del report['decode_seconds'], report['hypotheses']
+  assert reports[0] == reports[1]
+  # On one device the run's own mesh (saved in its config) falls back to whole parameters;
+  # a --mesh that does not fit is an error.
+  saved = json.loads((runs[0] / 'config.json').read_text())
+  (runs[0] / 'config.json').write_text(json.dumps({**saved, 'mesh': 'data:2,fsdp:4'}))
+  fallback = run_eval(f'--workdir={runs[0]}', '--input=-', stdin='a b c\n')
+  assert fallback.returncode == 0 and "config.mesh='data:2,fsdp:4' does not fit" in fallback.stderr
+  wrong = run_eval(f'--workdir={runs[0]}', *args, '--mesh=data:2,fsdp:4')
+  assert wrong.returncode != 0 and wrong.stderr.strip().splitlines()[-1] == (
+    "error: --mesh='data:2,fsdp:4' does not cover the 1 devices "
+    "({'data': 2, 'fsdp': 4, 'tensor': 1}); make the sizes multiply to 1, or give one of them "
+    'as -1.'
+  )
+
+
 def test_an_exported_run_decodes_as_the_run_it_came_from(run, tmp_path):
   """export.py writes the mean of the last checkpoints, parameters only, with the config and
   tokenizer; eval.py decodes it to the run's own hypotheses and scores."""
@@ -269,7 +307,8 @@ def test_an_exported_run_decodes_as_the_run_it_came_from(run, tmp_path):
     result = run_eval(f'--workdir={workdir}', '--split=eval', '--beam_size=2', *extra)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    hypotheses = open(lines[-1].split('hypotheses: ')[1]).read()
+    path = next(line for line in lines if line.startswith('hypotheses: '))
+    hypotheses = open(path.split('hypotheses: ')[1]).read()
     outputs.append(([line for line in lines if line.startswith('  ')], hypotheses))
   assert outputs[0] == outputs[1]
   again = subprocess.run(

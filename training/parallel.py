@@ -29,9 +29,9 @@ def initialize_processes(values):
     jax.distributed.initialize(values.coordinator_address, values.num_processes, values.process_id)
 
 
-def parse_mesh(spec: str, devices: int) -> tuple:
+def parse_mesh(spec: str, devices: int, label: str = 'config.mesh') -> tuple:
   """'data:-1,fsdp:4,tensor:1' -> the sizes of MESH_AXES over `devices` devices; one axis may be
-  -1 (the devices left over), an axis not named has size 1."""
+  -1 (the devices left over), an axis not named has size 1. Errors call the spec `label`."""
   sizes = dict.fromkeys(MESH_AXES, 1)
   try:
     for item in spec.split(','):
@@ -41,26 +41,26 @@ def parse_mesh(spec: str, devices: int) -> tuple:
       sizes[name.strip()] = int(size)
   except ValueError:
     raise ValueError(
-      f"config.mesh={spec!r} is not of the form 'data:-1,fsdp:1,tensor:1' (axes {MESH_AXES})."
+      f"{label}={spec!r} is not of the form 'data:-1,fsdp:1,tensor:1' (axes {MESH_AXES})."
     ) from None
   free = [name for name, size in sizes.items() if size == -1]
   if len(free) > 1 or any(size < 1 and size != -1 for size in sizes.values()):
-    raise ValueError(f'config.mesh={spec!r}: sizes are >= 1, and at most one is -1.')
+    raise ValueError(f'{label}={spec!r}: sizes are >= 1, and at most one is -1.')
   fixed = math.prod(size for size in sizes.values() if size != -1)
   if free and devices % fixed == 0:
     sizes[free[0]] = devices // fixed
   if math.prod(sizes.values()) != devices:
     raise ValueError(
-      f'config.mesh={spec!r} does not cover the {devices} devices ({sizes}); make the '
+      f'{label}={spec!r} does not cover the {devices} devices ({sizes}); make the '
       f'sizes multiply to {devices}, or give one of them as -1.'
     )
   return tuple(sizes.values())
 
 
-def make_mesh(spec: str = 'data:-1'):
+def make_mesh(spec: str = 'data:-1', label: str = 'config.mesh'):
   """The ('data', 'fsdp', 'tensor') mesh of `spec` (parse_mesh) over every device of every
   process; the default puts them all on 'data' (pure data parallelism)."""
-  sizes = parse_mesh(spec, jax.device_count())
+  sizes = parse_mesh(spec, jax.device_count(), label)
   return jax.make_mesh(sizes, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
 
 
@@ -105,6 +105,17 @@ def bytes_per_device(tree) -> tuple:
     held += math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
     whole += math.prod(x.shape) * x.dtype.itemsize
   return held, whole
+
+
+def describe_placement(mesh, parts: dict) -> str:
+  """'mesh data 2 x fsdp 2 x tensor 2; per device: parameters 0.03 of 0.11 MB, ...' for the
+  {name: tree of arrays} `parts` placed on `mesh`."""
+  axes = ' x '.join(f'{axis} {size}' for axis, size in mesh.shape.items())
+  held = (
+    f'{name} {held / 1e6:.2f} of {whole / 1e6:.2f} MB'
+    for name, (held, whole) in ((name, bytes_per_device(tree)) for name, tree in parts.items())
+  )
+  return f'mesh {axes}; per device: ' + ', '.join(held)
 
 
 def global_batch(local_batch: dict, sharding):

@@ -21,7 +21,7 @@ from training.checkpoints import Checkpoints
 from training.checks import check_resume, save_config, validate_training_config
 from training.data import load_data
 from training.metrics_log import MetricsLog, format_eta
-from training.parallel import bytes_per_device, global_batch, make_mesh, process_rows, to_host
+from training.parallel import describe_placement, global_batch, make_mesh, process_rows, to_host
 from training.steps import all_finite, create_training, eval_step
 from training.time_budget import TimeBudget
 from training.workdir import check_workdir, disk_full_in_one_line, exclusive_workdir
@@ -53,19 +53,13 @@ def _prepare_and_train(config, workdir: str, prepare_only: bool, budget: TimeBud
   training = create_training(config, make_mesh(config.mesh))
   graphdef, rest, state = training.graphdef, training.rest, training.state
   replicated, data_sharding = training.replicated, training.data_sharding
-  mesh = training.data_sharding.mesh
   log.print(
     f'model: {count_params(nnx.merge(graphdef, state["params"], rest)):,} parameters; '
     f'{jax.device_count()} devices ({jax.devices()[0].platform}), '
-    f'{jax.process_count()} processes; mesh '
-    + ' x '.join(f'{axis} {size}' for axis, size in mesh.shape.items())
-    + '; per device: '
-    + ', '.join(
-      f'{name} {held / 1e6:.2f} of {whole / 1e6:.2f} MB'
-      for name, (held, whole) in (
-        ('parameters', bytes_per_device(state['params'])),
-        ('optimizer state', bytes_per_device(state['opt_state'])),
-      )
+    f'{jax.process_count()} processes; '
+    + describe_placement(
+      training.data_sharding.mesh,
+      {'parameters': state['params'], 'optimizer state': state['opt_state']},
     )
   )
   checkpoints = Checkpoints(workdir, config.keep_checkpoints)
