@@ -228,10 +228,13 @@ def test_a_newest_checkpoint_that_cannot_be_read_is_passed_over_and_left_in_plac
 
 
 @pytest.mark.slow
-def test_two_processes_decode_their_shares_into_the_files_of_one(run, tmp_path):
+def test_processes_and_split_parameters_decode_into_the_files_of_one_device(run, tmp_path):
   """eval.py as 2 processes on 127.0.0.1 (each decodes its rows of every batch, process 0
-  writes): the hypotheses and scores of one process."""
-  runs = [tmp_path / 'one', tmp_path / 'two']
+  writes), and on 8 simulated devices as a (data 2, fsdp 2, tensor 2) mesh, each device
+  holding a share of the parameters: the hypotheses and scores of one process on one device.
+  Where the run's mesh does not fit the devices, whole parameters on each; a --mesh that does
+  not fit is an error."""
+  runs = [tmp_path / 'one', tmp_path / 'two', tmp_path / 'eight']
   for copy in runs:
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns('eval'))
   args = ['--split=eval', '--beam_size=2', '--mbr=bleu']
@@ -242,36 +245,18 @@ def test_two_processes_decode_their_shares_into_the_files_of_one(run, tmp_path):
     assert p.returncode == 0, err[-3000:]
   said = [[line for line in out.splitlines() if 'examples' in line] for out, _ in outputs]
   assert said[0][0].startswith('eval: 32 examples') and not said[1]  # process 0 reports
-  stem = 'eval/eval.step30.beam2.alpha0.6.mbr-bleu.t0.15'
-  assert (runs[1] / f'{stem}.txt').read_text() == (runs[0] / f'{stem}.txt').read_text()
-  one, two = (json.loads((r / f'{stem}.json').read_text()) for r in runs)
-  for report in (one, two):
-    del report['decode_seconds'], report['hypotheses']
-  assert one == two
-
-
-@pytest.mark.slow
-def test_parameters_split_over_eight_devices_decode_into_the_files_of_one(run, tmp_path):
-  """eval.py on 8 simulated devices as a (data 2, fsdp 2, tensor 2) mesh, each device holding
-  a share of the parameters: the hypotheses and scores of one device. Where the run's mesh
-  does not fit the devices, whole parameters on each; a --mesh that does not, an error."""
-  runs = [tmp_path / 'one', tmp_path / 'eight']
-  for copy in runs:
-    shutil.copytree(run, copy, ignore=shutil.ignore_patterns('eval'))
-  args = ['--split=eval', '--beam_size=2']
-  one = run_eval(f'--workdir={runs[0]}', *args)
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
-  eight = run_eval(f'--workdir={runs[1]}', *args, '--mesh=data:2,fsdp:2,tensor:2', env=env)
-  assert one.returncode == 0 and eight.returncode == 0, eight.stderr[-3000:]
+  eight = run_eval(f'--workdir={runs[2]}', *args, '--mesh=data:2,fsdp:2,tensor:2', env=env)
+  assert eight.returncode == 0, eight.stderr[-3000:]
   placement = next(line for line in eight.stdout.splitlines() if line.startswith('mesh '))
   held, whole = (float(x) for x in placement.split('parameters ')[1].split(' MB')[0].split(' of '))
   assert placement.startswith('mesh data 2 x fsdp 2 x tensor 2') and held < whole / 2
-  stem = 'eval/eval.step30.beam2.alpha0.6'
-  assert (runs[1] / f'{stem}.txt').read_text() == (runs[0] / f'{stem}.txt').read_text()
+  stem = 'eval/eval.step30.beam2.alpha0.6.mbr-bleu.t0.15'
   reports = [json.loads((r / f'{stem}.json').read_text()) for r in runs]
-  for report in reports:
+  for r, report in zip(runs, reports):
+    assert (r / f'{stem}.txt').read_text() == (runs[0] / f'{stem}.txt').read_text()
     del report['decode_seconds'], report['hypotheses']
-  assert reports[0] == reports[1]
+    assert report == reports[0]
   # On one device the run's own mesh (saved in its config) falls back to whole parameters;
   # a --mesh that does not fit is an error.
   saved = json.loads((runs[0] / 'config.json').read_text())
