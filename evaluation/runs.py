@@ -136,13 +136,14 @@ def load_params(
       break
   if not used:
     raise EvalError(f'no checkpoint in {workdir}/checkpoints can be read; train again.')
-  restored = [jax.tree.map(jnp.asarray, r) for r in restored]
-  # The mean in float32 on the device, as the scores in docs/results.md were computed: summed and
-  # divided in NumPy instead, some parameters differ in the last bit, and so do a few beams.
-  averaged = jax.tree.map(lambda *xs: sum(xs) / len(xs), *restored)
-  if mesh is not None:
+  if mesh is None:
+    restored = [jax.tree.map(jnp.asarray, r) for r in restored]
+  else:  # each checkpoint split over the mesh as it is read: no device holds a whole copy
     rules = parse_rules(config.sharding_rules)
-    averaged = jax.device_put(averaged, state_shardings(averaged, mesh, rules))
+    restored = [jax.device_put(r, state_shardings(r, mesh, rules)) for r in restored]
+  # The mean in float32 on the devices, as the scores in docs/results.md were computed: summed
+  # and divided in NumPy instead, some parameters differ in the last bit, and so do a few beams.
+  averaged = jax.tree.map(lambda *xs: sum(xs) / len(xs), *restored)
   return graphdef, averaged, rest, used
 
 

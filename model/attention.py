@@ -23,6 +23,7 @@ KERNELS = ('einsum', 'jax')
 # most 128; 256 on Hopper and later, which JAX checks itself when it traces the call)
 FUSED_DTYPES = ('bfloat16', 'float16')
 FUSED_MAX_HEAD_DIM = 256
+CUDNN_REFUSALS = (NotImplementedError, RuntimeError, ValueError)  # raised by JAX's cuDNN checks
 
 
 def rotary_embedding(x, positions, base: float = 10000.0):
@@ -221,7 +222,7 @@ def _cudnn_attention(query, key, value, mask):
   if isinstance(mask, AttentionMask) and mask.packed:
     try:
       return _cudnn_packed_attention(query, key, value, mask)
-    except (NotImplementedError, RuntimeError, ValueError) as e:  # JAX's own checks of cuDNN
+    except CUDNN_REFUSALS as e:
       why = _first_line(e)
       _notice(f'attention_kernel=jax: cuDNN with a segment bias, not its packed layout ({why}).')
   return jax.nn.dot_product_attention(
@@ -236,7 +237,7 @@ def _jax_attention(query, key, value, mask):
   if not why:
     try:
       return _cudnn_attention(query, key, value, mask)
-    except (NotImplementedError, RuntimeError, ValueError) as e:  # JAX's own checks of cuDNN
+    except CUDNN_REFUSALS as e:
       why = _first_line(e)
   _notice(f'attention_kernel=jax: XLA attention, not cuDNN ({why}).')
   return jax.nn.dot_product_attention(
