@@ -4,7 +4,8 @@
 
 Layout throughout: [batch, length, heads, head_dim] for Q, K, V ("BTNH", the layout of
 `jax.nn.dot_product_attention`); masks are boolean [batch, heads|1, q_len, kv_len], True where a
-query may attend to a key.
+query may attend to a key, or an `AttentionMask`: the same given by segment ids and causality,
+which the model builds and fused kernels take without the array.
 """
 
 import functools
@@ -558,8 +559,8 @@ class MultiHeadAttention(nnx.Module):
     positions=None,
   ):
     """inputs_q: [batch, q_len, d_model]; inputs_kv: [batch, kv_len, d_model] for cross-attention
-    (None for self-attention); mask broadcastable to [batch, heads, q_len, kv_len]; positions
-    (rotary self-attention): int [batch or 1, q_len], None for 0, 1, ..."""
+    (None for self-attention); mask broadcastable to [batch, heads, q_len, kv_len] or an
+    AttentionMask; positions (rotary self-attention): int [batch or 1, q_len], None for 0, 1, ..."""
     if inputs_q.ndim != 3 or inputs_q.shape[-1] != self.d_model:
       raise ValueError(f'inputs_q must be [batch, length, {self.d_model}], got {inputs_q.shape}.')
     if self.self_attention:
