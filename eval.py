@@ -29,14 +29,14 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow (tfds) start-up
 
 from absl import app, flags, logging  # noqa: E402
 
+from core import parallel  # noqa: E402
+from core.config import ConfigError  # noqa: E402
+from core.metrics_log import MetricsLog  # noqa: E402
 from evaluation import EvalError  # noqa: E402
 from evaluation import evaluate as ev  # noqa: E402
 from evaluation.metrics import annotator_scores  # noqa: E402
 from evaluation.runs import load_run, restore  # noqa: E402
 from input_pipeline import datasets  # noqa: E402
-from training import parallel  # noqa: E402
-from training.checks import ConfigError  # noqa: E402
-from training.metrics_log import MetricsLog  # noqa: E402
 
 FLAGS = flags.FLAGS
 

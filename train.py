@@ -18,11 +18,11 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow (tfds) start-up
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from core import parallel  # noqa: E402
+from core.config import ConfigError  # noqa: E402
+from core.workdir import DiskFullError  # noqa: E402
 from input_pipeline import datasets  # noqa: E402
-from training import parallel  # noqa: E402
-from training.checks import ConfigError  # noqa: E402
 from training.trainer import train_and_evaluate  # noqa: E402
-from training.workdir import DiskFullError  # noqa: E402
 
 FLAGS = flags.FLAGS
 

@@ -7,7 +7,7 @@ r"""The two attention kernels side by side: outputs and gradients, and time per 
 (`jax.nn.dot_product_attention` given the mask's structure: cuDNN's fused attention on a CUDA
 GPU for bfloat16/float16 inputs, else XLA's, with a notice) on two causal self-attention masks:
 padded rows of one example each (cuDNN: is_causal and sequence lengths) and packed rows of
-examples 8 to 64 tokens long (cuDNN's packed layout on Hopper and later, else a segment bias).
+examples 8 to 64 tokens long (cuDNN: is_causal and the segment mask as a bias).
 It prints the largest output and gradient differences (bfloat16 tolerance is about 1e-2 of the
 values' scale) and the median milliseconds of a jit-compiled forward and of a forward plus
 backward pass.

@@ -25,9 +25,9 @@ flags.DEFINE_string('metric', 'tok_lc_bleu', 'The score to report and plot.')
 flags.DEFINE_string('output', None, 'PNG path of the plot (none: no plot).')
 FLAGS = flags.FLAGS
 
+from core.checkpoints import Checkpoints  # noqa: E402
 from evaluation import evaluate as ev  # noqa: E402
 from evaluation.runs import load_run, restore  # noqa: E402
-from training.checkpoints import Checkpoints  # noqa: E402
 
 
 def elapsed_minutes(workdir):

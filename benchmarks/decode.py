@@ -51,9 +51,9 @@ from configs import default  # noqa: E402
 from evaluation.decode import merge  # noqa: E402
 from evaluation.runs import load_params, load_run  # noqa: E402
 from model import decoding  # noqa: E402
+from model.architectures import create_model  # noqa: E402
 from model.fast_ops import resolve_matmul_dtype  # noqa: E402
 from model.transformer import EncoderDecoder, TransformerConfig  # noqa: E402
-from training.steps import create_model  # noqa: E402
 
 
 def main(argv):

@@ -26,8 +26,8 @@ FLAGS = flags.FLAGS
 import jax  # noqa: E402
 
 from configs import default  # noqa: E402
+from core.parallel import global_batch, make_mesh  # noqa: E402
 from training.data import load_data  # noqa: E402
-from training.parallel import global_batch, make_mesh  # noqa: E402
 from training.steps import create_training  # noqa: E402
 
 

@@ -30,7 +30,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import default  # noqa: E402
-from training.parallel import make_mesh  # noqa: E402
+from core.parallel import make_mesh  # noqa: E402
 from training.steps import create_training  # noqa: E402
 
 

@@ -52,10 +52,10 @@ import numpy as np  # noqa: E402
 
 from benchmarks import op_profile  # noqa: E402
 from configs import default, rnn_attention  # noqa: E402
+from core.parallel import global_batch, make_mesh  # noqa: E402
 from model.fast_ops import resolve_matmul_dtype  # noqa: E402
 from model.transformer import GATED_ACTIVATIONS  # noqa: E402
 from training.data import load_data  # noqa: E402
-from training.parallel import global_batch, make_mesh  # noqa: E402
 from training.steps import create_training  # noqa: E402
 
 

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from core.parallel import process_rows, to_host
 from evaluation.mbr import mbr_select
 from input_pipeline import batching
 from model import decoding
-from training.parallel import process_rows, to_host
 
 
 def decoding_options(config, tok):

@@ -12,14 +12,14 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from core.config import check_decoding
+from core.parallel import BATCH_AXES
 from evaluation import EvalError
 from evaluation.decode import decode_length, decode_texts, make_decode_fn
 from evaluation.metrics import rouge_scores, translation_scores
 from input_pipeline import batching, datasets
 from input_pipeline import tokenizer as tokenizer_lib
-from model.transformer import shift_right
-from training.checks import check_decoding
-from training.parallel import BATCH_AXES
+from model.common import shift_right
 
 # eval.py flags that override a decoding constraint of the config (0: off)
 CONSTRAINT_FLAGS = {

@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
+from core.checkpoints import Checkpoints
+from core.config import one_line, read_saved_config, save_config
+from core.parallel import BATCH_AXES, make_mesh, parse_rules, state_shardings
 from evaluation import EvalError
 from input_pipeline import tokenizer as tokenizer_lib
-from training.checkpoints import Checkpoints
-from training.checks import one_line, read_saved_config, save_config
-from training.parallel import BATCH_AXES, make_mesh, parse_rules, state_shardings
-from training.steps import create_model
+from model.architectures import create_model
 
 # config fields an ensemble's members must share: they fix what text the models read and write
 SHARED_FIELDS = ('task', 'dataset', 'source_lang', 'target_lang', 'lowercase')

@@ -144,8 +144,6 @@ class TrainIterator:
 
   def set_state(self, state: dict):
     pending = [list(map(int, p)) for p in state['pending']]
-    if self.batching == 'packed' and not pending:  # saved before packing had a window
-      pending = [[]]
     self.state = {'epoch': int(state['epoch']), 'index': int(state['index']), 'pending': pending}
 
   @property

@@ -26,3 +26,9 @@ def model_config(config):
 def build_model(config, rngs: nnx.Rngs):
   """The model `config` describes, its parameters drawn from rngs."""
   return ARCHITECTURES[config['architecture']][1](model_config(config), rngs=rngs)
+
+
+def create_model(config, seed: int):
+  """(graphdef, params, rest): the model `config` describes, its parameters drawn from `seed`,
+  split into structure, parameters and constants (`nnx.split`)."""
+  return nnx.split(build_model(config, nnx.Rngs(seed)), nnx.Param, ...)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from model.common import logical_param
 from model.fast_ops import dropout_keep_mask, masked_softmax, matmul
 
 KERNELS = ('einsum', 'jax')
@@ -95,8 +96,9 @@ class AttentionMask:
     real token, with the real tokens first.
   packed: rows may hold several examples.
   `dense()` is the boolean [batch, 1, q_len, kv_len] array. The jax kernel passes the structure
-  on instead: `is_causal` and sequence lengths, or for packed rows the segments' offsets and
-  lengths (cuDNN's packed layout), so that cuDNN can skip what is masked.
+  on instead where `jax.nn.dot_product_attention` takes it: `is_causal` and sequence lengths
+  (cuDNN's padding masks, which let it skip what is masked); packed rows give it `is_causal` and
+  the segment mask.
   """
 
   query_segments: Any
@@ -155,15 +157,10 @@ def _notice(message: str):
   print(message, file=sys.stderr)
 
 
-def _first_line(error: Exception) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else type(error).__name__
-
-
 def _mask_arguments(mask, batch: int) -> dict:
   """`jax.nn.dot_product_attention`'s mask arguments for `mask` (None, a boolean array or an
   AttentionMask): `is_causal` and sequence lengths for rows of one example, `is_causal` and the
-  segment mask for packed rows, a given array as it is."""
+  segment mask (cuDNN adds it as a bias) for packed rows, a given array as it is."""
   if not isinstance(mask, AttentionMask):
     return {} if mask is None else {'mask': mask}
   if mask.packed:
@@ -181,69 +178,18 @@ def _mask_arguments(mask, batch: int) -> dict:
   }
 
 
-def packed_segment_layout(segments, max_segments: int):
-  """cuDNN's packed layout of segment ids [batch, len] (numbered 1, 2, ... from the left, each
-  contiguous, 0 = padding): each segment's length [batch, max_segments] and start
-  [batch, max_segments + 1], -1 past a row's last segment (and in the last column)."""
-  member = segments[:, :, None] == jnp.arange(1, max_segments + 1)  # [batch, len, segments]
-  lengths = jnp.sum(member, axis=1, dtype=jnp.int32)
-  starts = jnp.argmax(member, axis=1).astype(jnp.int32)
-  present = lengths > 0
-  unused = jnp.full_like(lengths[:, :1], -1)
-  return jnp.where(present, lengths, -1), jnp.concatenate(
-    [jnp.where(present, starts, -1), unused], axis=1
-  )
-
-
-def _cudnn_packed_attention(query, key, value, mask: AttentionMask):
-  """cuDNN's fused attention over packed rows, each segment attending within itself (causally
-  if the mask is), given as segment offsets and lengths. JAX exposes this layout only in its
-  cuDNN module, not in `jax.nn.dot_product_attention`; cuDNN runs it on Hopper GPUs and later."""
-  from jax._src.cudnn import fused_attention_stablehlo as cudnn  # noqa: PLC0415
-
-  max_segments = min(query.shape[1], key.shape[1])  # each example has a token on both sides
-  q_lengths, q_offsets = packed_segment_layout(mask.query_segments, max_segments)
-  kv_lengths, kv_offsets = packed_segment_layout(mask.key_segments, max_segments)
-  return cudnn.dot_product_attention(
-    query,
-    key,
-    value,
-    q_seqlen=q_lengths,
-    kv_seqlen=kv_lengths,
-    q_offsets=q_offsets,
-    kv_offsets=kv_offsets,
-    scale=1.0 / math.sqrt(query.shape[-1]),
-    mask_type=cudnn.MaskType.PADDING_CAUSAL if mask.causal else cudnn.MaskType.PADDING,
-  )
-
-
-def _cudnn_attention(query, key, value, mask):
-  """cuDNN's fused attention with the mask's structure; packed rows in cuDNN's packed layout,
-  or, where cuDNN refuses that layout, with the segment mask as an additive bias."""
-  if isinstance(mask, AttentionMask) and mask.packed:
-    try:
-      return _cudnn_packed_attention(query, key, value, mask)
-    except CUDNN_REFUSALS as e:
-      why = _first_line(e)
-      _notice(f'attention_kernel=jax: cuDNN with a segment bias, not its packed layout ({why}).')
-  return jax.nn.dot_product_attention(
-    query, key, value, **_mask_arguments(mask, query.shape[0]), implementation='cudnn'
-  )
-
-
 def _jax_attention(query, key, value, mask):
-  """`jax.nn.dot_product_attention` given the mask's structure where it has one: cuDNN's fused
-  attention where the inputs qualify, else XLA's, with a one-line notice saying why."""
+  """`jax.nn.dot_product_attention` given the mask's structure: cuDNN's fused attention where
+  the inputs qualify and cuDNN takes the call, else XLA's, with a one-line notice saying why."""
+  arguments = _mask_arguments(mask, query.shape[0])
   why = fused_attention_unsupported(query)
   if not why:
     try:
-      return _cudnn_attention(query, key, value, mask)
-    except CUDNN_REFUSALS as e:
-      why = _first_line(e)
+      return jax.nn.dot_product_attention(query, key, value, **arguments, implementation='cudnn')
+    except CUDNN_REFUSALS as e:  # JAX's own checks of the call, at trace time
+      why = (str(e).strip().splitlines() or [type(e).__name__])[0]
   _notice(f'attention_kernel=jax: XLA attention, not cuDNN ({why}).')
-  return jax.nn.dot_product_attention(
-    query, key, value, **_mask_arguments(mask, query.shape[0]), implementation='xla'
-  )
+  return jax.nn.dot_product_attention(query, key, value, **arguments, implementation='xla')
 
 
 def dot_product_attention(
@@ -376,31 +322,6 @@ def _unit_length(x):
   """x / |x| over the last axis, in float32."""
   x = x.astype(jnp.float32)
   return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
-
-
-def logical_param(value, *axes):
-  """A parameter with its logical axis names (flax's `out_sharding` metadata), e.g. 'embed',
-  'heads', 'mlp', 'vocab'; training/sharding.py maps them to mesh axes by the config's rules."""
-  return nnx.Param(value, out_sharding=axes, eager_sharding=False)
-
-
-def logical_init(initializer, *axes):
-  """`initializer` whose parameter carries the logical axis names `axes` (see logical_param)."""
-  return nnx.with_partitioning(initializer, axes, eager_sharding=False)
-
-
-def logical_linear(inputs: int, outputs: int, axes, dtype, param_dtype, rngs, use_bias=True):
-  """nnx.Linear (its default initializers) whose kernel and bias carry logical axis names."""
-  return nnx.Linear(
-    inputs,
-    outputs,
-    use_bias=use_bias,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    kernel_init=logical_init(nnx.initializers.lecun_normal(), *axes),
-    bias_init=logical_init(nnx.initializers.zeros_init(), axes[1]),
-    rngs=rngs,
-  )
 
 
 class MultiHeadAttention(nnx.Module):

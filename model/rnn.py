@@ -27,16 +27,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.attention import (
-  additive_scores,
-  dot_scores,
-  dropout,
-  fold_rng,
-  logical_linear,
-  logical_param,
-)
+from model.attention import additive_scores, dot_scores, dropout, fold_rng
+from model.common import ModelConfig, TokenEnds, logical_linear, logical_param, token_embedding
 from model.fast_ops import DTYPES, MATMUL_DTYPES, masked_softmax, matmul, resolve_matmul_dtype
-from model.transformer import ModelConfig, TokenEnds, token_embedding
 
 CELLS = {'gru': 3, 'lstm': 4}  # cell -> gates
 SCORES = ('additive', 'dot', 'general')

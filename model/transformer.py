@@ -14,16 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model.attention import (
-  KERNELS,
-  AttentionMask,
-  MultiHeadAttention,
-  dropout,
-  fold_rng,
-  logical_init,
-  logical_linear,
-  logical_param,
-)
+from model.attention import KERNELS, AttentionMask, MultiHeadAttention, dropout, fold_rng
+from model.common import ModelConfig, TokenEnds, logical_linear, logical_param, token_embedding
 from model.fast_ops import DTYPES, MATMUL_DTYPES, layer_norm, matmul, resolve_matmul_dtype
 
 # sinusoidal and learned are added to the embeddings; rope rotates self-attention's Q and K
@@ -52,16 +44,6 @@ def sinusoidal_positions(max_len: int, dim: int):
   table[:, 0::2] = np.sin(positions * div)
   table[:, 1::2] = np.cos(positions * div[: dim // 2])
   return jnp.asarray(table)
-
-
-def shift_right(targets, positions=None, bos_id: int = 2):
-  """Decoder inputs for teacher forcing: BOS, then the targets shifted one step right.
-
-  With packed rows (positions given) every example starts with BOS at its position 0.
-  """
-  shifted = jnp.pad(targets, ((0, 0), (1, 0)))[:, :-1]
-  starts = (jnp.arange(targets.shape[1]) == 0)[None, :] if positions is None else positions == 0
-  return jnp.where(starts, bos_id, shifted)
 
 
 def pointer_generator_log_probs(logits, gate_logit, attention, source_ids):
@@ -93,35 +75,6 @@ def pointer_generator_log_probs(logits, gate_logit, attention, source_ids):
     jax.nn.log_sigmoid(gate_logit) + jax.nn.log_softmax(logits, axis=-1),
     jax.nn.log_sigmoid(-gate_logit) + log_copy,
   )
-
-
-class ModelConfig:
-  """What the architectures' typed configs share: building one from an experiment config, and
-  checks of their fields that raise ValueError naming the field and what it must be."""
-
-  @classmethod
-  def from_config(cls, config):
-    """The model's fields of an experiment config (a ConfigDict or any mapping)."""
-    return cls(**{field.name: config[field.name] for field in dataclasses.fields(cls)})
-
-  def fail(self, field, why):
-    raise ValueError(f'config.{field}={getattr(self, field)!r} {why}')
-
-  def check_fields(self, positive=(), choices=(), rates=(), flags=()):
-    """positive: integers > 0; choices: (field, allowed values); rates: in [0, 1); flags: bools."""
-    for field in positive:
-      value = getattr(self, field)
-      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        self.fail(field, 'must be a positive integer.')
-    for field, allowed in choices:
-      if getattr(self, field) not in allowed:
-        self.fail(field, f'is unknown; use one of {allowed}.')
-    for field in rates:
-      if not 0.0 <= getattr(self, field) < 1.0:
-        self.fail(field, 'must be in [0, 1).')
-    for field in flags:
-      if not isinstance(getattr(self, field), bool):
-        self.fail(field, 'must be True or False.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,50 +146,6 @@ class TransformerConfig(ModelConfig):
         'must be 0 with copy_attention (the copy distribution is '
         'the attention weights, which attention dropout would unnormalise).',
       )
-
-
-def token_embedding(vocab_size: int, dim: int, dtype, param_dtype, rngs):
-  """A token embedding table [vocab, dim], initialised N(0, 1/dim) (read scaled by sqrt(dim))."""
-  return nnx.Embed(
-    vocab_size,
-    dim,
-    dtype=dtype,
-    param_dtype=param_dtype,
-    embedding_init=logical_init(nnx.initializers.normal(stddev=dim**-0.5), 'vocab', 'embed'),
-    rngs=rngs,
-  )
-
-
-class TokenEnds(nnx.Module):
-  """The ends every architecture shares: checked token ids in, logits out of the decoder's
-  features through the target embedding (tied) or `logits_dense`."""
-
-  config: Any
-  target_embed: nnx.Embed
-  logits_dense: Any
-  matmul_dtype: Any
-
-  def _check_tokens(self, name, tokens):
-    if tokens.ndim != 2:
-      raise ValueError(f'{name} must be int token ids [batch, length], got shape {tokens.shape}.')
-    if tokens.shape[1] > self.config.max_len:
-      raise ValueError(
-        f'{name} length {tokens.shape[1]} exceeds config.max_len={self.config.max_len}.'
-      )
-
-  def output_projection(self):
-    """(kernel [vocab, features], bias [vocab] or None) with logits = features · kernelᵀ + bias."""
-    if self.logits_dense is not None:
-      return self.logits_dense.kernel[...].T, self.logits_dense.bias[...]
-    return self.target_embed.embedding[...], None
-
-  def vocab_logits(self, features):
-    """features [batch, len, d] -> logits [batch, len, vocab], accumulated in float32."""
-    kernel, bias = self.output_projection()
-    logits = matmul(
-      'btd,vd->btv', features, kernel.astype(features.dtype), self.matmul_dtype, jnp.float32
-    )
-    return logits if bias is None else logits + bias.astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -686,8 +595,3 @@ class EncoderDecoder(TokenEnds):
       x, c = layer(x, kv, None, cross_mask, cache=layer_cache, weights=weights)
       new_cache.append(c)
     return self._output(x, weights, inputs)[:, 0], new_cache
-
-
-def count_params(model) -> int:
-  """Number of trainable parameters."""
-  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

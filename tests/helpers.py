@@ -14,9 +14,9 @@ import numpy as np
 
 from configs import default
 from evaluation.runs import load_params, load_run
+from model.architectures import create_model
 from model.transformer import TransformerConfig
 from training import steps as training_steps
-from training.steps import create_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,8 +16,8 @@ from jax.sharding import Mesh  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training.checkpoints import Checkpoints  # noqa: E402
-from training.parallel import MESH_AXES, bytes_per_device, make_mesh, to_host  # noqa: E402
+from core.checkpoints import Checkpoints  # noqa: E402
+from core.parallel import MESH_AXES, bytes_per_device, make_mesh, to_host  # noqa: E402
 from training.steps import create_training  # noqa: E402
 
 from helpers import random_batch, tiny_run_config  # noqa: E402

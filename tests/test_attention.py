@@ -1,7 +1,5 @@
 """Scaled dot-product and multi-head attention against a NumPy reference."""
 
-from unittest import mock
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -204,47 +202,6 @@ def test_jax_kernel_given_the_masks_structure_equals_the_definition(name):
     results[kernel] = vjp(cotangent)
   for a, b in zip(results['einsum'], results['jax']):
     np.testing.assert_allclose(a, b, atol=1e-5)
-
-
-def test_packed_layout_gives_each_segments_start_and_length():
-  segments = jnp.array([[1, 1, 1, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
-  lengths, starts = attn.packed_segment_layout(segments, 4)
-  np.testing.assert_array_equal(lengths, [[3, 2, 1, -1], [8, -1, -1, -1]])
-  np.testing.assert_array_equal(starts, [[0, 3, 5, -1, -1], [0, -1, -1, -1, -1]])
-  # The layout rebuilds the segment mask: query i and key j in one segment [start, start + length).
-  _, _, mask = structured_masks()['packed cross']
-  (q_lengths, q_starts), (k_lengths, k_starts) = (
-    map(np.asarray, attn.packed_segment_layout(s, 7))
-    for s in (mask.query_segments, mask.key_segments)
-  )
-  rebuilt = np.zeros((2, 1, 7, 9), bool)
-  for b in range(2):
-    for s in range(7):
-      if q_lengths[b, s] > 0:
-        rows = slice(q_starts[b, s], q_starts[b, s] + q_lengths[b, s])
-        cols = slice(k_starts[b, s], k_starts[b, s] + k_lengths[b, s])
-        rebuilt[b, 0, rows, cols] = True
-  np.testing.assert_array_equal(rebuilt, mask.dense())
-
-
-def test_packed_layout_passes_jaxs_cudnn_checks_forward_and_backward():
-  """Traced abstractly (no GPU here: JAX's queries of the cuDNN version and the GPU's compute
-  capability answer as a Hopper GPU would), the packed-layout call passes JAX's own checks of
-  shapes, ranks and dtypes and gives the query's shape, and so do its gradients."""
-  from jax._src.cudnn import fused_attention_stablehlo as cudnn  # noqa: PLC0415
-
-  segments = jnp.array([[1, 1, 1, 2, 2, 2, 2, 0], [1, 1, 2, 2, 2, 3, 0, 0]])
-  mask = attn.AttentionMask.segments(segments, segments, causal=True)
-  query = jax.ShapeDtypeStruct((2, 8, 2, 16), jnp.bfloat16)
-  f = lambda q, k, v: attn._cudnn_packed_attention(q, k, v, mask)  # pylint: disable=protected-access
-  loss = lambda *a: jnp.sum(f(*a).astype(jnp.float32))
-  with (
-    mock.patch.object(cudnn, 'check_cudnn_version', return_value=91000),
-    mock.patch.object(cudnn, 'check_compute_capability', return_value=True),
-    mock.patch.object(cudnn, 'is_cuda_compute_capability_equal', return_value=False),
-  ):
-    assert jax.eval_shape(f, query, query, query) == query
-    assert jax.eval_shape(jax.grad(loss, argnums=(0, 1, 2)), query, query, query) == (query,) * 3
 
 
 @pytest.mark.parametrize(

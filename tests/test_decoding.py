@@ -11,7 +11,8 @@ from flax import nnx
 
 from input_pipeline.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from model import decoding
-from model.transformer import EncoderDecoder, shift_right
+from model.common import shift_right
+from model.transformer import EncoderDecoder
 
 from helpers import SRC, tiny_model_config
 

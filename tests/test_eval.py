@@ -14,6 +14,9 @@ import pytest
 import sacrebleu
 from etils import epath
 
+from core.checkpoints import Checkpoints
+from core.config import ConfigError
+from core.parallel import make_mesh
 from evaluation import EvalError
 from evaluation.decode import decode_all, decode_texts, make_decode_fn
 from evaluation.evaluate import attention_maps
@@ -28,8 +31,6 @@ from evaluation.metrics import (
 from evaluation.runs import load_ensemble, load_params, load_run, restore
 from input_pipeline import datasets
 from input_pipeline import tokenizer as tokenizer_lib
-from training.checkpoints import Checkpoints
-from training.parallel import make_mesh
 from training.steps import create_training
 from training.trainer import train_and_evaluate
 
@@ -95,16 +96,23 @@ def test_ema_run_validates_resumes_and_decodes_with_its_moving_average(tmp_path,
     load_params(load_run(run)[0], run, ema=True)
 
 
-def test_a_run_from_before_a_config_field_existed_loads_with_its_default(run, tmp_path):
+def test_a_config_json_of_another_layout_names_its_missing_fields(run, tmp_path):
+  """A run is read as it was saved: a config.json that lacks fields the code reads stops in one
+  line naming them, whatever configs/ holds; one with every field loads as written."""
   old = tmp_path / 'old_run'
   old.mkdir()
   fields = json.loads((epath.Path(run) / 'config.json').read_text())
-  del fields['matmul_dtype'], fields['qk_norm']  # added after some runs were trained
-  (old / 'config.json').write_text(json.dumps(fields))
   (old / 'tokenizer.model').write_bytes((epath.Path(run) / 'tokenizer.model').read_bytes())
+  (old / 'config.json').write_text(json.dumps({**fields, 'emb_dim': 24, 'not_a_field': 1}))
   config, _ = load_run(str(old))
-  assert config.matmul_dtype == 'float32' and config.qk_norm == 0.0  # their values of the time
-  assert config.emb_dim == fields['emb_dim']
+  assert config.emb_dim == 24 and config.not_a_field == 1  # as saved
+  del fields['matmul_dtype'], fields['beam_size'], fields['mesh']
+  (old / 'config.json').write_text(json.dumps(fields))
+  with pytest.raises(
+    ConfigError, match=r'lacks config.beam_size, config.matmul_dtype, config.mesh: it was written'
+  ) as error:
+    load_run(str(old))
+  assert '\n' not in str(error.value)
 
 
 def test_split_evaluation_writes_hypotheses_and_scores(run):

@@ -14,7 +14,8 @@ from rouge_score import rouge_scorer
 from configs import default
 from input_pipeline import batching, datasets
 from input_pipeline import tokenizer as tokenizer_lib
-from model.transformer import EncoderDecoder, TransformerConfig, shift_right
+from model.common import shift_right
+from model.transformer import EncoderDecoder, TransformerConfig
 
 
 @pytest.fixture(scope='module')
@@ -378,21 +379,6 @@ def test_pack_window_1_is_next_fit_in_epoch_order(encoded):
   for row, following in zip(rows, rows[1:]):
     used = it.lengths[row].sum(0)
     assert (used + it.lengths[following[0]] > 48).any()
-
-
-def test_state_saved_before_the_window_existed_resumes_the_same_batches(encoded):
-  """Old packed states had no window: the example that closed a row was not yet drawn."""
-  it = batching.TrainIterator(*encoded, batching='packed', batch_size=8, max_len=48)
-  take(it, 3)
-  state = it.get_state()
-  (waiting,) = state['pending']
-  assert len(waiting) == 1 and state['index'] >= 1
-  old = {'epoch': state['epoch'], 'index': state['index'] - 1, 'pending': []}
-  expected = take(it, 5)
-  resumed = batching.TrainIterator(*encoded, batching='packed', batch_size=8, max_len=48)
-  resumed.set_state(old)
-  for a, b in zip(expected, take(resumed, 5)):
-    np.testing.assert_array_equal(a['targets'], b['targets'])
 
 
 def test_a_wider_pack_window_pads_less(encoded):

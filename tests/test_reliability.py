@@ -18,13 +18,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from core import checkpoints as checkpoints_lib
+from core.config import ConfigError
+from core.metrics_log import MetricsLog
+from core.workdir import LOCK_FILE, DiskFullError
 from evaluation.runs import load_params, load_run
 from input_pipeline import datasets
-from training import checkpoints as checkpoints_lib
-from training.checks import ConfigError
-from training.metrics_log import MetricsLog
 from training.trainer import train_and_evaluate
-from training.workdir import LOCK_FILE, DiskFullError
 
 from helpers import ROOT, run_train, tiny_run_config, write_config_file
 

@@ -13,8 +13,9 @@ from evaluation.runs import load_run, restore
 from model import decoding
 from model.architectures import build_model
 from model.attention import additive_scores, dot_scores
+from model.common import count_params, shift_right
 from model.rnn import RNNConfig, RNNEncoderDecoder
-from model.transformer import EncoderDecoder, count_params, shift_right
+from model.transformer import EncoderDecoder
 from training.trainer import train_and_evaluate
 
 from helpers import SRC, loss_and_grads, losses, tiny_model_config, tiny_run_config

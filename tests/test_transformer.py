@@ -10,13 +10,12 @@ from flax import nnx
 
 from configs import default
 from model import transformer
+from model.common import count_params, shift_right
 from model.transformer import (
   EncoderDecoder,
   EncoderLayer,
   TransformerConfig,
-  count_params,
   pointer_generator_log_probs,
-  shift_right,
   sinusoidal_positions,
 )
 

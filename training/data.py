@@ -9,9 +9,9 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
+from core.config import ConfigError
 from input_pipeline import batching, datasets
 from input_pipeline import tokenizer as tokenizer_lib
-from training.checks import ConfigError
 
 SAMPLES_DIR = 'subword_samples'
 

@@ -10,11 +10,11 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from model.architectures import build_model
+from core.parallel import BATCH_AXES, parse_rules, state_shardings
+from model.architectures import create_model
+from model.common import shift_right
 from model.losses import cross_entropy_sums, fused_cross_entropy_sums, rdrop_cross_entropy_sums
-from model.transformer import shift_right
 from training.optimizer import create_learning_rate_schedule, create_optimizer
-from training.parallel import BATCH_AXES, parse_rules, state_shardings
 
 
 def _forward(model, batch, dropout_rng=None, return_features=False):
@@ -196,12 +196,6 @@ def eval_step(params, batch, *, graphdef, rest):
 def all_finite(tree):
   """Whether every entry of every array of `tree` is finite (no NaN, no Inf)."""
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def create_model(config, seed: int):
-  """(graphdef, params, rest): the model split into structure, parameters and constants."""
-  model = build_model(config, nnx.Rngs(seed))
-  return nnx.split(model, nnx.Param, ...)
 
 
 class Training(NamedTuple):

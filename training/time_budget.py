@@ -33,7 +33,7 @@ class TimeBudget:
 
   def resume(self, saved: dict):
     """Take (and remove) what `to_save` put into a checkpoint's data state."""
-    self.origin -= saved.pop('elapsed_seconds', 0.0)  # absent in older checkpoints
+    self.origin -= saved.pop('elapsed_seconds')
     self.start = saved.pop('schedule_clock_start', None)
 
   def to_save(self) -> dict:

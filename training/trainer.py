@@ -13,18 +13,19 @@ import sacrebleu
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from core.checkpoints import Checkpoints
+from core.config import save_config
+from core.metrics_log import MetricsLog, format_eta
+from core.parallel import describe_placement, global_batch, make_mesh, process_rows, to_host
+from core.workdir import check_workdir, disk_full_in_one_line, exclusive_workdir
 from evaluation.decode import decode_all, make_decode_fn
 from evaluation.metrics import rouge
 from input_pipeline import batching
-from model.transformer import count_params
-from training.checkpoints import Checkpoints
-from training.checks import check_resume, save_config, validate_training_config
+from model.common import count_params
+from training.checks import check_resume, validate_training_config
 from training.data import load_data
-from training.metrics_log import MetricsLog, format_eta
-from training.parallel import describe_placement, global_batch, make_mesh, process_rows, to_host
 from training.steps import all_finite, create_training, eval_step
 from training.time_budget import TimeBudget
-from training.workdir import check_workdir, disk_full_in_one_line, exclusive_workdir
 
 
 def train_and_evaluate(config, workdir: str, prepare_only: bool = False):

@@ -11,7 +11,7 @@ import time
 import jax
 from etils import epath
 
-from training.checks import ConfigError
+from core.config import ConfigError
 
 LOCK_FILE = 'train.lock'
 

@@ -8,8 +8,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from training.checks import ConfigError, first_difference, one_line, tree_signature
-from training.workdir import DiskFullError, is_disk_full
+from core.config import ConfigError, first_difference, one_line, tree_signature
+from core.workdir import DiskFullError, is_disk_full
 
 
 def state_bytes(state) -> int:
