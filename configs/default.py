@@ -116,6 +116,9 @@ def get_config(size: str = 'tiny'):
   # matmul operands: bfloat16 (float32 sums) | float32 (exact) | auto: bfloat16 where the
   # machine has it natively (AVX512-BF16 or AMX CPUs, GPUs, TPUs), else float32
   config.matmul_dtype = 'auto'
+  # what each layer recomputes in the backward pass instead of storing: none | full (all; keeps
+  # its inputs) | dots (keeps the weight matmuls' outputs); less memory for more compute
+  config.remat = 'none'
 
   # ---- training
   config.seed = 0
@@ -147,6 +150,9 @@ def get_config(size: str = 'tiny'):
   config.log_every_steps = 50
   config.eval_every_steps = 1000
   config.num_eval_bleu_batches = 4  # greedy-decoded validation batches for the BLEU in logs
+  # 'a:b': a jax.profiler trace of the steps from step a to step b in <workdir>/plugins/profile
+  # (TensorBoard's profile plugin, or Perfetto); '': none
+  config.profile_steps = ''
 
   # ---- decoding (eval.py flags override); the decoding chosen on Multi30k val (docs/results.md)
   config.beam_size = 20  # beam width; 1 = greedy

@@ -1,7 +1,6 @@
 """A run's config: its one-line errors, the checks shared by training and decoding, and its
 config.json, written once the run is prepared and read back exactly as written."""
 
-import dataclasses
 import functools
 import json
 
@@ -119,8 +118,7 @@ def required_fields(config) -> tuple:
   """The fields a saved run must hold to be restored and decoded: RUN_FIELDS, DECODING_FIELDS
   and the fields of its architecture's typed model config."""
   architecture = ARCHITECTURES.get(config.get('architecture'))
-  model_fields = () if architecture is None else dataclasses.fields(architecture[0])
-  return RUN_FIELDS + DECODING_FIELDS + tuple(f.name for f in model_fields)
+  return RUN_FIELDS + DECODING_FIELDS + (architecture[0].config_fields() if architecture else ())
 
 
 def read_saved_config(workdir: str):

@@ -12,23 +12,25 @@ ARCHITECTURES = {
 }
 
 
-def model_config(config):
-  """The typed model config of an experiment config (a ConfigDict or mapping); ValueError
-  naming the field when a value cannot build the model."""
+def model_config(config, platform: str = ''):
+  """The typed model config of an experiment config (a ConfigDict or mapping), for programs
+  built for `platform` ('': JAX's default backend); ValueError naming the field when a value
+  cannot build the model."""
   architecture = config['architecture']
   if architecture not in ARCHITECTURES:
     raise ValueError(
       f'config.architecture={architecture!r} is unknown; use one of {tuple(ARCHITECTURES)}.'
     )
-  return ARCHITECTURES[architecture][0].from_config(config)
+  return ARCHITECTURES[architecture][0].from_config(config, platform)
 
 
-def build_model(config, rngs: nnx.Rngs):
-  """The model `config` describes, its parameters drawn from rngs."""
-  return ARCHITECTURES[config['architecture']][1](model_config(config), rngs=rngs)
+def build_model(config, rngs: nnx.Rngs, platform: str = ''):
+  """The model `config` describes, its parameters drawn from rngs, for `platform`'s programs."""
+  return ARCHITECTURES[config['architecture']][1](model_config(config, platform), rngs=rngs)
 
 
-def create_model(config, seed: int):
+def create_model(config, seed: int, platform: str = ''):
   """(graphdef, params, rest): the model `config` describes, its parameters drawn from `seed`,
-  split into structure, parameters and constants (`nnx.split`)."""
-  return nnx.split(build_model(config, nnx.Rngs(seed)), nnx.Param, ...)
+  split into structure, parameters and constants (`nnx.split`), for `platform`'s programs
+  ('': JAX's default backend; 'cuda' or 'tpu' to build an accelerator's program here)."""
+  return nnx.split(build_model(config, nnx.Rngs(seed), platform), nnx.Param, ...)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from model.common import logical_param
-from model.fast_ops import dropout_keep_mask, masked_softmax, matmul
+from model.fast_ops import matmul, platform_of, techniques
 
 KERNELS = ('einsum', 'jax')
 # cuDNN's fused (flash) attention takes these input dtypes and head sizes (a multiple of 8, at
@@ -139,9 +139,9 @@ class AttentionMask:
 def fused_attention_unsupported(query, backend: str | None = None) -> str:
   """'' where `jax.nn.dot_product_attention(implementation='cudnn')` may take queries like
   `query` [batch, len, heads, head_dim] on `backend` (default: JAX's), else why not, in words."""
-  backend = backend or jax.default_backend()
-  if backend != 'gpu':
-    return f'the devices are {backend}, not CUDA GPUs'
+  backend = platform_of(backend)
+  if backend != 'cuda':
+    return f'the program is for {backend}, not CUDA GPUs'
   dtype = jnp.dtype(query.dtype).name
   if dtype not in FUSED_DTYPES:
     return f'{dtype} inputs; cuDNN takes {" or ".join(FUSED_DTYPES)} (config.dtype)'
@@ -178,11 +178,11 @@ def _mask_arguments(mask, batch: int) -> dict:
   }
 
 
-def _jax_attention(query, key, value, mask):
+def _jax_attention(query, key, value, mask, platform=None):
   """`jax.nn.dot_product_attention` given the mask's structure: cuDNN's fused attention where
   the inputs qualify and cuDNN takes the call, else XLA's, with a one-line notice saying why."""
   arguments = _mask_arguments(mask, query.shape[0])
-  why = fused_attention_unsupported(query)
+  why = fused_attention_unsupported(query, platform)
   if not why:
     try:
       return jax.nn.dot_product_attention(query, key, value, **arguments, implementation='cudnn')
@@ -203,6 +203,7 @@ def dot_product_attention(
   dropout_rng=None,
   return_weights: bool = False,
   kv_heads_major: bool = False,
+  platform: str | None = None,
 ):
   """softmax(Q Kᵀ / sqrt(d_k)) V over the keys, with masked keys getting exactly zero weight.
 
@@ -220,6 +221,7 @@ def dot_product_attention(
       the score and value matmuls need no transposes. Incremental decoding keeps its key/value
       cache and the cross-attention keys/values this way, so that the decoding loop does not
       transpose them at every step.
+    platform: the platform the program is built for (`fast_ops.techniques`; None: JAX's).
 
   The softmax runs in float32 whatever the input dtype. A query whose keys are all masked
   gets all-zero weights and a zero output, never NaN.
@@ -241,7 +243,7 @@ def dot_product_attention(
   if not use_einsum:
     if kv_heads_major:
       key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
-    out = _jax_attention(query, key, value, structure)
+    out = _jax_attention(query, key, value, structure, platform)
     if row_has_key is not None:  # `where`: cuDNN leaves rows outside every segment undefined
       out = jnp.where(jnp.swapaxes(row_has_key, 1, 2)[..., None], out, jnp.zeros_like(out))
     return out
@@ -252,9 +254,10 @@ def dot_product_attention(
   scores = jnp.einsum(
     f'bqhd,{kv}->bhqk', query, key, preferred_element_type=jnp.float32
   ) / math.sqrt(depth)
-  weights = masked_softmax(scores, mask)
+  ops = techniques(platform)
+  weights = ops.masked_softmax(scores, mask)
   if dropout_rate > 0 and dropout_rng is not None:
-    keep = dropout_keep_mask(dropout_rng, dropout_rate, weights.shape)
+    keep = ops.dropout_keep_mask(dropout_rng, dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
   out = jnp.einsum(f'bhqk,{kv}->bqhd', weights.astype(value.dtype), value)
   return (out, weights) if return_weights else out
@@ -295,24 +298,6 @@ def _check_qkv(query, key, value):
       f'query {query.shape} and key {key.shape} must share heads and head_dim, '
       f'value {value.shape} the number of heads.'
     )
-
-
-def dropout(x, rate: float, rng, whole_vectors: bool = False):
-  """Inverted dropout; identity when rng is None (evaluation) or rate is 0. whole_vectors: drop
-  (and rescale) each vector along the last axis as one, e.g. a whole token's embedding."""
-  if rng is None or rate == 0.0:
-    return x
-  keep = dropout_keep_mask(rng, rate, x.shape[:-1] + (1,) if whole_vectors else x.shape)
-  return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros_like(x))
-
-
-def fold_rng(rng, *data):
-  """An independent dropout key per layer, sublayer or step; None (no dropout) stays None."""
-  if rng is None:
-    return None
-  for d in data:
-    rng = jax.random.fold_in(rng, d)
-  return rng
 
 
 # ----------------------------------------------------------------------------- module
@@ -356,6 +341,7 @@ class MultiHeadAttention(nnx.Module):
     matmul_dtype: Any = None,
     rotary: bool = False,
     qk_norm: float = 0.0,
+    platform: str = '',
   ):
     if num_heads <= 0 or d_model <= 0:
       raise ValueError(f'num_heads={num_heads} and d_model={d_model} must be positive.')
@@ -375,7 +361,7 @@ class MultiHeadAttention(nnx.Module):
     self.rotary = rotary
     self.num_heads, self.head_dim, self.d_model = num_heads, head_dim, d_model
     self.self_attention, self.dropout_rate, self.kernel = self_attention, dropout_rate, kernel
-    self.dtype, self.matmul_dtype = dtype, matmul_dtype
+    self.dtype, self.matmul_dtype, self.platform = dtype, matmul_dtype, platform
     lecun = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3))
 
     def param(shape, initializer, *axes):
@@ -451,8 +437,9 @@ class MultiHeadAttention(nnx.Module):
       kv = self._project(x, self.kv_kernel, bias[:, :, None], 'btd,dinh->ibtnh')
     return self._normalize_key(kv[0]), kv[1]
 
-  def attend(self, q, k, v, mask, dropout_rng=None, return_weights=False, kv_heads_major=False):
-    """Attention over given projected Q, K, V, then the output projection to d_model."""
+  def attend(self, q, k, v, mask, *, rngs=None, return_weights=False, kv_heads_major=False):
+    """Attention over given projected Q, K, V, then the output projection to d_model; attention
+    dropout draws its key from the `dropout` stream of `rngs` (None: no dropout)."""
     result = dot_product_attention(
       q,
       k,
@@ -460,9 +447,10 @@ class MultiHeadAttention(nnx.Module):
       mask,
       kernel=self.kernel,
       dropout_rate=self.dropout_rate,
-      dropout_rng=dropout_rng,
+      dropout_rng=rngs.dropout() if rngs is not None and self.dropout_rate > 0 else None,
       return_weights=return_weights,
       kv_heads_major=kv_heads_major,
+      platform=self.platform,
     )
     out, weights = result if return_weights else (result, None)
     out = matmul('btnh,nhd->btd', out, self.out_kernel[...].astype(self.dtype), self.matmul_dtype)
@@ -475,13 +463,14 @@ class MultiHeadAttention(nnx.Module):
     inputs_kv=None,
     mask=None,
     *,
-    dropout_rng=None,
+    rngs=None,
     return_weights=False,
     positions=None,
   ):
     """inputs_q: [batch, q_len, d_model]; inputs_kv: [batch, kv_len, d_model] for cross-attention
     (None for self-attention); mask broadcastable to [batch, heads, q_len, kv_len] or an
-    AttentionMask; positions (rotary self-attention): int [batch or 1, q_len], None for 0, 1, ..."""
+    AttentionMask; positions (rotary self-attention): int [batch or 1, q_len], None for 0, 1, ...;
+    rngs: an nnx.Rngs with a `dropout` stream for attention dropout (None: none)."""
     if inputs_q.ndim != 3 or inputs_q.shape[-1] != self.d_model:
       raise ValueError(f'inputs_q must be [batch, length, {self.d_model}], got {inputs_q.shape}.')
     if self.self_attention:
@@ -497,9 +486,9 @@ class MultiHeadAttention(nnx.Module):
         )
       q = self.project_q(inputs_q)
       k, v = self.project_kv(inputs_kv)
-    return self.attend(q, k, v, mask, dropout_rng, return_weights)
+    return self.attend(q, k, v, mask, rngs=rngs, return_weights=return_weights)
 
-  def decode_step(self, x, cache, *, dropout_rng=None, return_weights=False):
+  def decode_step(self, x, cache, *, return_weights=False):
     """One incremental self-attention step with a key/value cache.
 
     x: [batch, 1, d_model], the new position's input. cache: dict with 'key' and 'value'
@@ -520,11 +509,9 @@ class MultiHeadAttention(nnx.Module):
     mask = AttentionMask.padding(None, (jnp.arange(max_len) <= index)[None, :])  # keys 0..index
     new_cache = {'key': key, 'value': value, 'index': index + 1}
     if return_weights:
-      out, weights = self.attend(
-        q, key, value, mask, dropout_rng, return_weights=True, kv_heads_major=True
-      )
+      out, weights = self.attend(q, key, value, mask, return_weights=True, kv_heads_major=True)
       return out, new_cache, weights
-    return self.attend(q, key, value, mask, dropout_rng, kv_heads_major=True), new_cache
+    return self.attend(q, key, value, mask, kv_heads_major=True), new_cache
 
   def init_cache(self, batch_size: int, max_len: int, dtype=None):
     shape = (batch_size, self.num_heads, max_len, self.head_dim)

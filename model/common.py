@@ -1,5 +1,6 @@
 """What both architectures share: the typed-config base, parameters that carry logical axis
-names for sharding, token embeddings and the output projection, and teacher forcing's inputs."""
+names for sharding, dropout, token embeddings and the output projection, and teacher forcing's
+inputs."""
 
 import dataclasses
 from typing import Any
@@ -8,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.fast_ops import matmul
+from model.fast_ops import matmul, techniques
 from model.special_tokens import BOS_ID
 
 
@@ -17,9 +18,15 @@ class ModelConfig:
   checks of their fields that raise ValueError naming the field and what it must be."""
 
   @classmethod
-  def from_config(cls, config):
-    """The model's fields of an experiment config (a ConfigDict or any mapping)."""
-    return cls(**{field.name: config[field.name] for field in dataclasses.fields(cls)})
+  def config_fields(cls) -> tuple:
+    """The fields an experiment config gives: all but `platform`, where the program runs."""
+    return tuple(field.name for field in dataclasses.fields(cls) if field.name != 'platform')
+
+  @classmethod
+  def from_config(cls, config, platform: str = ''):
+    """The model's fields of an experiment config (a ConfigDict or any mapping), for programs
+    built for `platform` ('': JAX's default backend; see `fast_ops.platform_of`)."""
+    return cls(**{name: config[name] for name in cls.config_fields()}, platform=platform)
 
   def fail(self, field, why):
     raise ValueError(f'config.{field}={getattr(self, field)!r} {why}')
@@ -67,6 +74,52 @@ def logical_linear(inputs: int, outputs: int, axes, dtype, param_dtype, rngs, us
   )
 
 
+class Dropout(nnx.Dropout):
+  """`nnx.Dropout` (inverted dropout at `rate`, the mask shared along `broadcast_dims`, its key
+  drawn from the `dropout` stream of the `nnx.Rngs` given at call time) with the keep-mask drawn
+  by `fast_ops.dropout_keep_mask`, a counter-based hash, in place of `jax.random.bernoulli`'s
+  threefry bits (docs/speed.md), in programs for the CPU (`platform`, see
+  `fast_ops.techniques`). Without `rngs` (evaluation, decoding) it is the identity."""
+
+  def __init__(self, rate: float, *, broadcast_dims=(), platform: str = ''):
+    super().__init__(rate, broadcast_dims=broadcast_dims)
+    self.platform = platform  # the program's (see fast_ops.techniques)
+
+  def __call__(self, inputs, *, rngs: nnx.Rngs | None = None):
+    if rngs is None or self.rate == 0.0:
+      return inputs
+    shape = list(inputs.shape)
+    for dim in self.broadcast_dims:
+      shape[dim] = 1
+    keep_mask = techniques(self.platform).dropout_keep_mask
+    keep = keep_mask(rngs[self.rng_collection](), self.rate, tuple(shape))
+    scale = jnp.asarray(1.0 / (1.0 - self.rate), inputs.dtype)
+    return jnp.where(keep, inputs * scale, jnp.zeros_like(inputs))
+
+
+# config.remat -> what a layer keeps for the backward pass (jax.checkpoint_policies)
+REMAT_POLICIES = {
+  'none': None,  # everything: no recomputation
+  'full': jax.checkpoint_policies.nothing_saveable,  # only the layer's inputs; all recomputed
+  # the outputs of the weight matmuls (no batch dimensions); attention scores, softmax,
+  # norms and activations recomputed
+  'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_call(remat: str, layer, *args, rngs=None, **static):
+  """`layer(*args, rngs=rngs, **static)`; where `remat` (config.remat) is not 'none', under
+  `nnx.remat` with that policy (REMAT_POLICIES): the backward pass recomputes what the policy
+  does not save instead of holding it from the forward pass. static: Python values."""
+  if remat == 'none':
+    return layer(*args, rngs=rngs, **static)
+
+  def call(layer, rngs, *args):
+    return layer(*args, rngs=rngs, **static)
+
+  return nnx.remat(call, policy=REMAT_POLICIES[remat])(layer, rngs, *args)
+
+
 def token_embedding(vocab_size: int, dim: int, dtype, param_dtype, rngs):
   """A token embedding table [vocab, dim], initialised N(0, 1/dim) (read scaled by sqrt(dim))."""
   return nnx.Embed(
@@ -95,6 +148,11 @@ class TokenEnds(nnx.Module):
       raise ValueError(
         f'{name} length {tokens.shape[1]} exceeds config.max_len={self.config.max_len}.'
       )
+
+  @property
+  def platform(self) -> str:
+    """The platform the model's programs are built for (fast_ops.techniques)."""
+    return self.config.platform
 
   def output_projection(self):
     """(kernel [vocab, features], bias [vocab] or None) with logits = features · kernelᵀ + bias."""

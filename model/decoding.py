@@ -10,7 +10,7 @@ reference path the cache is tested and benchmarked against).
 import jax
 import jax.numpy as jnp
 
-from model.fast_ops import top_k
+from model.fast_ops import techniques
 from model.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
 NEG_INF = -1.0e7
@@ -42,6 +42,11 @@ class Ensemble:
     if not models:
       raise ValueError('an Ensemble needs at least one model.')
     self.models = tuple(models)
+
+  @property
+  def platform(self) -> str:
+    """The platform the members' programs are built for (fast_ops.techniques)."""
+    return self.models[0].platform
 
   def _mean_probs(self, logits):
     # One exp per member and entry, reused for the normaliser and the probabilities, and one
@@ -292,6 +297,7 @@ def beam_search_loop(
     restricted = _constrained(
       logits, seqs, t, limits, min_len, min_words, word_start, no_repeat_ngram
     )
+    top_k = techniques(model.platform).top_k
     beam_top, beam_token = top_k(restricted, per_beam)  # [batch, k, per_beam]
     beam_lp = jnp.where(beam_top <= NEG_INF, NEG_INF, beam_top - log_z)
     candidates = (alive_lp[:, :, None] + beam_lp).reshape(batch, k * per_beam)

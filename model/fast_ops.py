@@ -11,16 +11,24 @@ as written, and tests/test_fast_ops.py checks that they agree. Measured gains: d
 | `layer_norm`: its VJP with row means as matrix-vector products | autodiff of the formula |
 | `dropout_keep_mask`: a counter-based integer hash | `jax.random.bernoulli` (threefry) |
 | `top_k`: exact two-stage top-k (block maxima first) | `jax.lax.top_k` over the vocabulary |
+
+They were measured on XLA:CPU only, so a model runs them only in programs built for the CPU:
+`techniques(platform)` gives the four functions a platform's program runs, the techniques for
+'cpu' and the formulas they replace for 'cuda', 'rocm' and 'tpu', and `resolve_matmul_dtype`
+takes the platform too. A test can so build the program of an accelerator on a CPU.
 """
 
 import functools
 import math
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 MATMUL_DTYPES = (*DTYPES, 'auto')
+# what a program may be built for ('': JAX's default backend; 'gpu' is JAX's name for CUDA)
+PLATFORMS = ('', 'cpu', 'cuda', 'gpu', 'rocm', 'tpu')
 # x86 CPU flags of a native bfloat16 matmul; without them XLA:CPU emulates it, slower than float32
 BF16_CPU_FLAGS = frozenset({'avx512_bf16', 'amx_bf16'})
 
@@ -41,13 +49,38 @@ def cpu_flags(cpuinfo: str = '/proc/cpuinfo') -> frozenset:
   return frozenset()
 
 
+def platform_of(platform: str | None = None) -> str:
+  """The platform a program is built for: `platform` ('cpu', 'cuda', 'rocm', 'tpu'; 'gpu' is
+  JAX's backend name for CUDA), or where it is '' or None, JAX's default backend."""
+  platform = platform or jax.default_backend()
+  return 'cuda' if platform == 'gpu' else platform
+
+
+class Techniques(NamedTuple):
+  """The operations a program runs in place of the formulas, for one platform."""
+
+  masked_softmax: Callable
+  layer_norm: Callable
+  dropout_keep_mask: Callable
+  top_k: Callable
+
+
+def techniques(platform: str | None = None) -> Techniques:
+  """The CPU techniques where `platform` (see `platform_of`) is the CPU, else the formulas."""
+  if platform_of(platform) == 'cpu':
+    return Techniques(masked_softmax, layer_norm, dropout_keep_mask, top_k)
+  return Techniques(
+    masked_softmax_reference, layer_norm_reference, dropout_keep_mask_reference, top_k_reference
+  )
+
+
 def resolve_matmul_dtype(name: str, backend: str | None = None, flags: set | None = None):
   """config.matmul_dtype -> a dtype. 'auto' is bfloat16 where matmuls run natively in it
   (GPUs, TPUs, x86 CPUs with AVX512-BF16 or AMX) and exact float32 elsewhere, where bfloat16 is
-  emulated and slower (docs/speed.md)."""
+  emulated and slower (docs/speed.md). backend: the platform built for (see `platform_of`)."""
   if name != 'auto':
     return DTYPES[name]
-  if (backend or jax.default_backend()) != 'cpu':
+  if platform_of(backend) != 'cpu':
     return jnp.bfloat16
   flags = cpu_flags() if flags is None else flags
   return jnp.bfloat16 if BF16_CPU_FLAGS & set(flags) else jnp.float32

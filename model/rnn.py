@@ -27,9 +27,23 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.attention import additive_scores, dot_scores, dropout, fold_rng
-from model.common import ModelConfig, TokenEnds, logical_linear, logical_param, token_embedding
-from model.fast_ops import DTYPES, MATMUL_DTYPES, masked_softmax, matmul, resolve_matmul_dtype
+from model.attention import additive_scores, dot_scores
+from model.common import (
+  Dropout,
+  ModelConfig,
+  TokenEnds,
+  logical_linear,
+  logical_param,
+  token_embedding,
+)
+from model.fast_ops import (
+  DTYPES,
+  MATMUL_DTYPES,
+  PLATFORMS,
+  matmul,
+  resolve_matmul_dtype,
+  techniques,
+)
 
 CELLS = {'gru': 3, 'lstm': 4}  # cell -> gates
 SCORES = ('additive', 'dot', 'general')
@@ -55,6 +69,8 @@ class RNNConfig(ModelConfig):
   dtype: str = 'float32'
   param_dtype: str = 'float32'
   matmul_dtype: str = 'auto'
+  platform: str = ''  # the program's: '' JAX's default backend, or cpu | cuda | rocm | tpu
+  remat: str = 'none'  # the Transformer's only; refused here
 
   def __post_init__(self):
     self.check_fields(
@@ -72,6 +88,7 @@ class RNNConfig(ModelConfig):
         ('dtype', tuple(DTYPES)),
         ('param_dtype', tuple(DTYPES)),
         ('matmul_dtype', MATMUL_DTYPES),
+        ('platform', PLATFORMS),
       ),
       rates=('dropout_rate', 'source_word_dropout'),
       flags=('share_embeddings', 'tie_output_embedding', 'copy_attention'),
@@ -82,6 +99,8 @@ class RNNConfig(ModelConfig):
       )
     if self.copy_attention:
       self.fail('copy_attention', "is built for architecture='transformer' only; set it False.")
+    if self.remat != 'none':
+      self.fail('remat', "is built for architecture='transformer' only; set it 'none'.")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -194,7 +213,7 @@ class RNNEncoderDecoder(TokenEnds):
     self.config = config
     emb, hidden = config.emb_dim, config.rnn_hidden_dim
     param_dtype, self.dtype = DTYPES[config.param_dtype], DTYPES[config.dtype]
-    self.matmul_dtype = resolve_matmul_dtype(config.matmul_dtype)
+    self.matmul_dtype = resolve_matmul_dtype(config.matmul_dtype, config.platform)
 
     def embedding():
       return token_embedding(config.vocab_size, emb, self.dtype, param_dtype, rngs)
@@ -216,6 +235,11 @@ class RNNEncoderDecoder(TokenEnds):
 
     self.target_embed = embedding()
     self.source_embed = None if config.share_embeddings else embedding()
+    self.dropout = Dropout(config.dropout_rate, platform=config.platform)
+    # word dropout: a token's whole embedding (the mask shared along the features)
+    self.word_dropout = Dropout(
+      config.source_word_dropout, broadcast_dims=(-1,), platform=config.platform
+    )
     self.encoder_cells = nnx.List(
       [
         nnx.List([cell(emb if i == 0 else hidden, hidden // 2) for _ in ('forward', 'backward')])
@@ -244,12 +268,12 @@ class RNNEncoderDecoder(TokenEnds):
 
   # -- embeddings and projections
 
-  def _embed(self, table, tokens, rng, word_dropout: float = 0.0):
+  def _embed(self, table, tokens, rngs, source: bool = False):
     """Token embeddings scaled by sqrt(emb_dim), word dropout (source), then dropout."""
     x = table(tokens) * jnp.asarray(math.sqrt(self.config.emb_dim), self.dtype)
-    if word_dropout:
-      x = dropout(x, word_dropout, fold_rng(rng, 1), whole_vectors=True)
-    return dropout(x, self.config.dropout_rate, rng)
+    if source:
+      x = self.word_dropout(x, rngs=rngs)
+    return self.dropout(x, rngs=rngs)
 
   # -- encoder
 
@@ -259,7 +283,7 @@ class RNNEncoderDecoder(TokenEnds):
     inputs_positions=None,
     inputs_segmentation=None,
     *,
-    dropout_rng=None,
+    rngs=None,
     return_weights=False,
   ):
     """inputs [batch, src_len] -> annotations [batch, src_len, rnn_hidden_dim] (and, with
@@ -270,15 +294,13 @@ class RNNEncoderDecoder(TokenEnds):
       (inputs != 0).astype(jnp.int32) if inputs_segmentation is None else inputs_segmentation
     )
     table = self.source_embed or self.target_embed
-    x = self._embed(table, inputs, fold_rng(dropout_rng, 0), self.config.source_word_dropout)
-    for i, (forward, backward) in enumerate(self.encoder_cells):
+    x = self._embed(table, inputs, rngs, source=True)
+    for forward, backward in self.encoder_cells:
       states = [
         run_cell(forward, forward.project_inputs(x), example_starts(segments)),
         run_cell(backward, backward.project_inputs(x), example_starts(segments, True), True),
       ]
-      x = dropout(
-        jnp.concatenate(states, axis=-1), self.config.dropout_rate, fold_rng(dropout_rng, 1, i)
-      )
+      x = self.dropout(jnp.concatenate(states, axis=-1), rngs=rngs)
     return (x, []) if return_weights else x
 
   def _keys(self, annotations):
@@ -313,23 +335,20 @@ class RNNEncoderDecoder(TokenEnds):
     )
     return states, jnp.where(start, 0.0, feed).astype(feed.dtype)
 
-  def _decoder_step(self, carry, embedded, memory, mask, rng):
+  def _decoder_step(self, carry, embedded, memory, mask, rngs):
     """One target position for rows decoding `sources` sources (rows // sources each).
 
     carry: (per layer cell carries [rows, hidden], h~_{t-1} [rows, emb_dim]); embedded: E
     y_{t-1} [rows, emb_dim]; memory: keys and values [sources, src_len, .]; mask: [sources,
-    rows per source | 1, src_len]. Returns (carry, (h~_t [rows, emb_dim], a_t [rows, src_len])).
+    rows per source | 1, src_len]; rngs: dropout's nnx.Rngs (None: none). Returns (carry,
+    (h~_t [rows, emb_dim], a_t [rows, src_len])).
     """
     states, feed = carry
     x, new_states = jnp.concatenate([embedded, feed], axis=-1), []
     for i, cell in enumerate(self.decoder_cells):
       state = cell.step(states[i], cell.project_inputs(x))
       new_states.append(state)
-      x = (
-        state[0]
-        if i == len(self.decoder_cells) - 1
-        else dropout(state[0], self.config.dropout_rate, fold_rng(rng, i))
-      )
+      x = state[0] if i == len(self.decoder_cells) - 1 else self.dropout(state[0], rngs=rngs)
     keys, values = memory['keys'], memory['values']
     sources, rows = keys.shape[0], x.shape[0]
     query = x.reshape(sources, rows // sources, -1)  # s_t [sources, rows per source, hidden]
@@ -337,7 +356,9 @@ class RNNEncoderDecoder(TokenEnds):
       scores = additive_scores(self.query_kernel(query), keys, self.score_vector[...])
     else:
       scores = dot_scores(query, keys)
-    weights = masked_softmax(scores, mask)  # [sources, rows per source, src_len]
+    weights = techniques(self.config.platform).masked_softmax(
+      scores, mask
+    )  # [sources, rows per source, src_len]
     context = jnp.einsum('nrs,nsd->nrd', weights.astype(values.dtype), values).reshape(rows, -1)
     attentional = jnp.tanh(self.combine(jnp.concatenate([context, x], axis=-1)))
     return (tuple(new_states), attentional), (attentional, weights.reshape(rows, -1))
@@ -351,7 +372,7 @@ class RNNEncoderDecoder(TokenEnds):
     targets_positions=None,
     inputs_segmentation=None,
     targets_segmentation=None,
-    dropout_rng=None,
+    rngs=None,
     return_weights=False,
     return_features=False,
   ):
@@ -377,7 +398,7 @@ class RNNEncoderDecoder(TokenEnds):
     half = self.config.rnn_hidden_dim // 2
     first = jnp.argmax(mask, axis=-1)  # [batch, tgt_len]
     initial = self._initial_states(jnp.take_along_axis(encoded[..., half:], first[..., None], 1))
-    embedded = self._embed(self.target_embed, decoder_inputs, fold_rng(dropout_rng, 0))
+    embedded = self._embed(self.target_embed, decoder_inputs, rngs)
     memory = {'keys': self._keys(encoded), 'values': encoded}
     batch = decoder_inputs.shape[0]
     carry = (
@@ -385,19 +406,19 @@ class RNNEncoderDecoder(TokenEnds):
       jnp.zeros((batch, self.config.emb_dim), embedded.dtype),
     )
 
+    # one dropout key per step, drawn here: a scan's body cannot advance `rngs` outside it
+    length = decoder_inputs.shape[1]
+    step_keys = None if rngs is None else jax.random.split(rngs.dropout(), length)
+
     def body(carry, xs):
-      embedded_t, start_t, initial_t, mask_t, t = xs
+      embedded_t, start_t, initial_t, mask_t, key_t = xs
       carry = self._restart(carry, initial_t, start_t[:, None])
-      step_rng = fold_rng(dropout_rng, 1, t)
-      return self._decoder_step(carry, embedded_t, memory, mask_t[:, None, :], step_rng)
+      step_rngs = None if key_t is None else nnx.Rngs(dropout=key_t)
+      return self._decoder_step(carry, embedded_t, memory, mask_t[:, None, :], step_rngs)
 
     time_major = [jnp.swapaxes(a, 0, 1) for a in (embedded, example_starts(target), initial, mask)]
-    _, (features, weights) = jax.lax.scan(
-      body, carry, (*time_major, jnp.arange(decoder_inputs.shape[1]))
-    )
-    features = dropout(
-      jnp.swapaxes(features, 0, 1), self.config.dropout_rate, fold_rng(dropout_rng, 2)
-    )
+    _, (features, weights) = jax.lax.scan(body, carry, (*time_major, step_keys))
+    features = self.dropout(jnp.swapaxes(features, 0, 1), rngs=rngs)
     out = features if return_features else self.vocab_logits(features)
     return (out, [jnp.swapaxes(weights, 0, 1)[:, None]]) if return_weights else out
 
@@ -410,20 +431,19 @@ class RNNEncoderDecoder(TokenEnds):
     targets_positions=None,
     inputs_segmentation=None,
     targets_segmentation=None,
-    dropout_rng=None,
+    rngs=None,
     return_features=False,
   ):
-    """Teacher-forced logits [batch, tgt_len, vocab]; dropout only when dropout_rng is given."""
-    encoded = self.encode(
-      inputs, inputs_positions, inputs_segmentation, dropout_rng=fold_rng(dropout_rng, 0)
-    )
+    """Teacher-forced logits [batch, tgt_len, vocab]; dropout only when `rngs` (an nnx.Rngs
+    with a `dropout` stream) is given."""
+    encoded = self.encode(inputs, inputs_positions, inputs_segmentation, rngs=rngs)
     return self.decode(
       encoded,
       inputs,
       decoder_inputs,
       inputs_segmentation=inputs_segmentation,
       targets_segmentation=targets_segmentation,
-      dropout_rng=fold_rng(dropout_rng, 1),
+      rngs=rngs,
       return_features=return_features,
     )
 

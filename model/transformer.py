@@ -14,9 +14,25 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model.attention import KERNELS, AttentionMask, MultiHeadAttention, dropout, fold_rng
-from model.common import ModelConfig, TokenEnds, logical_linear, logical_param, token_embedding
-from model.fast_ops import DTYPES, MATMUL_DTYPES, layer_norm, matmul, resolve_matmul_dtype
+from model.attention import KERNELS, AttentionMask, MultiHeadAttention
+from model.common import (
+  REMAT_POLICIES,
+  Dropout,
+  ModelConfig,
+  TokenEnds,
+  logical_linear,
+  logical_param,
+  remat_call,
+  token_embedding,
+)
+from model.fast_ops import (
+  DTYPES,
+  MATMUL_DTYPES,
+  PLATFORMS,
+  matmul,
+  resolve_matmul_dtype,
+  techniques,
+)
 
 # sinusoidal and learned are added to the embeddings; rope rotates self-attention's Q and K
 POSITION_TYPES = ('sinusoidal', 'learned', 'rope')
@@ -104,9 +120,11 @@ class TransformerConfig(ModelConfig):
   tie_output_embedding: bool = True
   copy_attention: bool = False  # pointer-generator
   attention_kernel: str = 'einsum'
+  remat: str = 'none'  # one of REMAT_POLICIES: what each layer recomputes in the backward pass
   dtype: str = 'float32'  # activations
   param_dtype: str = 'float32'
   matmul_dtype: str = 'auto'  # one of MATMUL_DTYPES; see resolve_matmul_dtype
+  platform: str = ''  # the program's: '' JAX's default backend, or cpu | cuda | rocm | tpu
 
   def __post_init__(self):
     self.check_fields(
@@ -127,6 +145,8 @@ class TransformerConfig(ModelConfig):
         ('activation', tuple(ACTIVATIONS)),
         ('param_dtype', tuple(DTYPES)),
         ('matmul_dtype', MATMUL_DTYPES),
+        ('platform', PLATFORMS),
+        ('remat', tuple(REMAT_POLICIES)),
       ),
       rates=('dropout_rate', 'attention_dropout_rate', 'source_word_dropout'),
       flags=('share_embeddings', 'tie_output_embedding', 'copy_attention'),
@@ -166,9 +186,10 @@ class MlpBlock(nnx.Module):
     param_dtype: Any,
     matmul_dtype: Any = None,
     activation: str = 'relu',
+    platform: str = '',
   ):
-    self.dropout_rate, self.dtype, self.matmul_dtype = dropout_rate, dtype, matmul_dtype
-    self.activation = activation
+    self.dtype, self.matmul_dtype, self.activation = dtype, matmul_dtype, activation
+    self.dropout = Dropout(dropout_rate, platform=platform)
     self.wi = logical_linear(dim, mlp_dim, ('embed', 'mlp'), dtype, param_dtype, rngs)
     self.wo = logical_linear(mlp_dim, dim, ('mlp', 'embed'), dtype, param_dtype, rngs)
     self.wi_gate = (
@@ -181,25 +202,30 @@ class MlpBlock(nnx.Module):
     kernel, bias = layer.kernel[...].astype(self.dtype), layer.bias[...].astype(self.dtype)
     return matmul('...i,io->...o', x.astype(self.dtype), kernel, self.matmul_dtype) + bias
 
-  def __call__(self, x, dropout_rng=None):
+  def __call__(self, x, *, rngs=None):
     act = ACTIVATIONS[self.activation]
     if self.wi_gate is None:
       hidden = act(self._dense(self.wi, x))
     else:
       hidden = act(self._dense(self.wi_gate, x)) * self._dense(self.wi, x)
-    return self._dense(self.wo, dropout(hidden, self.dropout_rate, dropout_rng))
+    return self._dense(self.wo, self.dropout(hidden, rngs=rngs))
 
 
 class _Sublayers(nnx.Module):
-  """Shared residual wiring: pre-LN  x + drop(f(LN(x)))  or post-LN  LN(x + drop(f(x)))."""
+  """Shared residual wiring: pre-LN  x + drop(f(LN(x)))  or post-LN  LN(x + drop(f(x))).
+
+  A layer reads a sublayer's input with `sublayer_input(x, norm)` and adds its output back with
+  `residual(x, f_out, norm)`."""
 
   pre_ln: bool
-  dropout_rate: float
+  dropout: Dropout
 
-  def residual(self, x, norm, fn, rng):
-    if self.pre_ln:
-      return x + dropout(fn(norm(x)), self.dropout_rate, rng)
-    return norm(x + dropout(fn(x), self.dropout_rate, rng))
+  def sublayer_input(self, x, norm):
+    return norm(x) if self.pre_ln else x
+
+  def residual(self, x, out, norm, rngs):
+    x = x + self.dropout(out, rngs=rngs)
+    return x if self.pre_ln else norm(x)
 
 
 class LayerNorm(nnx.Module):
@@ -219,16 +245,17 @@ class LayerNorm(nnx.Module):
     epsilon: float = 1e-6,
     dtype: Any = jnp.float32,
     param_dtype: Any = jnp.float32,
+    platform: str = '',
   ):
     # ones and zeros; the two keys are drawn as nnx.LayerNorm draws them, so that a seed gives
     # every other layer the initial values it has in a model built with nnx.LayerNorm
     self.scale = logical_param(nnx.initializers.ones(rngs.params(), (dim,), param_dtype), 'embed')
     self.bias = logical_param(nnx.initializers.zeros(rngs.params(), (dim,), param_dtype), 'embed')
-    self.epsilon, self.dtype = epsilon, dtype
+    self.epsilon, self.dtype, self.platform = epsilon, dtype, platform
 
   def __call__(self, x):
     f32 = jnp.float32
-    y = layer_norm(
+    y = techniques(self.platform).layer_norm(
       x.astype(f32), self.scale[...].astype(f32), self.bias[...].astype(f32), self.epsilon
     )
     return y.astype(self.dtype)
@@ -236,7 +263,12 @@ class LayerNorm(nnx.Module):
 
 def _norm(dim, config, rngs):
   return LayerNorm(
-    dim, epsilon=1e-6, dtype=DTYPES[config.dtype], param_dtype=DTYPES[config.param_dtype], rngs=rngs
+    dim,
+    epsilon=1e-6,
+    dtype=DTYPES[config.dtype],
+    param_dtype=DTYPES[config.param_dtype],
+    platform=config.platform,
+    rngs=rngs,
   )
 
 
@@ -250,9 +282,10 @@ def _attention(config, rngs, self_attention):
     kernel=config.attention_kernel,
     dtype=DTYPES[config.dtype],
     param_dtype=DTYPES[config.param_dtype],
-    matmul_dtype=resolve_matmul_dtype(config.matmul_dtype),
+    matmul_dtype=resolve_matmul_dtype(config.matmul_dtype, config.platform),
     rotary=self_attention and config.position_embedding == 'rope',
     qk_norm=config.qk_norm,
+    platform=config.platform,
   )
 
 
@@ -264,8 +297,9 @@ def _mlp(config, rngs):
     rngs=rngs,
     dtype=DTYPES[config.dtype],
     param_dtype=DTYPES[config.param_dtype],
-    matmul_dtype=resolve_matmul_dtype(config.matmul_dtype),
+    matmul_dtype=resolve_matmul_dtype(config.matmul_dtype, config.platform),
     activation=config.activation,
+    platform=config.platform,
   )
 
 
@@ -273,82 +307,94 @@ class EncoderLayer(_Sublayers):
   """Self-attention over the source, then the MLP; each a residual sublayer."""
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-    self.pre_ln, self.dropout_rate = config.layer_norm == 'pre', config.dropout_rate
+    self.pre_ln = config.layer_norm == 'pre'
+    self.dropout = Dropout(config.dropout_rate, platform=config.platform)
     self.self_attention = _attention(config, rngs, self_attention=True)
     self.mlp = _mlp(config, rngs)
     self.norm1, self.norm2 = (_norm(config.emb_dim, config, rngs) for _ in range(2))
 
-  def __call__(self, x, mask, rng=None, weights=None, positions=None):
-    """positions: the tokens' positions [batch or 1, len] for rotary self-attention."""
-
-    def attend(h):
-      if weights is None:
-        return self.self_attention(h, mask=mask, dropout_rng=fold_rng(rng, 0), positions=positions)
-      out, w = self.self_attention(h, mask=mask, return_weights=True, positions=positions)
-      weights.append(w)
-      return out
-
-    x = self.residual(x, self.norm1, attend, fold_rng(rng, 1))
-    return self.residual(x, self.norm2, lambda h: self.mlp(h, fold_rng(rng, 2)), fold_rng(rng, 3))
+  def __call__(self, x, mask, positions=None, *, rngs=None, return_weights=False):
+    """x: [batch, len, d]; positions: the tokens' positions [batch or 1, len] for rotary
+    self-attention; rngs: dropout's nnx.Rngs (None: none). Returns x, or (x, the attention
+    weights [batch, heads, len, len]) with return_weights."""
+    h = self.sublayer_input(x, self.norm1)
+    out = self.self_attention(
+      h, mask=mask, positions=positions, rngs=rngs, return_weights=return_weights
+    )
+    out, weights = out if return_weights else (out, None)
+    x = self.residual(x, out, self.norm1, rngs)
+    x = self.residual(x, self.mlp(self.sublayer_input(x, self.norm2), rngs=rngs), self.norm2, rngs)
+    return (x, weights) if return_weights else x
 
 
 class DecoderLayer(_Sublayers):
   """Causal self-attention, cross-attention to the encoder output, then the MLP."""
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-    self.pre_ln, self.dropout_rate = config.layer_norm == 'pre', config.dropout_rate
+    self.pre_ln = config.layer_norm == 'pre'
+    self.dropout = Dropout(config.dropout_rate, platform=config.platform)
     self.self_attention = _attention(config, rngs, self_attention=True)
     self.cross_attention = _attention(config, rngs, self_attention=False)
     self.mlp = _mlp(config, rngs)
     self.norm1, self.norm2, self.norm3 = (_norm(config.emb_dim, config, rngs) for _ in range(3))
 
   def __call__(
-    self, x, cross_kv, self_mask, cross_mask, rng=None, cache=None, weights=None, positions=None
+    self,
+    x,
+    cross_kv,
+    self_mask,
+    cross_mask,
+    positions=None,
+    *,
+    cache=None,
+    rngs=None,
+    return_weights=False,
   ):
     """x: [batch, tgt_len, d]; cross_kv: (K, V) projected from the encoder output; positions:
-    [batch or 1, tgt_len] for rotary self-attention (with `cache`, the cache index).
+    [batch or 1, tgt_len] for rotary self-attention; rngs: dropout's nnx.Rngs (None: none).
 
     With `cache` (incremental decoding, tgt_len 1) self-attention reads and extends the cache,
-    and cross_kv is heads-major (`EncoderDecoder.cross_kv(encoded, heads_major=True)`);
-    returns (x, new_cache).
+    and cross_kv is heads-major (`EncoderDecoder.cross_kv(encoded, heads_major=True)`).
+    Returns (x, the new cache or None, the cross-attention weights [batch, heads, tgt_len,
+    src_len] with return_weights, else None).
     """
-    heads_major = cache is not None
-    new_cache = None
+    h = self.sublayer_input(x, self.norm1)
+    if cache is None:
+      out = self.self_attention(h, mask=self_mask, positions=positions, rngs=rngs)
+    else:
+      out, cache = self.self_attention.decode_step(h, cache)
+    x = self.residual(x, out, self.norm1, rngs)
+    out, weights = self._cross_attend(
+      self.sublayer_input(x, self.norm2),
+      cross_kv,
+      cross_mask,
+      rngs,
+      cache is not None,
+      return_weights,
+    )
+    x = self.residual(x, out, self.norm2, rngs)
+    x = self.residual(x, self.mlp(self.sublayer_input(x, self.norm3), rngs=rngs), self.norm3, rngs)
+    return x, cache, weights
 
-    def self_attend(h):
-      nonlocal new_cache
-      if cache is None:
-        return self.self_attention(
-          h, mask=self_mask, dropout_rng=fold_rng(rng, 0), positions=positions
-        )
-      out, new_cache = self.self_attention.decode_step(h, cache)
-      return out
+  def _cross_attend(self, h, cross_kv, mask, rngs, heads_major, return_weights):
+    """Cross-attention of h [batch, length, d] to cross_kv -> (output, weights or None).
 
-    def cross_attend(h):
-      q = self.cross_attention.project_q(h)
-      batch, length = q.shape[:2]
-      # Rows of x that are the `group` beams of one source (decoding with cross_kv computed per
-      # source, see `EncoderDecoder.decode_step`) attend as that source's group x length queries:
-      # one batched matmul per source over its own keys and values, not one per beam over copies.
-      group = batch // cross_kv[0].shape[0]
-      q = q.reshape(batch // group, group * length, *q.shape[2:])
-      if weights is None:
-        out = self.cross_attention.attend(
-          q, *cross_kv, cross_mask, fold_rng(rng, 2), kv_heads_major=heads_major
-        )
-        return out.reshape(batch, length, -1)
-      out, w = self.cross_attention.attend(
-        q, *cross_kv, cross_mask, return_weights=True, kv_heads_major=heads_major
-      )
-      # [sources, heads, group x length, src_len] -> [batch, heads, length, src_len]
-      w = w.reshape(w.shape[0], w.shape[1], group, length, w.shape[-1])
-      weights.append(jnp.swapaxes(w, 1, 2).reshape(batch, w.shape[1], length, w.shape[-1]))
-      return out.reshape(batch, length, -1)
-
-    x = self.residual(x, self.norm1, self_attend, fold_rng(rng, 1))
-    x = self.residual(x, self.norm2, cross_attend, fold_rng(rng, 3))
-    x = self.residual(x, self.norm3, lambda h: self.mlp(h, fold_rng(rng, 4)), fold_rng(rng, 5))
-    return x, new_cache
+    Rows of h that are the `group` beams of one source (decoding with cross_kv computed per
+    source, see `EncoderDecoder.decode_step`) attend as that source's group x length queries:
+    one batched matmul per source over its own keys and values, not one per beam over copies.
+    """
+    q = self.cross_attention.project_q(h)
+    batch, length = q.shape[:2]
+    group = batch // cross_kv[0].shape[0]
+    q = q.reshape(batch // group, group * length, *q.shape[2:])
+    out = self.cross_attention.attend(
+      q, *cross_kv, mask, rngs=rngs, return_weights=return_weights, kv_heads_major=heads_major
+    )
+    out, weights = out if return_weights else (out, None)
+    if weights is not None:  # [sources, heads, group x length, src_len] -> [batch, heads, ...]
+      w = weights.reshape(weights.shape[0], weights.shape[1], group, length, weights.shape[-1])
+      weights = jnp.swapaxes(w, 1, 2).reshape(batch, w.shape[1], length, w.shape[-1])
+    return out.reshape(batch, length, -1), weights
 
 
 # ----------------------------------------------------------------------------- model
@@ -366,7 +412,7 @@ class EncoderDecoder(TokenEnds):
     self.config = config
     dim = config.emb_dim
     param_dtype, self.dtype = DTYPES[config.param_dtype], DTYPES[config.dtype]
-    self.matmul_dtype = resolve_matmul_dtype(config.matmul_dtype)
+    self.matmul_dtype = resolve_matmul_dtype(config.matmul_dtype, config.platform)
 
     def embedding():
       return token_embedding(config.vocab_size, dim, self.dtype, param_dtype, rngs)
@@ -383,6 +429,11 @@ class EncoderDecoder(TokenEnds):
       self.position_table = None  # positions enter self-attention (rotary_embedding)
     else:
       self.position_table = nnx.Variable(sinusoidal_positions(config.max_len, dim))
+    self.dropout = Dropout(config.dropout_rate, platform=config.platform)
+    # word dropout: a token's whole embedding (the mask shared along the features)
+    self.word_dropout = Dropout(
+      config.source_word_dropout, broadcast_dims=(-1,), platform=config.platform
+    )
     self.encoder_layers = nnx.List(
       [EncoderLayer(config, rngs=rngs) for _ in range(config.num_encoder_layers)]
     )
@@ -406,20 +457,20 @@ class EncoderDecoder(TokenEnds):
 
   # -- embeddings
 
-  def _embed(self, table, tokens, positions, rng, word_dropout: float = 0.0):
+  def _embed(self, table, tokens, positions, rngs, source: bool = False):
     """Scaled token embeddings plus positions (not with rope, whose positions enter
-    self-attention), then dropout. word_dropout (training, the source): each token's embedding
-    is dropped whole, before its position is added, and the kept ones rescaled (Gal and
-    Ghahramani 2016's word dropout, per token as in Nematus)."""
+    self-attention), then dropout. The source takes word dropout first (training): each
+    token's embedding is dropped whole, before its position is added, and the kept ones
+    rescaled (Gal and Ghahramani 2016's word dropout, per token as in Nematus)."""
     dim = self.config.emb_dim
     x = table(tokens) * jnp.asarray(math.sqrt(dim), self.dtype)
-    if word_dropout:
-      x = dropout(x, word_dropout, fold_rng(rng, 1), whole_vectors=True)
+    if source:
+      x = self.word_dropout(x, rngs=rngs)
     if self.position_table is not None:
       if positions is None:
         positions = jnp.arange(tokens.shape[1])[None, :]
       x = x + jnp.take(self.position_table[...], positions, axis=0).astype(self.dtype)
-    return dropout(x, self.config.dropout_rate, rng)
+    return self.dropout(x, rngs=rngs)
 
   # -- encoder
 
@@ -429,22 +480,32 @@ class EncoderDecoder(TokenEnds):
     inputs_positions=None,
     inputs_segmentation=None,
     *,
-    dropout_rng=None,
+    rngs=None,
     return_weights=False,
   ):
-    """inputs: [batch, src_len] token ids -> [batch, src_len, emb_dim] (and per-layer weights)."""
+    """inputs: [batch, src_len] token ids -> [batch, src_len, emb_dim] (and per-layer weights);
+    rngs: dropout's nnx.Rngs (None: no dropout)."""
     self._check_tokens('inputs', inputs)
     if inputs_segmentation is None:
       mask = AttentionMask.padding(inputs != 0, inputs != 0)
     else:
       mask = AttentionMask.segments(inputs_segmentation, inputs_segmentation)
     table = self.source_embed or self.target_embed
-    x = self._embed(
-      table, inputs, inputs_positions, fold_rng(dropout_rng, 0), self.config.source_word_dropout
-    )
-    weights = [] if return_weights else None
-    for i, layer in enumerate(self.encoder_layers):
-      x = layer(x, mask, fold_rng(dropout_rng, 1, i), weights, inputs_positions)
+    x = self._embed(table, inputs, inputs_positions, rngs, source=True)
+    weights = []
+    for layer in self.encoder_layers:
+      x = remat_call(
+        self.config.remat,
+        layer,
+        x,
+        mask,
+        inputs_positions,
+        rngs=rngs,
+        return_weights=return_weights,
+      )
+      if return_weights:
+        x, w = x
+        weights.append(w)
     if self.encoder_norm is not None:
       x = self.encoder_norm(x)
     return (x, weights) if return_weights else x
@@ -484,7 +545,7 @@ class EncoderDecoder(TokenEnds):
     targets_positions=None,
     inputs_segmentation=None,
     targets_segmentation=None,
-    dropout_rng=None,
+    rngs=None,
     return_weights=False,
     return_features=False,
   ):
@@ -513,18 +574,22 @@ class EncoderDecoder(TokenEnds):
     else:
       self_mask = AttentionMask.segments(targets_segmentation, targets_segmentation, causal=True)
       cross_mask = AttentionMask.segments(targets_segmentation, inputs_segmentation)
-    x = self._embed(self.target_embed, decoder_inputs, targets_positions, fold_rng(dropout_rng, 0))
-    weights = [] if return_weights or self.copy_gate is not None else None
-    for i, (layer, kv) in enumerate(zip(self.decoder_layers, self.cross_kv(encoded))):
-      x, _ = layer(
+    x = self._embed(self.target_embed, decoder_inputs, targets_positions, rngs)
+    keep_weights = return_weights or self.copy_gate is not None
+    weights = []
+    for layer, kv in zip(self.decoder_layers, self.cross_kv(encoded)):
+      x, _, w = remat_call(
+        self.config.remat,
+        layer,
         x,
         kv,
         self_mask,
         cross_mask,
-        fold_rng(dropout_rng, 1, i),
-        weights=weights,
-        positions=targets_positions,
+        targets_positions,
+        rngs=rngs,
+        return_weights=keep_weights,
       )
+      weights.append(w)
     out = self.features(x) if return_features else self._output(x, weights, inputs)
     return (out, weights) if return_weights else out
 
@@ -537,10 +602,11 @@ class EncoderDecoder(TokenEnds):
     targets_positions=None,
     inputs_segmentation=None,
     targets_segmentation=None,
-    dropout_rng=None,
+    rngs=None,
     return_features=False,
   ):
-    """Teacher-forced logits [batch, tgt_len, vocab]; dropout only when dropout_rng is given.
+    """Teacher-forced logits [batch, tgt_len, vocab]; dropout only when `rngs` (an nnx.Rngs
+    with a `dropout` stream) is given.
 
     return_features: the decoder features instead (see `decode`), for the fused loss.
     """
@@ -549,9 +615,7 @@ class EncoderDecoder(TokenEnds):
         f'inputs {inputs.shape} and decoder_inputs {decoder_inputs.shape} must be '
         f'[batch, length] with the same batch.'
       )
-    encoded = self.encode(
-      inputs, inputs_positions, inputs_segmentation, dropout_rng=fold_rng(dropout_rng, 0)
-    )
+    encoded = self.encode(inputs, inputs_positions, inputs_segmentation, rngs=rngs)
     return self.decode(
       encoded,
       inputs,
@@ -559,7 +623,7 @@ class EncoderDecoder(TokenEnds):
       targets_positions=targets_positions,
       inputs_segmentation=inputs_segmentation,
       targets_segmentation=targets_segmentation,
-      dropout_rng=fold_rng(dropout_rng, 1),
+      rngs=rngs,
       return_features=return_features,
     )
 
@@ -589,9 +653,10 @@ class EncoderDecoder(TokenEnds):
         f'{tokens.shape[0]} rows do not split into groups of beams of {sources} sources (cross_kv).'
       )
     cross_mask = AttentionMask.padding(None, inputs[:: tokens.shape[0] // sources] != 0)
-    weights = [] if self.copy_gate is not None else None
-    new_cache = []
+    copy = self.copy_gate is not None
+    weights, new_cache = [], []
     for layer, kv, layer_cache in zip(self.decoder_layers, cross_kv, cache):
-      x, c = layer(x, kv, None, cross_mask, cache=layer_cache, weights=weights)
+      x, c, w = layer(x, kv, None, cross_mask, cache=layer_cache, return_weights=copy)
       new_cache.append(c)
+      weights.append(w)
     return self._output(x, weights, inputs)[:, 0], new_cache

@@ -141,7 +141,7 @@ def test_einsum_and_jax_kernels_agree_and_the_jax_kernel_says_which_it_runs(capf
   if jax.default_backend() != 'gpu':  # once per process, whatever the number of calls
     assert (
       notices.count(
-        f'attention_kernel=jax: XLA attention, not cuDNN (the devices are '
+        f'attention_kernel=jax: XLA attention, not cuDNN (the program is for '
         f'{jax.default_backend()}, not CUDA GPUs).'
       )
       <= 1
@@ -209,7 +209,7 @@ def test_jax_kernel_given_the_masks_structure_equals_the_definition(name):
   [
     ('gpu', jnp.bfloat16, 64, ''),
     ('gpu', jnp.float16, 128, ''),
-    ('cpu', jnp.bfloat16, 64, 'the devices are cpu, not CUDA GPUs'),
+    ('cpu', jnp.bfloat16, 64, 'the program is for cpu, not CUDA GPUs'),
     ('gpu', jnp.float32, 64, 'float32 inputs; cuDNN takes bfloat16 or float16 (config.dtype)'),
     ('gpu', jnp.bfloat16, 12, 'head size 12; cuDNN takes multiples of 8 up to 256'),
     ('gpu', jnp.bfloat16, 512, 'head size 512; cuDNN takes multiples of 8 up to 256'),

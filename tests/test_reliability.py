@@ -100,6 +100,12 @@ BAD_CONFIGS = [
   ('--config.max_decode_len_a=-1', 'error: config.max_decode_len_a=-1.0 must be >= 0'),
   ('--config.mbr_utility=ter', "error: config.mbr_utility='ter' is unknown"),
   ('--config.architecture=lstm', "error: config.architecture='lstm' is unknown; use one of"),
+  ('--config.remat=layers', "error: config.remat='layers' is unknown; use one of"),
+  (
+    '--config=configs/rnn_attention.py --config.remat=full',
+    "error: config.remat='full' is built for architecture='transformer' only",
+  ),
+  ('--config.profile_steps=5', "error: config.profile_steps='5' is not of the form 'a:b' with"),
   (
     '--config=configs/rnn_attention.py --config.rnn_hidden_dim=255',
     'error: config.rnn_hidden_dim=255 must be even (the encoder splits it',

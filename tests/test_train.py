@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from core.checkpoints import Checkpoints
 from core.config import ConfigError, save_config
@@ -25,6 +26,7 @@ from core.parallel import make_mesh, to_host
 from core.workdir import LOCK_FILE
 from input_pipeline import datasets
 from input_pipeline import tokenizer as tokenizer_lib
+from model.architectures import create_model
 from training import steps as training_steps
 from training.checks import check_resume, validate_training_config
 from training.data import SAMPLES_DIR, load_data
@@ -108,6 +110,37 @@ def test_fused_loss_equals_plain_loss_with_gradients(tmp_path, tie, rdrop_alpha)
   with and without R-Drop."""
   config = tiny_run_config(tmp_path, tie_output_embedding=tie, dropout_rate=0.2)
   assert_same_loss_and_grads(*[loss_and_grads(config, chunk, rdrop_alpha) for chunk in (0, 16)])
+
+
+@pytest.mark.parametrize('remat', ['full', 'dots'])
+def test_remat_gives_the_same_loss_and_gradients(tmp_path, remat):
+  """Rematerialised layers recompute in the backward pass what they would have stored: the same
+  loss and gradients in float32, with dropout drawing the same masks, with copy attention too
+  (the cross-attention weights leave the rematerialised layer)."""
+  for fields in ({'num_encoder_layers': 2, 'num_decoder_layers': 2}, {'copy_attention': True}):
+    config = tiny_run_config(tmp_path, dropout_rate=0.2, **fields)
+    plain = loss_and_grads(config, 0)
+    config.remat = remat
+    assert_same_loss_and_grads(plain, loss_and_grads(config, 0))
+  # and the layers are rematerialised: each (one encoder, one decoder) is one `checkpoint` (the
+  # primitive of jax.checkpoint, printed remat2) in the program
+  graphdef, params, rest = create_model(config, 0)
+  batch = random_batch()
+  forward = lambda p: nnx.merge(graphdef, p, rest)(batch['inputs'], batch['targets'])
+  assert len(re.findall(r'\b(?:remat\w*|checkpoint)\[', str(jax.make_jaxpr(forward)(params)))) == 2
+
+
+def test_profile_steps_write_a_trace_of_those_steps(tmp_path):
+  """config.profile_steps='2:4' traces steps 3 and 4 into <workdir>/plugins/profile/<time>/:
+  an XPlane file for TensorBoard and a Perfetto trace; the run goes on and finishes."""
+  workdir = str(tmp_path / 'run')
+  config = tiny_run_config(tmp_path, num_train_steps=6, profile_steps='2:4', log_every_steps=1)
+  train_and_evaluate(config, workdir)
+  (trace,) = os.listdir(os.path.join(workdir, 'plugins', 'profile'))
+  files = os.listdir(os.path.join(workdir, 'plugins', 'profile', trace))
+  assert any(f.endswith('.xplane.pb') for f in files), files
+  assert 'perfetto_trace.json.gz' in files
+  assert len(losses(workdir)) == 6
 
 
 def test_rdrop_without_dropout_is_the_plain_loss(tmp_path):

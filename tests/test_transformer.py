@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from configs import default
-from model import transformer
+from model import common, transformer
 from model.common import count_params, shift_right
 from model.transformer import (
   EncoderDecoder,
@@ -203,10 +203,26 @@ def test_gated_activation_adds_one_input_matrix_per_mlp():
 
 def test_dropout_is_random_in_training_and_off_in_evaluation():
   model = make_model(dropout_rate=0.3)
-  a = model(SRC, TGT, dropout_rng=jax.random.key(0))
-  b = model(SRC, TGT, dropout_rng=jax.random.key(1))
+  a = model(SRC, TGT, rngs=nnx.Rngs(dropout=0))
+  b = model(SRC, TGT, rngs=nnx.Rngs(dropout=1))
   assert not np.allclose(a, b)
+  np.testing.assert_array_equal(a, model(SRC, TGT, rngs=nnx.Rngs(dropout=0)))  # seeded
   np.testing.assert_array_equal(model(SRC, TGT), model(SRC, TGT))
+
+
+def test_dropout_equals_nnx_dropout_given_the_same_keep_mask():
+  """The model's Dropout is nnx.Dropout with a hashed keep-mask on the CPU: built for an
+  accelerator, where it takes JAX's Bernoulli mask (the reference), it gives nnx.Dropout's
+  values for the same key, also with a mask shared along broadcast_dims; without rngs it is
+  the identity."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6, 8)), jnp.float32)
+  for dims in ((), (-1,)):
+    dropout = common.Dropout(0.3, broadcast_dims=dims, platform='tpu')
+    ours = dropout(x, rngs=nnx.Rngs(dropout=7))
+    theirs = nnx.Dropout(0.3, broadcast_dims=dims)(x, rngs=nnx.Rngs(dropout=7), deterministic=False)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    assert 0 < np.mean(np.asarray(ours) == 0) < 0.6
+  np.testing.assert_array_equal(common.Dropout(0.3)(x), x)
 
 
 def test_source_word_dropout_drops_whole_source_token_embeddings_only():
@@ -216,19 +232,22 @@ def test_source_word_dropout_drops_whole_source_token_embeddings_only():
   positions = np.asarray(model.position_table[...])[:24]
   words = table[np.asarray(tokens)] * np.sqrt(16)  # [8, 24, 16], NumPy
   np.testing.assert_allclose(
-    model._embed(model.target_embed, tokens, None, None), words + positions, rtol=1e-6, atol=1e-6
+    model._embed(model.target_embed, tokens, None, None, source=True),
+    words + positions,
+    rtol=1e-6,
+    atol=1e-6,
   )
-  dropped = np.asarray(model._embed(model.target_embed, tokens, None, jax.random.key(0), 0.5))
+  embedded = model._embed(model.target_embed, tokens, None, nnx.Rngs(dropout=0), source=True)
+  dropped = np.asarray(embedded)
   dropped = dropped - positions
   zero = np.all(dropped == 0, axis=-1)  # the whole vector or nothing: rest is 2x the embedding
   np.testing.assert_allclose(dropped[~zero], 2 * words[~zero], rtol=1e-6, atol=1e-6)
   assert 0.3 < zero.mean() < 0.7, zero.mean()  # 192 tokens at p = 0.5
   # In the model: the encoder input only; the decoder's own embeddings keep every token.
-  key = jax.random.key(1)
   encoded = model.encode(SRC)
-  assert not np.allclose(model.encode(SRC, dropout_rng=key), encoded)
+  assert not np.allclose(model.encode(SRC, rngs=nnx.Rngs(dropout=1)), encoded)
   np.testing.assert_array_equal(
-    model.decode(encoded, SRC, shift_right(TGT), dropout_rng=key),
+    model.decode(encoded, SRC, shift_right(TGT), rngs=nnx.Rngs(dropout=1)),
     model.decode(encoded, SRC, shift_right(TGT)),
   )
 

@@ -20,6 +20,7 @@ from input_pipeline import batching
 from input_pipeline import tokenizer as tokenizer_lib
 from model.architectures import create_model, model_config
 from training.optimizer import create_optimizer
+from training.profiling import parse_profile_steps
 from training.steps import init_state
 
 SCHEDULES = ('rsqrt', 'cosine', 'constant')
@@ -58,6 +59,10 @@ def validate_training_config(config):
     "> 1 needs config.batching='packed' (micro-batches of one shape).",
   )
   check(config.task in TASKS, 'task', f'is unknown; use one of {TASKS}.')
+  try:
+    parse_profile_steps(config.profile_steps)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   check(is_int(config.seed, 0), 'seed', 'must be an integer >= 0.')
   check(
     is_int(config.num_eval_bleu_batches, 0),

@@ -17,7 +17,7 @@ from model.losses import cross_entropy_sums, fused_cross_entropy_sums, rdrop_cro
 from training.optimizer import create_learning_rate_schedule, create_optimizer
 
 
-def _forward(model, batch, dropout_rng=None, return_features=False):
+def _forward(model, batch, rngs=None, return_features=False):
   decoder_inputs = shift_right(batch['targets'], batch['targets_position'])
   return model(
     batch['inputs'],
@@ -26,15 +26,20 @@ def _forward(model, batch, dropout_rng=None, return_features=False):
     targets_positions=batch['targets_position'],
     inputs_segmentation=batch['inputs_segmentation'],
     targets_segmentation=batch['targets_segmentation'],
-    dropout_rng=dropout_rng,
+    rngs=rngs,
     return_features=return_features,
   )
 
 
-def loss_and_grads(
+def loss_and_grads(params, batch, rng, **kwargs):
+  """((mean loss, (NLL sum, correct sum, token count)), grads) of a batch (`batch_loss`)."""
+  return jax.value_and_grad(batch_loss, has_aux=True)(params, batch, rng, **kwargs)
+
+
+def batch_loss(
   params, batch, rng, *, graphdef, rest, label_smoothing, loss_chunk_size=0, rdrop_alpha=0.0
 ):
-  """((mean loss, (NLL sum, correct sum, token count)), grads) of a batch, dropout from rng.
+  """(mean loss, (NLL sum, correct sum, token count)) of a batch, dropout from rng.
 
   loss_chunk_size > 0 takes the fused, chunked loss (model/losses.py), 0 the plain logits path;
   both give the same loss and gradients (tests/test_train.py). rdrop_alpha > 0 runs every row
@@ -49,36 +54,34 @@ def loss_and_grads(
   def pairs(x):  # rdrop: [2 * batch, length, ...] -> [batch, length, 2, ...]
     return jnp.swapaxes(x.reshape(-1, 2, *x.shape[1:]), 1, 2) if rdrop_alpha else x
 
-  def loss_fn(params):
-    model = nnx.merge(graphdef, params, rest)
-    if loss_chunk_size:
-      kernel, bias = model.output_projection()
-      loss_sum, nll_sum, correct = fused_cross_entropy_sums(
-        pairs(_forward(model, model_batch, rng, return_features=True)),
-        kernel,
-        bias,
-        batch['targets'],
-        weights,
-        label_smoothing,
-        loss_chunk_size,
-        model.matmul_dtype,
-        rdrop_alpha,
-      )
-    elif rdrop_alpha:
-      loss_sum, nll_sum, correct = rdrop_cross_entropy_sums(
-        pairs(_forward(model, model_batch, rng)),
-        batch['targets'],
-        weights,
-        label_smoothing,
-        rdrop_alpha,
-      )
-    else:
-      loss_sum, nll_sum, correct = cross_entropy_sums(
-        _forward(model, batch, rng), batch['targets'], weights, label_smoothing
-      )
-    return loss_sum / num_tokens, (nll_sum, correct, num_tokens)
-
-  return jax.value_and_grad(loss_fn, has_aux=True)(params)
+  model = nnx.merge(graphdef, params, rest)
+  rngs = nnx.Rngs(dropout=rng)  # every dropout of the model draws from this stream
+  if loss_chunk_size:
+    kernel, bias = model.output_projection()
+    loss_sum, nll_sum, correct = fused_cross_entropy_sums(
+      pairs(_forward(model, model_batch, rngs, return_features=True)),
+      kernel,
+      bias,
+      batch['targets'],
+      weights,
+      label_smoothing,
+      loss_chunk_size,
+      model.matmul_dtype,
+      rdrop_alpha,
+    )
+  elif rdrop_alpha:
+    loss_sum, nll_sum, correct = rdrop_cross_entropy_sums(
+      pairs(_forward(model, model_batch, rngs)),
+      batch['targets'],
+      weights,
+      label_smoothing,
+      rdrop_alpha,
+    )
+  else:
+    loss_sum, nll_sum, correct = cross_entropy_sums(
+      _forward(model, batch, rngs), batch['targets'], weights, label_smoothing
+    )
+  return loss_sum / num_tokens, (nll_sum, correct, num_tokens)
 
 
 def init_state(params, tx, ema_decay: float = 0.0) -> dict:
@@ -213,12 +216,13 @@ class Training(NamedTuple):
   state_sharding: Any  # the state's tree of NamedShardings (`state_shardings`)
 
 
-def create_training(config, mesh, abstract: bool = False) -> Training:
+def create_training(config, mesh, abstract: bool = False, platform: str = '') -> Training:
   """Model, optimizer, the initial state placed on `mesh` by config.sharding_rules, and the
   jit-compiled train step; batches are split over the mesh's BATCH_AXES. abstract: the state
   as jax.ShapeDtypeStructs with their shardings, no optimizer state allocated (to compile and
-  measure the step, benchmarks/memory.py)."""
-  graphdef, params, rest = create_model(config, config.seed)
+  measure the step, benchmarks/memory.py). platform: the one the step is built for ('': JAX's
+  default backend; 'cuda' or 'tpu' to export an accelerator's step here, tests/lowering.py)."""
+  graphdef, params, rest = create_model(config, config.seed, platform)
   schedule = create_learning_rate_schedule(config)
   tx = create_optimizer(config)
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P(BATCH_AXES))

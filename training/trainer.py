@@ -24,6 +24,7 @@ from input_pipeline import batching
 from model.common import count_params
 from training.checks import check_resume, validate_training_config
 from training.data import load_data
+from training.profiling import StepProfiler
 from training.steps import all_finite, create_training, eval_step
 from training.time_budget import TimeBudget
 
@@ -88,16 +89,18 @@ def _prepare_and_train(config, workdir: str, prepare_only: bool, budget: TimeBud
     sig: signal.signal(sig, lambda signum, _: stop_signal.append(signum))
     for sig in (signal.SIGTERM, signal.SIGINT)
   }
+  profiler = StepProfiler(config.profile_steps, workdir, log.print)
   try:
     return _train_loop(
       config,
       state,
-      Loop(step_fn, eval_fn, greedy_fn, train_iter, tok, eval_data, checkpoints, log),
+      Loop(step_fn, eval_fn, greedy_fn, train_iter, tok, eval_data, checkpoints, log, profiler),
       Placement(data_sharding, training.train_sharding, replicated),
       budget,
       stop_signal,
     )
   finally:
+    profiler.stop()
     for sig, handler in previous_handlers.items():
       signal.signal(sig, handler)
 
@@ -136,6 +139,7 @@ class Loop(NamedTuple):
   eval_data: tuple  # (sources, targets, references) of the validation split
   checkpoints: Checkpoints
   log: MetricsLog
+  profiler: StepProfiler  # config.profile_steps
 
 
 class Placement(NamedTuple):
@@ -149,7 +153,7 @@ class Placement(NamedTuple):
 def _train_loop(config, state, loop: Loop, placement: Placement, budget, stop_signal):
   """Steps until config.num_train_steps, the time budget or a stop signal; checkpoints, logs and
   evaluates."""
-  step_fn, eval_fn, greedy_fn, train_iter, tok, eval_data, checkpoints, log = loop
+  step_fn, eval_fn, greedy_fn, train_iter, tok, eval_data, checkpoints, log, profiler = loop
   data_sharding, train_sharding, replicated = placement
   step = int(to_host(state['step']))
   pending, window_start, window_steps = [], time.time(), 0
@@ -198,8 +202,10 @@ def _train_loop(config, state, loop: Loop, placement: Placement, budget, stop_si
 
   while step < config.num_train_steps and not spent:
     batch = global_batch(next_micro_batches(train_iter, config.grad_accum_steps), train_sharding)
+    profiler.before_step(step)
     state, step_metrics = step_fn(state, batch, time_position)
     step += 1
+    profiler.after_step(step, state)
     pending.append((step, step_metrics))
     window_steps += 1
     stop = stop_requested(stop_signal, step, config.log_every_steps)
