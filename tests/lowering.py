@@ -1,9 +1,9 @@
 """Run by test_lowering.py in a subprocess with 8 simulated CPU devices: the training step (on
 one device and on a data x fsdp x tensor = 2 x 2 x 2 mesh) and beam search with the cached
-decoding step, of each config named on the command line, exported with jax.export for each
-platform named; prints per program whether it lowered and what its StableHLO holds, as JSON.
+decoding step, of each config/platform pair named on the command line, exported with
+jax.export; prints per program whether it lowered and what its StableHLO holds, as JSON.
 
-  python tests/lowering.py default,base,rnn tpu,cuda,cpu
+  python tests/lowering.py default/tpu base/cuda rnn/cpu ...
 
 The jax kernel's cuDNN call is not in these programs: JAX's cuDNN checks need a GPU to answer,
 so on this CPU attention_kernel=jax lowers XLA's attention (see model/attention.py).
@@ -82,25 +82,25 @@ def beam_search(config, platform):
   return facts(export.export(jax.jit(search), platforms=[platform])(abstract, inputs))
 
 
-def main(names, platforms):
+def main(pairs):
   one = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), MESH_AXES)
   eight = make_mesh('data:2,fsdp:2,tensor:2')
   results = {}
-  for name in names:
+  for pair in pairs:
+    name, platform = pair.split('/')
     config = CONFIGS[name]()
-    for platform in platforms:
-      for program, build in (
-        ('train_step_1', lambda: train_step(config, one, platform)),
-        ('train_step_8', lambda: train_step(config, eight, platform)),
-        ('beam_search', lambda: beam_search(config, platform)),
-      ):
-        key = f'{name}/{platform}/{program}'
-        try:
-          results[key] = build()
-        except Exception as e:  # pylint: disable=broad-except
-          results[key] = {'error': f'{type(e).__name__}: {str(e)[:500]}'}
+    for program, build in (
+      ('train_step_1', lambda: train_step(config, one, platform)),
+      ('train_step_8', lambda: train_step(config, eight, platform)),
+      ('beam_search', lambda: beam_search(config, platform)),
+    ):
+      key = f'{name}/{platform}/{program}'
+      try:
+        results[key] = build()
+      except Exception as e:  # pylint: disable=broad-except
+        results[key] = {'error': f'{type(e).__name__}: {str(e)[:500]}'}
   print(json.dumps(results))
 
 
 if __name__ == '__main__':
-  main(sys.argv[1].split(','), sys.argv[2].split(','))
+  main(sys.argv[1:])

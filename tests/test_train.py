@@ -117,17 +117,16 @@ def test_remat_gives_the_same_loss_and_gradients(tmp_path, remat):
   """Rematerialised layers recompute in the backward pass what they would have stored: the same
   loss and gradients in float32, with dropout drawing the same masks, with copy attention too
   (the cross-attention weights leave the rematerialised layer)."""
-  for fields in ({'num_encoder_layers': 2, 'num_decoder_layers': 2}, {'copy_attention': True}):
-    config = tiny_run_config(tmp_path, dropout_rate=0.2, **fields)
-    plain = loss_and_grads(config, 0)
-    config.remat = remat
-    assert_same_loss_and_grads(plain, loss_and_grads(config, 0))
-  # and the layers are rematerialised: each (one encoder, one decoder) is one `checkpoint` (the
+  config = tiny_run_config(tmp_path, dropout_rate=0.2, copy_attention=True, num_encoder_layers=2)
+  plain = loss_and_grads(config, 0)
+  config.remat = remat
+  assert_same_loss_and_grads(plain, loss_and_grads(config, 0))
+  # and the layers are rematerialised: each (two encoder, one decoder) is one `checkpoint` (the
   # primitive of jax.checkpoint, printed remat2) in the program
   graphdef, params, rest = create_model(config, 0)
   batch = random_batch()
   forward = lambda p: nnx.merge(graphdef, p, rest)(batch['inputs'], batch['targets'])
-  assert len(re.findall(r'\b(?:remat\w*|checkpoint)\[', str(jax.make_jaxpr(forward)(params)))) == 2
+  assert len(re.findall(r'\b(?:remat\w*|checkpoint)\[', str(jax.make_jaxpr(forward)(params)))) == 3
 
 
 def test_profile_steps_write_a_trace_of_those_steps(tmp_path):
